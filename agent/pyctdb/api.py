@@ -1,0 +1,219 @@
+"""The local JSON API on a Unix socket (see docs/api.md).
+
+Newline-delimited JSON requests and responses. Only root, or the user the daemon runs
+as, is served (checked with SO_PEERCRED); the socket itself is mode 0600.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import struct
+
+from . import API_VERSION, PROTOCOL_VERSION, __version__
+
+log = logging.getLogger("pyctdb.api")
+
+MAX_LINE = 1024 * 1024
+DEFAULT_SOCKET = "/run/pyctdb/pyctdbd.socket"
+
+
+class ApiError(Exception):
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ApiServer:
+    def __init__(self, path, cluster, tunables, log_buffer=None):
+        self.path = path
+        self.cluster = cluster
+        self.tunables = tunables
+        self.log_buffer = log_buffer
+        self._server = None
+        self.commands = {
+            "ping": self.cmd_ping, "version": self.cmd_version, "status": self.cmd_status,
+            "listnodes": self.cmd_listnodes, "pnn": self.cmd_pnn, "leader": self.cmd_leader,
+            "uptime": self.cmd_uptime, "listvars": self.cmd_listvars,
+            "getvar": self.cmd_getvar, "setvar": self.cmd_setvar, "log": self.cmd_log,
+        }
+
+    async def start(self):
+        d = os.path.dirname(self.path)
+        if d:
+            os.makedirs(d, mode=0o755, exist_ok=True)
+        if os.path.exists(self.path):
+            # A live daemon answers on it; a stale socket file is removed.
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(self.path)
+            except OSError:
+                os.unlink(self.path)
+            else:
+                raise ApiError("EEXIST", f"another pyctdbd is serving {self.path}")
+            finally:
+                probe.close()
+        old = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(self._handle, path=self.path,
+                                                           limit=MAX_LINE + 1)
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+
+    async def stop(self):
+        if self._server is not None:
+            self._server.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+    def _peer_allowed(self, writer) -> bool:
+        sock = writer.get_extra_info("socket")
+        try:
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                    struct.calcsize("3i"))
+            _pid, uid, _gid = struct.unpack("3i", creds)
+        except OSError:
+            return False
+        return uid in (0, os.getuid())
+
+    async def _handle(self, reader, writer):
+        try:
+            if not self._peer_allowed(writer):
+                writer.write(self._error(None, "EPERM", "only root may use this socket"))
+                await writer.drain()
+                return
+            while True:
+                try:
+                    line = await reader.readuntil(b"\n")
+                except asyncio.LimitOverrunError:
+                    writer.write(self._error(None, "E2BIG",
+                                             f"request longer than {MAX_LINE} bytes"))
+                    await writer.drain()
+                    return
+                except asyncio.IncompleteReadError as exc:
+                    if exc.partial.strip():
+                        writer.write(self._error(None, "EPROTO",
+                                                 "request not terminated by a newline"))
+                        await writer.drain()
+                    return
+                if not line.strip():
+                    continue
+                writer.write(await self._dispatch(line))
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        except Exception:
+            log.exception("API connection failed")
+        finally:
+            writer.close()
+
+    @staticmethod
+    def _encode(obj) -> bytes:
+        return (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+
+    def _error(self, req_id, code, message) -> bytes:
+        return self._encode({"version": API_VERSION, "id": req_id, "ok": False,
+                             "error": {"code": code, "message": message}})
+
+    async def _dispatch(self, line) -> bytes:
+        try:
+            req = json.loads(line)
+        except ValueError as exc:
+            return self._error(None, "EPROTO", f"request is not valid JSON: {exc}")
+        if not isinstance(req, dict):
+            return self._error(None, "EPROTO", "request must be a JSON object")
+        req_id = req.get("id")
+        if req.get("version") != API_VERSION:
+            return self._error(req_id, "EPROTO",
+                               f"unsupported API version {req.get('version')!r} "
+                               f"(this agent speaks {API_VERSION})")
+        cmd = req.get("command")
+        args = req.get("args") or {}
+        if not isinstance(args, dict):
+            return self._error(req_id, "EINVAL", "args must be an object")
+        handler = self.commands.get(cmd)
+        if handler is None:
+            return self._error(req_id, "EINVAL", f"unknown command {cmd!r} (known: "
+                               f"{', '.join(sorted(self.commands))})")
+        try:
+            result = handler(**args)
+            if asyncio.iscoroutine(result):
+                result = await result
+        except ApiError as exc:
+            return self._error(req_id, exc.code, exc.message)
+        except TypeError as exc:
+            return self._error(req_id, "EINVAL", f"bad arguments for {cmd}: {exc}")
+        except Exception as exc:
+            log.exception("API command %s failed", cmd)
+            return self._error(req_id, "EIO", f"{cmd} failed: {exc}")
+        return self._encode({"version": API_VERSION, "id": req_id, "ok": True,
+                             "result": result})
+
+    # -- commands ------------------------------------------------------------------------
+    def cmd_ping(self):
+        return {"pnn": self.cluster.pnn, "pid": os.getpid()}
+
+    def cmd_version(self):
+        return {"version": __version__, "protocol_version": PROTOCOL_VERSION,
+                "api_version": API_VERSION}
+
+    def cmd_status(self):
+        return self.cluster.status()
+
+    def cmd_listnodes(self):
+        return {"nodes": [{"pnn": n.pnn, "address": n.address, "deleted": n.deleted}
+                          for n in self.cluster.nodes]}
+
+    def cmd_pnn(self):
+        return {"pnn": self.cluster.pnn}
+
+    def cmd_leader(self):
+        return {"leader": self.cluster.leader}
+
+    def cmd_uptime(self):
+        return self.cluster.uptime()
+
+    def cmd_listvars(self):
+        return {"tunables": [{"name": n, "value": v} for n, v in self.tunables.items()]}
+
+    def _lookup(self, name):
+        from . import tunables as T
+        if not isinstance(name, str):
+            raise ApiError("EINVAL", "name must be a string")
+        try:
+            return T.lookup(name)
+        except KeyError as exc:
+            raise ApiError("ENOENT", str(exc).strip("'\"")) from None
+
+    def cmd_getvar(self, name):
+        t = self._lookup(name)
+        return {"name": t.name, "value": self.tunables.get(t.name)}
+
+    def cmd_setvar(self, name, value):
+        from . import tunables as T
+        t = self._lookup(name)
+        try:
+            if isinstance(value, str):
+                value = T.parse_value(t, value)
+            elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"value must be a number, not {type(value).__name__}")
+            previous = self.tunables.set(t.name, value)
+        except ValueError as exc:
+            raise ApiError("EINVAL", str(exc)) from None
+        log.warning("tunable %s set to %s (was %s)", t.name, self.tunables.get(t.name),
+                    previous)
+        self.cluster.kick()
+        return {"name": t.name, "value": self.tunables.get(t.name), "previous": previous}
+
+    def cmd_log(self, lines=20):
+        if not isinstance(lines, int) or isinstance(lines, bool) or lines < 0:
+            raise ApiError("EINVAL", "lines must be a non-negative integer")
+        buf = list(self.log_buffer or [])
+        return {"lines": buf[-lines:] if lines else []}

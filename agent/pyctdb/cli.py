@@ -1,0 +1,288 @@
+"""pyctdb: the command-line tool, in CTDB's output formats.
+
+    pyctdb [--socket PATH] [-X] [--json] [-t SECONDS] COMMAND [ARGS]
+
+``-X`` gives CTDB's machine-readable ``|``-separated output; ``--json`` gives the API's
+JSON. If the agent cannot be reached, one line goes to stderr and the exit code is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from . import __version__
+from . import flags as F
+from .apiclient import AgentUnavailable, ApiCallError, Client, default_socket
+
+SEP = "|"
+
+
+class UsageError(Exception):
+    pass
+
+
+def _machine_header():
+    cols = ["Node", "IP", "Disconnected", "Banned", "Disabled", "Unhealthy", "Stopped",
+            "Inactive", "PartiallyOnline", "ThisNode"]
+    return SEP + SEP.join(cols) + SEP
+
+
+def _machine_line(n):
+    fl = n["flags"]
+    vals = [str(n["pnn"]), n["address"] or "",
+            str(int(bool(fl & F.DISCONNECTED))), str(int(bool(fl & F.BANNED))),
+            str(int(bool(fl & F.PERMANENTLY_DISABLED))), str(int(bool(fl & F.UNHEALTHY))),
+            str(int(bool(fl & F.STOPPED))), str(int(bool(fl & F.INACTIVE))), "0",
+            "Y" if n["this_node"] else "N"]
+    return SEP + SEP.join(vals) + SEP
+
+
+def _node_line(n):
+    return "pnn:%d %-16s %s%s" % (n["pnn"], n["address"], n["state"],
+                                  " (THIS NODE)" if n["this_node"] else "")
+
+
+def _nodemap_lines(st, header=True):
+    out = []
+    if header:
+        if st["num_deleted"]:
+            out.append("Number of nodes:%d (including %d deleted nodes)"
+                       % (st["num_nodes"], st["num_deleted"]))
+        else:
+            out.append("Number of nodes:%d" % st["num_nodes"])
+    out += [_node_line(n) for n in st["nodes"] if not n["deleted"]]
+    return out
+
+
+def _ctime(ts):
+    return time.strftime("%a %b %e %H:%M:%S %Y", time.localtime(ts))
+
+
+def _dhms(secs):
+    secs = max(0, int(secs))
+    d, secs = divmod(secs, 86400)
+    h, secs = divmod(secs, 3600)
+    m, s = divmod(secs, 60)
+    return "(%03d %02d:%02d:%02d)" % (d, h, m, s)
+
+
+def _fmt_value(v):
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+# -- commands ---------------------------------------------------------------------------
+def cmd_status(c, a):
+    st = c.call("status")
+    if a.json:
+        return st, 0
+    if a.X:
+        return "\n".join([_machine_header()] + [_machine_line(n) for n in st["nodes"]
+                                                  if not n["deleted"]]), 0
+    lines = _nodemap_lines(st)
+    lines.append("Generation:%s" % ("INVALID" if st["generation"] is None
+                                    else st["generation"]))
+    lines.append("Size:%d" % len(st["vnnmap"]))
+    lines += ["hash:%d lmaster:%d" % (i, p) for i, p in enumerate(st["vnnmap"])]
+    lines.append("Recovery mode:%s (%d)" % (st["recovery_mode"], st["recovery_mode_value"]))
+    lines.append("Leader:%s" % ("UNKNOWN" if st["leader"] is None else st["leader"]))
+    return "\n".join(lines), 0
+
+
+def cmd_nodestatus(c, a):
+    st = c.call("status")
+    target = a.pnn if a.pnn is not None else str(st["pnn"])
+    nodes = [n for n in st["nodes"] if not n["deleted"]]
+    if target != "all":
+        try:
+            want = {int(x) for x in target.split(",")}
+        except ValueError:
+            raise UsageError(f"invalid node specification {target!r}: use a PNN, a "
+                             "comma-separated list of PNNs, or 'all'") from None
+        known = {n["pnn"] for n in nodes}
+        missing = sorted(want - known)
+        if missing:
+            raise UsageError("node %s does not exist" % ",".join(map(str, missing)))
+        nodes = [n for n in nodes if n["pnn"] in want]
+    rc = 0
+    for n in nodes:
+        rc |= n["flags"]
+    if a.json:
+        return {"nodes": nodes}, rc
+    if a.X:
+        return "\n".join([_machine_header()] + [_machine_line(n) for n in nodes]), rc
+    lines = []
+    if target == "all":
+        lines += _nodemap_lines(st, header=True)
+    else:
+        lines += [_node_line(n) for n in nodes]
+    return "\n".join(lines), rc
+
+
+def cmd_listnodes(c, a):
+    res = c.call("listnodes")
+    if a.json:
+        return res, 0
+    nodes = [n for n in res["nodes"] if not n["deleted"]]
+    if a.X:
+        return "\n".join(SEP + SEP.join([str(n["pnn"]), n["address"]]) + SEP
+                         for n in nodes), 0
+    return "\n".join(n["address"] for n in nodes), 0
+
+
+def cmd_pnn(c, a):
+    res = c.call("pnn")
+    return (res if a.json else str(res["pnn"])), 0
+
+
+def cmd_leader(c, a):
+    res = c.call("leader")
+    if a.json:
+        return res, 0 if res["leader"] is not None else 1
+    if res["leader"] is None:
+        print("Leader:UNKNOWN (no leader elected)", file=sys.stderr)
+        return None, 1
+    return str(res["leader"]), 0
+
+
+def cmd_uptime(c, a):
+    u = c.call("uptime")
+    if a.json:
+        return u, 0
+    now = u["current_time"]
+    lines = ["Current time of node %-4d     :                %s" % (u["pnn"], _ctime(now)),
+             "Ctdbd start time              : %s %s" % (_dhms(now - u["start_time"]),
+                                                         _ctime(u["start_time"]))]
+    fin, start = u["last_recovery_finished"], u["last_recovery_started"]
+    if fin is None:
+        lines.append("Time of last recovery/failover: (none yet)")
+        lines.append("Duration of last recovery/failover: 0.000000 seconds")
+    else:
+        lines.append("Time of last recovery/failover: %s %s" % (_dhms(now - fin), _ctime(fin)))
+        lines.append("Duration of last recovery/failover: %f seconds"
+                     % max(0.0, fin - (start or fin)))
+    return "\n".join(lines), 0
+
+
+def _var_line(name, value):
+    return "%-26s = %s" % (name, _fmt_value(value))
+
+
+def cmd_getvar(c, a):
+    try:
+        res = c.call("getvar", name=a.name)
+    except ApiCallError as exc:
+        if exc.code == "ENOENT":
+            return f"No such tunable {a.name}", 1
+        raise
+    return (res if a.json else _var_line(res["name"], res["value"])), 0
+
+
+def cmd_setvar(c, a):
+    try:
+        res = c.call("setvar", name=a.name, value=a.value)
+    except ApiCallError as exc:
+        if exc.code == "ENOENT":
+            return f"No such tunable {a.name}", 1
+        raise
+    return (res if a.json else None), 0
+
+
+def cmd_listvars(c, a):
+    res = c.call("listvars")
+    if a.json:
+        return res, 0
+    return "\n".join(_var_line(t["name"], t["value"]) for t in res["tunables"]), 0
+
+
+def cmd_version(c, a):
+    try:
+        agent = c.call("version")
+    except AgentUnavailable:
+        agent = None
+    if a.json:
+        return {"cli_version": __version__, "agent": agent}, 0
+    return __version__, 0
+
+
+COMMANDS = {
+    "status": (cmd_status, "show the cluster status"),
+    "nodestatus": (cmd_nodestatus, "show and return node status (exit code = OR of flags)"),
+    "listnodes": (cmd_listnodes, "list the nodes in the cluster"),
+    "pnn": (cmd_pnn, "show the PNN of this node"),
+    "leader": (cmd_leader, "show the PNN of the leader"),
+    "uptime": (cmd_uptime, "show node uptime and time of the last recovery"),
+    "getvar": (cmd_getvar, "show a tunable"),
+    "setvar": (cmd_setvar, "set a tunable on this node (not persisted)"),
+    "listvars": (cmd_listvars, "list all tunables"),
+    "version": (cmd_version, "show the version"),
+}
+
+
+def build_parser():
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--socket", default=argparse.SUPPRESS,
+                        help="agent API socket (default $PYCTDB_SOCKET or "
+                             "/run/pyctdb/pyctdbd.socket)")
+    common.add_argument("-X", action="store_true", default=argparse.SUPPRESS,
+                        help="machine-readable output, '|'-separated (as CTDB's -X)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="JSON output")
+    common.add_argument("-t", "--timeout", type=float, default=argparse.SUPPRESS,
+                        help="seconds to wait for the agent (default 10)")
+    p = argparse.ArgumentParser(prog="pyctdb", parents=[common],
+                                description="control and query pyctdbd (CTDB-style)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_fn, help_) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_, parents=[common], description=help_)
+        if name == "nodestatus":
+            sp.add_argument("pnn", nargs="?", help="PNN, PNN list (0,2) or 'all'")
+        elif name == "getvar":
+            sp.add_argument("name")
+        elif name == "setvar":
+            sp.add_argument("name")
+            sp.add_argument("value")
+    return p
+
+
+def main(argv=None):
+    parser = build_parser()
+    a = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    for key, default in (("socket", None), ("X", False), ("json", False), ("timeout", 10.0)):
+        if not hasattr(a, key):
+            setattr(a, key, default)
+    if not a.command:
+        parser.print_help(sys.stderr)
+        return 2
+    if a.X and a.json:
+        print("pyctdb: -X and --json cannot be used together", file=sys.stderr)
+        return 2
+    fn = COMMANDS[a.command][0]
+    client = Client(a.socket or default_socket(), timeout=a.timeout)
+    try:
+        out, rc = fn(client, a)
+    except AgentUnavailable as exc:
+        print(f"pyctdb: {exc}", file=sys.stderr)
+        return 1
+    except ApiCallError as exc:
+        print(f"pyctdb: {a.command} failed: {exc.message} ({exc.code})", file=sys.stderr)
+        return 1
+    except UsageError as exc:
+        print(f"pyctdb: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        client.close()
+    if out is not None:
+        if a.json:
+            print(json.dumps(out, indent=2, sort_keys=True))
+        else:
+            print(out)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,479 @@
+"""Membership, node flags and leadership: the cluster layer.
+
+One :class:`Cluster` per agent. It owns the transport, keeps each peer's link and last
+reported state, runs the election every cycle (:mod:`pyctdb.election` decides; this module
+acts), holds the cluster lock while leading, and as leader runs a recovery (new
+generation and vnn map) whenever the set of active nodes changes.
+
+Everything here runs on the event loop and never blocks: taking the cluster lock runs in
+a worker thread (or helper process) in a background task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import random
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from . import __version__, election
+from . import flags as F
+from . import protocol as P
+from .clusterlock import CONTENDED, TAKEN
+from .transport import Transport
+
+log = logging.getLogger("pyctdb.cluster")
+
+RECMODE_NORMAL = 0
+RECMODE_ACTIVE = 1
+INVALID_GENERATION = 1  # as CTDB: never handed out
+
+
+def nodes_digest(nodes) -> str:
+    text = "\n".join(n.address if not n.deleted else "#" for n in nodes)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class Peer:
+    pnn: int
+    address: str
+    link_up: bool = False
+    instance: str = ""
+    state: dict = None
+    last_heard: float = 0.0
+    down_since: float = field(default_factory=time.monotonic)
+
+
+class Cluster:
+    def __init__(self, config, me, tunables, lock=None, clock=time.monotonic):
+        self.config = config
+        self.pnn = me.pnn
+        self.address = me.address
+        self.tunables = tunables
+        self.lock = lock
+        self.clock = clock
+        self.instance = secrets.token_hex(8)
+        self.nodes = list(config.nodes)
+        self.digest = nodes_digest(self.nodes)
+        self.peers = {n.pnn: Peer(n.pnn, n.address) for n in self.nodes
+                      if not n.deleted and n.pnn != self.pnn}
+        self.my_flags = 0
+        if config.start_as_stopped:
+            self.my_flags |= F.STOPPED
+        if config.start_as_disabled:
+            self.my_flags |= F.PERMANENTLY_DISABLED
+        self.leader_capable = bool(config.leader_capability)
+        self.lmaster_capable = bool(config.lmaster_capability)
+
+        self.am_leader = False
+        self.leader = None
+        self.generation = None
+        self.vnnmap = []
+        self.members = []
+        self.recmode = RECMODE_ACTIVE
+        self.start_time = time.time()
+        self.start_mono = clock()
+        self.last_recovery_started = None
+        self.last_recovery_finished = None
+        self.recovery_hooks = []  # async callables(generation, members), run by the leader
+        self.joined = asyncio.Event()
+        self.on_joined = []  # callables run once, when this node first joins
+
+        self._kick = asyncio.Event()
+        self._running = False
+        self._decision = None
+        self._campaign_task = None
+        self._last_campaign = -1e9
+        self._lock_check_task = None
+        self._last_lock_check = clock()
+        self._waiting_since = None
+        self._last_sent = None
+        self._last_sent_at = -1e9
+        self._main_task = None
+        self.transport = Transport(
+            pnn=self.pnn, address=self.address, port=config.port,
+            nodes={n.pnn: n.address for n in self.nodes if not n.deleted},
+            hello=self._hello, on_frame=self._on_frame, on_link_up=self._on_link_up,
+            on_link_down=self._on_link_down)
+
+    # -- tunables ------------------------------------------------------------------------
+    @property
+    def keepalive_interval(self) -> float:
+        return float(self.tunables.get("KeepaliveInterval"))
+
+    @property
+    def keepalive_window(self) -> float:
+        return self.keepalive_interval * int(self.tunables.get("KeepaliveLimit"))
+
+    @property
+    def leader_timeout(self) -> float:
+        return float(self.config.leader_timeout)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def start(self):
+        self._running = True
+        await self.transport.start()
+        self._main_task = asyncio.create_task(self._run(), name="cluster")
+        log.info("node %d (%s) started: %d nodes, cluster lock %s", self.pnn, self.address,
+                 len(self.nodes), self.lock.description if self.lock else "NOT CONFIGURED "
+                 "(election alone decides: unsafe against split brain)")
+
+    async def stop(self):
+        self._running = False
+        self._kick.set()
+        if self._main_task:
+            self._main_task.cancel()
+            await asyncio.gather(self._main_task, return_exceptions=True)
+        for t in (self._campaign_task, self._lock_check_task):
+            if t:
+                t.cancel()
+                await asyncio.gather(t, return_exceptions=True)
+        await self.transport.stop(bye_payload={"pnn": self.pnn, "instance": self.instance})
+        if self.lock is not None:
+            await self.lock.release()
+        self.am_leader = False
+
+    def kick(self):
+        self._kick.set()
+
+    # -- transport callbacks -------------------------------------------------------------
+    def _hello(self):
+        return {"pnn": self.pnn, "address": self.address, "instance": self.instance,
+                "nodes_digest": self.digest, "agent_version": __version__}
+
+    def _on_link_up(self, pnn, hello):
+        peer = self.peers[pnn]
+        peer.link_up = True
+        peer.instance = hello["instance"]
+        peer.state = None
+        peer.last_heard = self.clock()
+        log.info("node %d (%s) connected", pnn, peer.address)
+        self.transport.send(pnn, P.MsgType.STATE, self._state_payload())
+        self.kick()
+
+    def _on_link_down(self, pnn, reason):
+        peer = self.peers[pnn]
+        was = peer.link_up
+        peer.link_up = False
+        peer.state = None
+        peer.down_since = self.clock()
+        if was:
+            log.warning("node %d (%s) is DISCONNECTED: %s", pnn, peer.address, reason)
+        self.kick()
+
+    def _on_frame(self, pnn, frame):
+        peer = self.peers[pnn]
+        peer.last_heard = self.clock()
+        p = frame.payload
+        if p.get("instance") != peer.instance:
+            return  # a stale frame from an older process of that node
+        if frame.type == P.MsgType.STATE:
+            old = peer.state
+            peer.state = p
+            if old is None or any(old.get(k) != p.get(k) for k in (
+                    "flags", "is_leader", "leader", "generation", "recmode", "members")):
+                self.kick()
+        elif frame.type == P.MsgType.BYE:
+            log.info("node %d is shutting down", pnn)
+            self.transport.drop(pnn, "node shut down")
+
+    # -- the cycle -----------------------------------------------------------------------
+    async def _run(self):
+        while self._running:
+            tick = min(self.keepalive_interval / 2, 0.25)
+            try:
+                await asyncio.wait_for(self._kick.wait(), tick)
+            except asyncio.TimeoutError:
+                pass
+            self._kick.clear()
+            try:
+                await self._cycle()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("error in cluster cycle (continuing)")
+                await asyncio.sleep(0.1)
+
+    async def _cycle(self):
+        now = self.clock()
+        for peer in self.peers.values():
+            if peer.link_up and now - peer.last_heard > self.keepalive_window:
+                log.warning("node %d (%s) silent for %.1fs (KeepaliveInterval %s x "
+                            "KeepaliveLimit %s): dropping it", peer.pnn, peer.address,
+                            now - peer.last_heard, self.tunables.get("KeepaliveInterval"),
+                            self.tunables.get("KeepaliveLimit"))
+                self.transport.drop(peer.pnn, "keepalive timeout")
+        await self._elect(now)
+        if self.am_leader:
+            await self._lead(now)
+        else:
+            self._follow()
+        self._update_joined()
+        self._broadcast_state(now)
+
+    def peer_flags(self, peer) -> int:
+        if not peer.link_up:
+            return F.DISCONNECTED
+        if peer.state is None:
+            return F.UNKNOWN
+        return int(peer.state["flags"])
+
+    def _settled(self, now) -> bool:
+        if now - self.start_mono >= 2 * self.keepalive_interval:
+            return True
+        return all(p.link_up and p.state is not None for p in self.peers.values())
+
+    def election_input(self, now) -> election.ElectionInput:
+        views = []
+        for p in self.peers.values():
+            st = p.state or {}
+            views.append(election.PeerView(
+                pnn=p.pnn, connected=p.link_up and p.state is not None,
+                flags=self.peer_flags(p), claims_leader=bool(st.get("is_leader")),
+                leader_capable=bool(st.get("leader_capable", True))))
+        expired = (self._waiting_since is not None
+                   and now - self._waiting_since > self.leader_timeout)
+        return election.ElectionInput(
+            me=self.pnn, my_flags=self.my_flags, my_leader_capable=self.leader_capable,
+            am_leader=self.am_leader, peers=tuple(views), settled=self._settled(now),
+            candidate_wait_expired=expired)
+
+    async def _elect(self, now):
+        d = election.decide(self.election_input(now))
+        key = (d.action, d.leader)
+        if key != self._decision:
+            level = logging.INFO if d.action != "wait" else logging.DEBUG
+            if d.action in ("step_down", "campaign") or (d.action == "follow"
+                                                           and d.leader != self.leader):
+                level = logging.WARNING if d.action == "step_down" else logging.INFO
+            log.log(level, "election: %s%s: %s", d.action,
+                    f" node {d.leader}" if d.leader is not None and d.action != "campaign"
+                    else "", d.reason)
+            self._decision = key
+        if d.action in ("wait", "campaign"):
+            if self._waiting_since is None:
+                self._waiting_since = now
+        else:
+            self._waiting_since = None
+
+        if d.action == "lead":
+            return
+        if d.action == "step_down":
+            await self._step_down(d.reason)
+            self.leader = d.leader
+        elif d.action == "follow":
+            self.leader = d.leader
+        elif d.action == "wait":
+            self.leader = None
+        elif d.action == "campaign":
+            self.leader = None
+            self._maybe_campaign(now, d.reason)
+
+    def _maybe_campaign(self, now, reason):
+        if self._campaign_task is not None and not self._campaign_task.done():
+            return
+        retry = min(0.5, self.keepalive_interval)
+        if now - self._last_campaign < retry:
+            return
+        self._last_campaign = now
+        self._campaign_task = asyncio.create_task(self._campaign(reason), name="campaign")
+
+    async def _campaign(self, reason):
+        if self.lock is not None:
+            result, detail = await self.lock.try_take()
+            if result != TAKEN:
+                lvl = logging.INFO if result == CONTENDED else logging.ERROR
+                log.log(lvl, "not leading: cannot take the cluster lock: %s", detail)
+                return
+            # The world may have changed while we waited for the lock.
+            d = election.decide(self.election_input(self.clock()))
+            if d.action not in ("campaign",):
+                await self.lock.release()
+                log.info("released the cluster lock again: %s", d.reason)
+                return
+        self.am_leader = True
+        self.leader = self.pnn
+        self.generation = None  # forces a recovery on the next cycle
+        self._last_lock_check = self.clock()
+        log.warning("this node is now the LEADER (%s)%s", reason,
+                    f"; holding cluster lock {self.lock.description}" if self.lock else
+                    "; no cluster lock configured")
+        self.kick()
+
+    async def _step_down(self, reason):
+        if not self.am_leader:
+            return
+        self.am_leader = False
+        self.generation = None
+        self.recmode = RECMODE_ACTIVE
+        if self.lock is not None:
+            await self.lock.release()
+        log.warning("this node is no longer the leader: %s", reason)
+
+    def _active_members(self) -> list:
+        members = [self.pnn] if F.is_active(self.my_flags) else []
+        for p in self.peers.values():
+            if p.link_up and p.state is not None and F.is_active(self.peer_flags(p)):
+                members.append(p.pnn)
+        return sorted(members)
+
+    async def _lead(self, now):
+        if self.lock is not None:
+            if not self.lock.held:
+                await self._step_down("the cluster lock was lost")
+                return
+            if now - self._last_lock_check > 5.0 and (
+                    self._lock_check_task is None or self._lock_check_task.done()):
+                self._last_lock_check = now
+                self._lock_check_task = asyncio.create_task(self._check_lock())
+        members = self._active_members()
+        if members == self.members and self.generation is not None:
+            log.debug("leader: generation %d unchanged, members %s", self.generation, members)
+            return
+        await self._recover(members)
+
+    async def _check_lock(self):
+        if not await self.lock.still_held():
+            log.error("the cluster lock %s is no longer held (file removed or replaced, or "
+                      "helper died): stepping down", self.lock.description)
+            await self._step_down("cluster lock lost")
+            self.kick()
+
+    async def _recover(self, members):
+        old = set(self.members)
+        joined = sorted(set(members) - old)
+        left = sorted(old - set(members))
+        self.recmode = RECMODE_ACTIVE
+        self.last_recovery_started = time.time()
+        t0 = time.monotonic()
+        self._broadcast_state(self.clock(), force=True)
+        for hook in self.recovery_hooks:
+            await hook(self, members)
+        gen = self.generation
+        while gen in (None, 0, INVALID_GENERATION, self.generation):
+            gen = random.randint(2, 2 ** 31 - 1)
+        self.generation = gen
+        self.members = members
+        lm = {self.pnn: self.lmaster_capable}
+        for p in self.peers.values():
+            if p.state is not None:
+                lm[p.pnn] = bool(p.state.get("lmaster_capable", True))
+        self.vnnmap = election.vnnmap_for(members, lm)
+        self.recmode = RECMODE_NORMAL
+        self.last_recovery_finished = time.time()
+        why = []
+        if joined:
+            why.append(f"joined {joined}")
+        if left:
+            why.append(f"left {left}")
+        log.warning("leader: recovery done in %.1f ms: generation %d, members %s%s",
+                    (time.monotonic() - t0) * 1000, gen, members,
+                    f" ({', '.join(why)})" if why else "")
+        self._broadcast_state(self.clock(), force=True)
+
+    def _follow(self):
+        if self.leader is None:
+            self.generation = None
+            self.recmode = RECMODE_ACTIVE
+            return
+        peer = self.peers.get(self.leader)
+        st = peer.state if peer is not None else None
+        if not st or not st.get("is_leader"):
+            self.recmode = RECMODE_ACTIVE
+            return
+        if st["generation"] != self.generation:
+            if st["generation"] is not None:
+                log.info("following leader %d: generation %d, members %s", self.leader,
+                         st["generation"], st["members"])
+                self.last_recovery_started = self.last_recovery_started or time.time()
+                self.last_recovery_finished = time.time()
+        self.generation = st["generation"]
+        self.vnnmap = list(st["vnnmap"])
+        self.members = list(st["members"])
+        self.recmode = st["recmode"] if self.generation is not None else RECMODE_ACTIVE
+
+    def is_joined(self) -> bool:
+        return (self.leader is not None and self.generation is not None
+                and self.recmode == RECMODE_NORMAL
+                and (self.am_leader or self.pnn in self.members
+                     or not F.is_active(self.my_flags)))
+
+    def _update_joined(self):
+        if self.is_joined() and not self.joined.is_set():
+            self.joined.set()
+            log.warning("node %d joined the cluster: leader %d, generation %d",
+                        self.pnn, self.leader, self.generation)
+            for cb in self.on_joined:
+                try:
+                    cb()
+                except Exception:
+                    log.exception("on_joined callback failed")
+
+    def _state_payload(self) -> dict:
+        return {
+            "pnn": self.pnn, "instance": self.instance, "flags": self.my_flags,
+            "leader": self.leader, "is_leader": self.am_leader,
+            "generation": self.generation, "recmode": self.recmode,
+            "vnnmap": list(self.vnnmap), "members": list(self.members),
+            "connected": sorted(p.pnn for p in self.peers.values() if p.link_up),
+            "lmaster_capable": self.lmaster_capable, "leader_capable": self.leader_capable,
+        }
+
+    def _broadcast_state(self, now, force=False):
+        payload = self._state_payload()
+        if force or payload != self._last_sent or now - self._last_sent_at >= \
+                self.keepalive_interval:
+            self.transport.broadcast(P.MsgType.STATE, payload)
+            self._last_sent = payload
+            self._last_sent_at = now
+
+    # -- queries (for the API) -----------------------------------------------------------
+    def status(self) -> dict:
+        nodes = []
+        my_leader = self.leader
+        healthy = my_leader is not None and self.recmode == RECMODE_NORMAL
+        num_deleted = 0
+        for n in self.nodes:
+            if n.deleted:
+                num_deleted += 1
+                fl, leader, gen = F.DELETED, None, None
+            elif n.pnn == self.pnn:
+                fl, leader, gen = self.my_flags, self.leader, self.generation
+            else:
+                p = self.peers[n.pnn]
+                fl = self.peer_flags(p)
+                st = p.state if p.link_up else None
+                leader = st.get("leader") if st else None
+                gen = st.get("generation") if st else None
+            if not n.deleted:
+                if fl != 0 or leader != my_leader:
+                    healthy = False
+            nodes.append({
+                "pnn": n.pnn, "address": n.address, "flags": fl,
+                "flag_names": F.flag_names(fl), "state": F.pretty(fl),
+                "this_node": n.pnn == self.pnn, "deleted": n.deleted, "leader": leader,
+                "generation": gen})
+        return {
+            "pnn": self.pnn, "num_nodes": len(self.nodes), "num_deleted": num_deleted,
+            "nodes": nodes, "generation": self.generation, "vnnmap": list(self.vnnmap),
+            "recovery_mode": "NORMAL" if self.recmode == RECMODE_NORMAL else "RECOVERY",
+            "recovery_mode_value": self.recmode, "leader": self.leader,
+            "joined": self.is_joined(), "healthy": healthy,
+            "cluster_lock": {"configured": self.lock is not None,
+                             "lock": self.lock.description if self.lock else None,
+                             "held": bool(self.lock and self.lock.held)},
+            "uptime": self.uptime(),
+        }
+
+    def uptime(self) -> dict:
+        return {"pnn": self.pnn, "current_time": time.time(), "start_time": self.start_time,
+                "last_recovery_started": self.last_recovery_started,
+                "last_recovery_finished": self.last_recovery_finished}
+
+    def pid(self):
+        return os.getpid()

@@ -1,0 +1,121 @@
+"""pyctdbd: the pyctdb cluster agent.
+
+    pyctdbd [--config-dir DIR] [--socket PATH] [--check-config] [--log-stderr]
+
+Runs in the foreground (systemd ``Type=notify``): it reports ``READY=1`` once this node
+has joined the cluster (a leader is known, the leader's generation adopted and recovery
+mode is NORMAL). SIGTERM/SIGINT shut it down cleanly: it says BYE to its peers, lets go
+of the cluster lock and removes its socket. Exit codes: 0 clean stop, 1 runtime failure,
+2 bad configuration or arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from . import __version__
+from .api import DEFAULT_SOCKET, ApiError, ApiServer
+
+log = logging.getLogger("pyctdb.daemon")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="pyctdbd", description="pyctdb cluster agent")
+    p.add_argument("--config-dir", default=os.environ.get("PYCTDB_CONFIG_DIR", "/etc/pyctdb"),
+                   help="configuration directory (default /etc/pyctdb)")
+    p.add_argument("--socket", default=None,
+                   help=f"API socket to serve (default $PYCTDB_SOCKET or {DEFAULT_SOCKET})")
+    p.add_argument("--check-config", action="store_true",
+                   help="validate the configuration, print a summary and exit (0 = valid, "
+                        "2 = invalid)")
+    p.add_argument("--log-stderr", action="store_true",
+                   help="log to standard error instead of the configured location")
+    p.add_argument("--version", action="version", version=f"pyctdbd {__version__}")
+    return p.parse_args(argv)
+
+
+def load(args):
+    """Load and check everything; return ``(config, me, tunables)`` or raise ConfigError."""
+    from .config import load_config, resolve_node_address
+    from .tunables import Tunables
+    config = load_config(args.config_dir)
+    me = resolve_node_address(config)
+    tunables = Tunables(config.tunables)
+    return config, me, tunables
+
+
+async def _serve(config, me, tunables, socket_path, ring):
+    from .cluster import Cluster
+    from .clusterlock import make_lock
+    from .sdnotify import notify
+
+    lock = make_lock(config.cluster_lock)
+    cluster = Cluster(config, me, tunables, lock=lock)
+    api = ApiServer(socket_path, cluster, tunables, log_buffer=ring)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    def ready():
+        notify(f"READY=1\nSTATUS=joined: node {cluster.pnn}, leader {cluster.leader}, "
+               f"generation {cluster.generation}")
+    cluster.on_joined.append(ready)
+
+    try:
+        await api.start()
+    except ApiError as exc:
+        log.error("%s", exc.message)
+        print(f"pyctdbd: {exc.message}", file=sys.stderr)
+        return 1
+    try:
+        await cluster.start()
+    except OSError as exc:
+        await api.stop()
+        msg = f"cannot listen on {me.address}:{config.port}: {exc.strerror or exc}"
+        log.error("%s", msg)
+        print(f"pyctdbd: {msg}", file=sys.stderr)
+        return 1
+    notify(f"STATUS=node {cluster.pnn} ({me.address}) waiting to join")
+    await stop.wait()
+    log.warning("shutting down (signal received)")
+    notify("STOPPING=1")
+    await cluster.stop()
+    await api.stop()
+    log.warning("stopped")
+    return 0
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    from .config import ConfigError
+    try:
+        config, me, tunables = load(args)
+    except ConfigError as exc:
+        print(f"pyctdbd: {exc}", file=sys.stderr)
+        return 2
+    if args.check_config:
+        active = [n for n in config.nodes if not n.deleted]
+        print(f"{config.conf_path}: OK: {len(config.nodes)} nodes ({len(active)} active) "
+              f"from {config.nodes_source}; this node is PNN {me.pnn} ({me.address}); "
+              f"{len(config.public_addresses)} public addresses; cluster lock: "
+              f"{config.cluster_lock or 'none'}")
+        return 0
+    from .logsetup import setup
+    ring = setup("stderr" if args.log_stderr else config.log_location, config.log_level)
+    socket_path = args.socket or os.environ.get("PYCTDB_SOCKET") or DEFAULT_SOCKET
+    log.warning("pyctdbd %s starting: node %d (%s), config %s, socket %s", __version__,
+                me.pnn, me.address, args.config_dir, socket_path)
+    try:
+        return asyncio.run(_serve(config, me, tunables, socket_path, ring))
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

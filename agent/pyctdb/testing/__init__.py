@@ -1,0 +1,1 @@
+"""Test support: run real agents locally (see :mod:`pyctdb.testing.localcluster`)."""

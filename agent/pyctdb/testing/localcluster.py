@@ -1,0 +1,291 @@
+"""Run N real pyctdbd agents on one machine, on 127.0.X.Y loopback addresses.
+
+Like CTDB's "local daemons" test mode: each agent gets its own config directory, API
+socket, log file and loopback address, and they share a cluster lock file. Used by the
+integration tests, the module tests and the benchmarks::
+
+    from pyctdb.testing.localcluster import LocalCluster
+
+    with LocalCluster(3, base_dir=tmp_path) as c:
+        c.start()
+        c.wait_healthy(timeout=10)
+        print(c.status(0)["leader"])
+        c.kill(0)                     # SIGKILL the agent of node 0
+        c.wait_for(lambda: c.leader_of(1) not in (None, 0), timeout=10)
+        c.start_node(0)
+
+Also a command: ``python -m pyctdb.testing.localcluster --nodes 3 DIR`` starts a cluster
+in DIR and keeps it running until interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from ..apiclient import AgentUnavailable, ApiCallError, Client
+
+AGENT_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _free_port(host):
+    for _ in range(200):
+        port = random.randint(20000, 60000)
+        s = socket.socket()
+        try:
+            s.bind((host, port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
+    raise RuntimeError("no free port found")
+
+
+class LocalCluster:
+    def __init__(self, n, base_dir=None, *, lock=True, tunables=None, conf_extra=None,
+                 deleted=(), log_level="INFO", subnet=None, port=None, python=None):
+        """``n`` nodes (PNN 0..n-1); PNNs in ``deleted`` are written as ``#`` lines.
+        ``conf_extra``: extra pyctdb.conf text, either one string for all nodes or a
+        {pnn: str} dict. ``tunables``: {NAME: value} written to every node's tunables file."""
+        self.n = n
+        self._own_dir = base_dir is None
+        self.base_dir = str(base_dir or tempfile.mkdtemp(prefix="pyctdb-local-"))
+        self.lock = lock
+        self.tunables = dict(tunables or {})
+        self.conf_extra = conf_extra or ""
+        self.deleted = set(deleted)
+        self.log_level = log_level
+        self.subnet = subnet if subnet is not None else random.randint(20, 250)
+        self.port = port or _free_port(self.address(0))
+        self.python = python or sys.executable
+        self.procs = {}
+        self.write_config()
+
+    # -- layout --------------------------------------------------------------------------
+    def address(self, pnn):
+        return f"127.0.{self.subnet}.{pnn + 1}"
+
+    def node_dir(self, pnn):
+        return os.path.join(self.base_dir, f"node{pnn}")
+
+    def config_dir(self, pnn):
+        return os.path.join(self.node_dir(pnn), "etc")
+
+    def socket(self, pnn):
+        return os.path.join(self.node_dir(pnn), "pyctdbd.socket")
+
+    def log_file(self, pnn):
+        return os.path.join(self.node_dir(pnn), "log.pyctdb")
+
+    @property
+    def lock_file(self):
+        return os.path.join(self.base_dir, "shared", "cluster.lock")
+
+    def nodes_text(self):
+        return "".join(("#" + self.address(p) if p in self.deleted else self.address(p))
+                       + "\n" for p in range(self.n))
+
+    def write_config(self):
+        os.makedirs(os.path.dirname(self.lock_file), exist_ok=True)
+        for pnn in range(self.n):
+            etc = self.config_dir(pnn)
+            os.makedirs(etc, exist_ok=True)
+            with open(os.path.join(etc, "nodes"), "w") as f:
+                f.write(self.nodes_text())
+            extra = (self.conf_extra.get(pnn, "") if isinstance(self.conf_extra, dict)
+                     else self.conf_extra)
+            d = self.node_dir(pnn)
+            conf = [
+                "[logging]", f"location = file:{self.log_file(pnn)}",
+                f"log level = {self.log_level}", "",
+                "[cluster]", f"node address = {self.address(pnn)}", f"port = {self.port}",
+            ]
+            if self.lock:
+                conf.append(f"cluster lock = {self.lock_file}")
+            conf += ["", "[database]",
+                     f"volatile database directory = {d}/db/volatile",
+                     f"persistent database directory = {d}/db/persistent",
+                     f"state database directory = {d}/db/state", ""]
+            with open(os.path.join(etc, "pyctdb.conf"), "w") as f:
+                f.write("\n".join(conf) + "\n" + extra)
+            with open(os.path.join(etc, "pyctdb.tunables"), "w") as f:
+                for k, v in self.tunables.items():
+                    f.write(f"{k}={v}\n")
+
+    # -- processes -----------------------------------------------------------------------
+    def start(self, pnns=None):
+        for pnn in (range(self.n) if pnns is None else pnns):
+            if pnn not in self.deleted:
+                self.start_node(pnn)
+        return self
+
+    def start_node(self, pnn):
+        if self.running(pnn):
+            return
+        env = dict(os.environ)
+        env["PYTHONPATH"] = AGENT_DIR + (os.pathsep + env["PYTHONPATH"]
+                                         if env.get("PYTHONPATH") else "")
+        env.pop("NOTIFY_SOCKET", None)
+        out = open(os.path.join(self.node_dir(pnn), "stderr.log"), "ab")
+        self.procs[pnn] = subprocess.Popen(
+            [self.python, "-m", "pyctdb.daemon", "--config-dir", self.config_dir(pnn),
+             "--socket", self.socket(pnn)],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        out.close()
+
+    def running(self, pnn):
+        p = self.procs.get(pnn)
+        return p is not None and p.poll() is None
+
+    def kill(self, pnn, sig=signal.SIGKILL, wait=True):
+        p = self.procs.get(pnn)
+        if p is None or p.poll() is not None:
+            return
+        p.send_signal(sig)
+        if wait:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def stop(self, pnn):
+        """Stop one agent cleanly (SIGTERM)."""
+        self.kill(pnn, signal.SIGTERM)
+
+    def pause(self, pnn):
+        """SIGSTOP: the agent goes silent without its connections breaking."""
+        self.kill(pnn, signal.SIGSTOP, wait=False)
+
+    def resume(self, pnn):
+        self.kill(pnn, signal.SIGCONT, wait=False)
+
+    def stop_all(self):
+        for pnn, p in list(self.procs.items()):
+            if p.poll() is None:
+                try:
+                    os.kill(p.pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+                p.terminate()
+        for p in self.procs.values():
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_all()
+        if self._own_dir:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    # -- queries -------------------------------------------------------------------------
+    def call(self, pnn, command, timeout=5.0, **args):
+        with Client(self.socket(pnn), timeout=timeout) as c:
+            return c.call(command, **args)
+
+    def status(self, pnn):
+        return self.call(pnn, "status")
+
+    def try_status(self, pnn):
+        try:
+            return self.status(pnn)
+        except (AgentUnavailable, ApiCallError, OSError, ValueError):
+            return None
+
+    def leader_of(self, pnn):
+        st = self.try_status(pnn)
+        return st["leader"] if st else None
+
+    def cli(self, pnn, *args, check=False):
+        env = dict(os.environ)
+        env["PYTHONPATH"] = AGENT_DIR + (os.pathsep + env["PYTHONPATH"]
+                                         if env.get("PYTHONPATH") else "")
+        return subprocess.run([self.python, "-m", "pyctdb.cli", "--socket", self.socket(pnn),
+                               *args], capture_output=True, text=True, env=env, check=check)
+
+    def log(self, pnn):
+        try:
+            with open(self.log_file(pnn)) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def wait_for(self, predicate, timeout=10.0, interval=0.02, what="condition"):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if predicate():
+                    return True
+            except (AgentUnavailable, ApiCallError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout}s waiting for {what}\n"
+                                   + self.describe())
+            time.sleep(interval)
+
+    def healthy(self, pnns=None):
+        """Every given running node reports every active node OK and the same leader."""
+        pnns = [p for p in (range(self.n) if pnns is None else pnns) if p not in self.deleted]
+        leaders = set()
+        for p in pnns:
+            st = self.try_status(p)
+            if not st or not st["healthy"]:
+                return False
+            ok = [n for n in st["nodes"] if n["state"] == "OK"]
+            if len(ok) != self.n - len(self.deleted):
+                return False
+            leaders.add(st["leader"])
+        return len(leaders) == 1 and None not in leaders
+
+    def wait_healthy(self, timeout=30.0, pnns=None):
+        return self.wait_for(lambda: self.healthy(pnns), timeout, what="a healthy cluster")
+
+    def describe(self):
+        out = []
+        for p in range(self.n):
+            st = self.try_status(p)
+            if st is None:
+                out.append(f"node {p}: no answer (running={self.running(p)})")
+            else:
+                out.append(f"node {p}: leader={st['leader']} gen={st['generation']} "
+                           f"recmode={st['recovery_mode']} nodes="
+                           + ",".join(f"{n['pnn']}:{n['state']}" for n in st["nodes"]))
+        return "\n".join(out)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="run N local pyctdbd agents")
+    ap.add_argument("dir")
+    ap.add_argument("--nodes", type=int, default=3)
+    ap.add_argument("--no-lock", action="store_true")
+    a = ap.parse_args(argv)
+    c = LocalCluster(a.nodes, base_dir=a.dir, lock=not a.no_lock)
+    c.start()
+    try:
+        c.wait_healthy(60)
+        print(c.describe())
+        for p in range(a.nodes):
+            print(f"node {p}: pyctdb --socket {c.socket(p)} status")
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        c.stop_all()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+"""Node-to-node transport over TCP.
+
+Like CTDB, every pair of nodes uses two connections: each node dials every other node
+and sends only on its own outgoing connection; it receives on the connection the peer
+dialled. A peer's link is *up* when both are established and the peer's HELLO was
+accepted. Dead peers are seen at once when their connections break; silent ones are
+dropped by the cluster layer after the keepalive limit (:meth:`Transport.drop`).
+
+Every connection starts with a HELLO naming the caller's PNN, address, process instance
+and a digest of its nodes list. A HELLO that does not match the nodes list (wrong
+address, unknown PNN, a different nodes file), and any malformed, oversized or
+wrong-version frame, is logged and the connection dropped; the sender's outgoing loop
+reconnects by itself with a capped back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import time
+
+from . import protocol as P
+
+log = logging.getLogger("pyctdb.transport")
+
+HELLO_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 2.0
+MAX_WRITE_BUFFER = 8 * 1024 * 1024
+BACKOFF_MIN = 0.05
+BACKOFF_MAX = 1.0
+
+
+def _norm(addr: str) -> str:
+    ip = ipaddress.ip_address(addr.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
+class _RateLimitedLog:
+    """Log a repeating complaint once per ``interval`` seconds per key."""
+
+    def __init__(self, interval=30.0):
+        self.interval = interval
+        self._last = {}
+
+    def __call__(self, level, key, msg, *args):
+        now = time.monotonic()
+        if now - self._last.get(key, -1e9) >= self.interval:
+            self._last[key] = now
+            log.log(level, msg, *args)
+
+
+class Transport:
+    def __init__(self, *, pnn, address, port, nodes, hello, on_frame, on_link_up,
+                 on_link_down, max_payload=P.MAX_PAYLOAD):
+        """``nodes``: {pnn: address} of every non-deleted node (including this one).
+        ``hello``: a callable returning the HELLO payload. Callbacks: ``on_frame(pnn,
+        Frame)``, ``on_link_up(pnn, hello_payload)``, ``on_link_down(pnn, reason)``."""
+        self.pnn = pnn
+        self.address = address
+        self.port = port
+        self.nodes = {p: _norm(a) for p, a in nodes.items()}
+        self._hello = hello
+        self._on_frame = on_frame
+        self._on_link_up = on_link_up
+        self._on_link_down = on_link_down
+        self.max_payload = max_payload
+        self._server = None
+        self._out = {}  # pnn -> StreamWriter of our outgoing connection
+        self._in = {}  # pnn -> (StreamWriter of their incoming connection, hello)
+        self._up = set()
+        self._tasks = []
+        self._in_tasks = set()
+        self._running = False
+        self._complain = _RateLimitedLog()
+        self.stats = {"frames_in": 0, "frames_out": 0, "dropped_bad_frames": 0}
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def start(self):
+        self._running = True
+        self._server = await asyncio.start_server(
+            self._handle_inbound, host=self.address, port=self.port, reuse_address=True,
+            limit=2 ** 16)
+        for pnn in self.nodes:
+            if pnn != self.pnn:
+                self._tasks.append(asyncio.create_task(self._outbound_loop(pnn),
+                                                       name=f"outbound-{pnn}"))
+
+    async def stop(self, bye_payload=None):
+        self._running = False
+        if bye_payload is not None:
+            self.broadcast(P.MsgType.BYE, bye_payload)
+        for w in list(self._out.values()):
+            await self._close_writer(w, drain=bye_payload is not None)
+        for w, _ in list(self._in.values()):
+            await self._close_writer(w)
+        if self._server is not None:
+            self._server.close()
+        for t in self._tasks + list(self._in_tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, *self._in_tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    @staticmethod
+    async def _close_writer(w, drain=False):
+        try:
+            if drain:
+                await asyncio.wait_for(w.drain(), 0.5)
+        except Exception:
+            pass
+        try:
+            w.close()
+        except Exception:
+            pass
+
+    # -- sending -------------------------------------------------------------------------
+    def link_up(self, pnn) -> bool:
+        return pnn in self._up
+
+    def send(self, pnn, msg_type, payload) -> bool:
+        w = self._out.get(pnn)
+        if w is None or w.is_closing():
+            return False
+        return self._write(pnn, w, P.encode(msg_type, payload))
+
+    def broadcast(self, msg_type, payload):
+        data = P.encode(msg_type, payload)
+        for pnn, w in list(self._out.items()):
+            if w is not None and not w.is_closing():
+                self._write(pnn, w, data)
+
+    def _write(self, pnn, w, data) -> bool:
+        if w.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+            log.warning("node %d is not reading (%d bytes queued): dropping its link",
+                        pnn, w.transport.get_write_buffer_size())
+            self.drop(pnn, "peer not reading")
+            return False
+        w.write(data)
+        self.stats["frames_out"] += 1
+        return True
+
+    def drop(self, pnn, reason):
+        """Close both connections with ``pnn``; the outgoing loop reconnects."""
+        w = self._out.pop(pnn, None)
+        if w is not None:
+            w.close()
+        entry = self._in.pop(pnn, None)
+        if entry is not None:
+            entry[0].close()
+        self._update(pnn, reason)
+
+    # -- link state ----------------------------------------------------------------------
+    def _update(self, pnn, reason=""):
+        up = pnn in self._out and pnn in self._in
+        if up and pnn not in self._up:
+            self._up.add(pnn)
+            self._on_link_up(pnn, self._in[pnn][1])
+        elif not up and pnn in self._up:
+            self._up.discard(pnn)
+            self._on_link_down(pnn, reason)
+
+    # -- outgoing ------------------------------------------------------------------------
+    async def _outbound_loop(self, pnn):
+        addr = self.nodes[pnn]
+        backoff = BACKOFF_MIN
+        while self._running:
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(addr, self.port, local_addr=(self.address, 0)),
+                    CONNECT_TIMEOUT)
+            except (OSError, asyncio.TimeoutError) as exc:
+                self._complain(logging.INFO, ("connect", pnn),
+                               "cannot connect to node %d (%s:%d): %s", pnn, addr, self.port,
+                               exc or "timeout")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            connected_at = time.monotonic()
+            try:
+                writer.write(P.encode(P.MsgType.HELLO, self._hello()))
+                self._out[pnn] = writer
+                log.debug("connected to node %d (%s:%d)", pnn, addr, self.port)
+                self._update(pnn)
+                # The peer never sends on this connection: any byte or EOF ends it.
+                await reader.read(1)
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            except asyncio.CancelledError:
+                writer.close()
+                raise
+            finally:
+                if self._out.get(pnn) is writer:
+                    del self._out[pnn]
+                    writer.close()
+                    self._update(pnn, "connection closed")
+            if time.monotonic() - connected_at > 1.0:
+                backoff = BACKOFF_MIN
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    # -- incoming ------------------------------------------------------------------------
+    async def _handle_inbound(self, reader, writer):
+        task = asyncio.current_task()
+        self._in_tasks.add(task)
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        src = _norm(peer[0]) if peer[0] != "?" else "?"
+        pnn = None
+        try:
+            try:
+                frame = await asyncio.wait_for(P.read_frame(reader, self.max_payload),
+                                               HELLO_TIMEOUT)
+                if frame.type != P.MsgType.HELLO:
+                    raise P.ProtocolError(f"expected HELLO first, got {frame.type.name}")
+                hello = P.validate(frame)
+                pnn = self._check_hello(hello, src)
+            except asyncio.TimeoutError:
+                self._complain(logging.WARNING, ("hello-timeout", src),
+                               "dropping connection from %s: no HELLO within %ss", src,
+                               HELLO_TIMEOUT)
+                return
+            except P.ProtocolError as exc:
+                self.stats["dropped_bad_frames"] += 1
+                self._complain(logging.WARNING, ("bad-hello", src, str(exc)),
+                               "dropping connection from %s: %s", src, exc)
+                return
+            old = self._in.get(pnn)
+            if old is not None:
+                old[0].close()
+            self._in[pnn] = (writer, hello)
+            if pnn in self._up:
+                # A new process instance replaced an old one: report down then up.
+                self._up.discard(pnn)
+                self._on_link_down(pnn, "peer reconnected")
+            self._update(pnn)
+            while self._running:
+                frame = await P.read_frame(reader, self.max_payload)
+                self.stats["frames_in"] += 1
+                P.validate(frame)
+                if frame.payload.get("pnn") != pnn:
+                    raise P.ProtocolError(
+                        f"frame claims PNN {frame.payload.get('pnn')} on node {pnn}'s "
+                        "connection")
+                self._on_frame(pnn, frame)
+        except P.ProtocolError as exc:
+            self.stats["dropped_bad_frames"] += 1
+            log.warning("dropping connection from node %s (%s): %s",
+                        pnn if pnn is not None else "?", src, exc)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # a bug must not take the daemon down
+            log.exception("unexpected error on connection from %s", src)
+        finally:
+            self._in_tasks.discard(task)
+            writer.close()
+            if pnn is not None and self._in.get(pnn, (None,))[0] is writer:
+                del self._in[pnn]
+                self._update(pnn, "connection closed")
+
+    def _check_hello(self, hello, src) -> int:
+        pnn = hello["pnn"]
+        if pnn == self.pnn or pnn not in self.nodes:
+            raise P.ProtocolError(f"HELLO from unknown or deleted PNN {pnn}")
+        try:
+            claimed = _norm(hello["address"])
+        except ValueError:
+            raise P.ProtocolError(f"HELLO with invalid address {hello['address']!r}") from None
+        if claimed != self.nodes[pnn]:
+            raise P.ProtocolError(
+                f"HELLO claims PNN {pnn} with address {claimed}, but node {pnn} is "
+                f"{self.nodes[pnn]} in this node's nodes list")
+        if src != self.nodes[pnn]:
+            raise P.ProtocolError(
+                f"HELLO for node {pnn} ({self.nodes[pnn]}) arrived from {src}")
+        mine = self._hello()["nodes_digest"]
+        if hello["nodes_digest"] != mine:
+            raise P.ProtocolError(
+                f"node {pnn} has a different nodes list (digest {hello['nodes_digest'][:12]}"
+                f", ours {mine[:12]}): every node must have the same nodes file")
+        return pnn

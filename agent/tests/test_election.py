@@ -1,0 +1,96 @@
+from pyctdb import flags as F
+from pyctdb.election import Decision, ElectionInput, PeerView, decide, vnnmap_for
+
+
+def peers(*specs):
+    """specs: (pnn, connected, flags, claims)"""
+    return tuple(PeerView(pnn=p, connected=c, flags=f, claims_leader=cl)
+                 for p, c, f, cl in specs)
+
+
+def test_lowest_pnn_campaigns_when_nobody_leads():
+    d = decide(ElectionInput(me=0, peers=peers((1, True, 0, False), (2, True, 0, False))))
+    assert d.action == "campaign" and d.leader == 0
+    d = decide(ElectionInput(me=1, peers=peers((0, True, 0, False), (2, True, 0, False))))
+    assert d.action == "wait" and "expecting node 0" in d.reason
+
+
+def test_start_up_grace_waits():
+    d = decide(ElectionInput(me=0, settled=False, peers=peers((1, False, F.DISCONNECTED, False))))
+    assert d.action == "wait" and "grace" in d.reason
+
+
+def test_grace_does_not_delay_following_an_existing_leader():
+    d = decide(ElectionInput(me=0, settled=False, peers=peers((1, True, 0, True))))
+    assert (d.action, d.leader) == ("follow", 1)
+
+
+def test_returning_lower_pnn_follows_the_current_leader():
+    # node 0 comes back while node 2 leads: it must not take over
+    d = decide(ElectionInput(me=0, peers=peers((1, True, 0, False), (2, True, 0, True))))
+    assert (d.action, d.leader) == ("follow", 2)
+
+
+def test_leader_keeps_leading():
+    d = decide(ElectionInput(me=2, am_leader=True,
+                             peers=peers((0, True, 0, False), (1, True, 0, False))))
+    assert (d.action, d.leader) == ("lead", 2)
+
+
+def test_two_leaders_higher_pnn_steps_down():
+    d = decide(ElectionInput(me=2, am_leader=True, peers=peers((1, True, 0, True))))
+    assert (d.action, d.leader) == ("step_down", 1)
+    d = decide(ElectionInput(me=1, am_leader=True, peers=peers((2, True, 0, True))))
+    assert (d.action, d.leader) == ("lead", 1)
+
+
+def test_disconnected_leader_is_ignored_and_next_campaigns():
+    d = decide(ElectionInput(me=1, peers=peers((0, False, F.DISCONNECTED, True),
+                                               (2, True, 0, False))))
+    assert d.action == "campaign"
+    d = decide(ElectionInput(me=2, peers=peers((0, False, F.DISCONNECTED, True),
+                                               (1, True, 0, False))))
+    assert d.action == "wait" and "expecting node 1" in d.reason
+
+
+def test_candidate_that_does_not_take_over_is_replaced_after_timeout():
+    inp = ElectionInput(me=2, candidate_wait_expired=True,
+                        peers=peers((0, False, F.DISCONNECTED, False), (1, True, 0, False)))
+    assert decide(inp).action == "campaign"
+
+
+def test_banned_or_stopped_nodes_never_lead():
+    d = decide(ElectionInput(me=0, my_flags=F.STOPPED, peers=peers((1, True, 0, False))))
+    assert d.action == "wait" and "expecting node 1" in d.reason
+    d = decide(ElectionInput(me=0, my_flags=F.BANNED, am_leader=True,
+                             peers=peers((1, True, 0, False))))
+    assert d.action == "step_down"
+    # a banned peer's claim is not followed
+    d = decide(ElectionInput(me=1, peers=peers((0, True, F.BANNED, True))))
+    assert d.action == "campaign"
+
+
+def test_unknown_peer_is_not_eligible():
+    d = decide(ElectionInput(me=1, peers=peers((0, True, F.UNKNOWN, False))))
+    assert d.action == "campaign"
+
+
+def test_not_leader_capable():
+    d = decide(ElectionInput(me=0, my_leader_capable=False, peers=peers((1, True, 0, False))))
+    assert d.action == "wait"
+    inp = ElectionInput(me=1, peers=(PeerView(0, True, 0, False, leader_capable=False),))
+    assert decide(inp).action == "campaign"
+
+
+def test_nobody_eligible():
+    d = decide(ElectionInput(me=0, my_flags=F.STOPPED, peers=peers((1, False, 1, False))))
+    assert d == Decision("wait", None, "no node is eligible to lead", ())
+
+
+def test_disabled_and_unhealthy_nodes_may_lead():
+    d = decide(ElectionInput(me=0, my_flags=F.DISABLED, peers=peers((1, True, 0, False))))
+    assert d.action == "campaign"
+
+
+def test_vnnmap():
+    assert vnnmap_for([2, 0, 1], {1: False}) == [0, 2]

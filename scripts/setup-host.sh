@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install everything pyctdb's demo and tests need on a fresh Debian 12 machine.
+# Idempotent: re-running it only installs what is missing.
+# - Debian packages: podman (only when no Docker engine answers), runc, debootstrap, iproute2
+# - Python packages into a virtualenv at ${PYCTDB_VENV:-.venv}
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+VENV="${PYCTDB_VENV:-$here/.venv}"
+export DEBIAN_FRONTEND=noninteractive
+
+need_apt=()
+for pkg in debootstrap iproute2 rsync; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+docker_engine=0
+if command -v docker >/dev/null 2>&1 && timeout 5 docker info >/dev/null 2>&1; then
+  # A real Docker engine (or an API socket already set up) answers: use it.
+  docker_engine=1
+fi
+if [ "$docker_engine" = 0 ]; then
+  for pkg in podman runc; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+  done
+fi
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [ "$docker_engine" = 0 ]; then
+  "$here/scripts/podman-api.sh" start
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/pip" install -q --upgrade pip wheel >/dev/null
+"$VENV/bin/pip" install -q -r "$here/requirements-dev.txt"
+"$VENV/bin/pip" install -q -e "$here/agent"
+echo "setup-host: ready (venv $VENV)"
