@@ -14,6 +14,7 @@ Two kinds, as in CTDB's ``[cluster] cluster lock``:
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import fcntl
 import logging
 import os
@@ -99,6 +100,17 @@ class FcntlLock(ClusterLock):
             return False
 
 
+def _die_with_parent():
+    """Run in the helper child before exec: if pyctdbd dies (even by SIGKILL), the kernel
+    kills the helper too, so the lock is released (CTDB's helpers watch their parent for
+    the same reason)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
 class HelperLock(ClusterLock):
     def __init__(self, command: str, timeout: float = 10.0):
         self.argv = shlex.split(command)
@@ -116,7 +128,8 @@ class HelperLock(ClusterLock):
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
+                stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
+                preexec_fn=_die_with_parent)
         except OSError as exc:
             return ERROR, f"cannot run lock helper {self.argv[0]}: {exc}"
         try:

@@ -64,7 +64,7 @@ PYCTDB_DIFFERENCES = {"KeepaliveInterval": 0.5, "KeepaliveLimit": 3}
 PATH = "/etc/pyctdb/pyctdb.tunables"
 
 
-# -- the table ---------------------------------------------------------------------------
+# -- the table --------------------------------------------------------------------------
 def test_listed_tunables_are_ctdbs_in_ctdbs_order():
     assert [n for n, _ in T.Tunables().items()] == list(CTDB_DEFAULTS)
 
@@ -112,7 +112,7 @@ def test_used_by_pyctdb():
         assert "pyctdb uses it" in T.TUNABLES[name].doc
 
 
-# -- lookup ------------------------------------------------------------------------------
+# -- lookup -----------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["KeepaliveInterval", "keepaliveinterval",
                                   "KEEPALIVEINTERVAL", " KeepAliveInterval "])
 def test_lookup_is_case_insensitive(name):
@@ -141,7 +141,7 @@ def test_lookup_unknown_without_close_match():
     assert str(ei.value).strip("'\"") == str(ei.value)
 
 
-# -- parse_value -------------------------------------------------------------------------
+# -- parse_value ------------------------------------------------------------------------
 @pytest.mark.parametrize("text,value", [
     ("10", 10), (" 10 ", 10), ("0", 0), ("0x1f", 31), ("0XFF", 255), ("010", 8),
     ("4294967295", 4294967295), ("0xffffffff", 4294967295),
@@ -204,7 +204,7 @@ def test_parse_float_out_of_range(text):
         T.parse_value(T.lookup("KeepaliveInterval"), text)
 
 
-# -- Tunables ----------------------------------------------------------------------------
+# -- Tunables ---------------------------------------------------------------------------
 def test_tunables_get_set():
     t = T.Tunables()
     assert t.get("keepaliveinterval") == 0.5
@@ -258,7 +258,7 @@ def test_tunables_instances_are_independent():
     assert T.TUNABLES["KeepaliveLimit"].default == 3
 
 
-# -- parse_tunables ----------------------------------------------------------------------
+# -- parse_tunables ---------------------------------------------------------------------
 def test_parse_tunables_empty():
     assert T.parse_tunables("", PATH) == {}
     assert T.parse_tunables("# comment\n\n   \n\t# indented comment\n", PATH) == {}

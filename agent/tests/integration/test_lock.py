@@ -1,0 +1,92 @@
+"""The cluster lock decides who may lead."""
+
+import fcntl
+import os
+import sys
+import textwrap
+import time
+
+import pytest
+
+from pyctdb.testing.localcluster import LocalCluster
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_node_that_cannot_take_the_lock_does_not_lead(tmp_path):
+    c = LocalCluster(3, base_dir=tmp_path)
+    os.makedirs(os.path.dirname(c.lock_file), exist_ok=True)
+    fd = os.open(c.lock_file, os.O_RDWR | os.O_CREAT)
+    fcntl.lockf(fd, fcntl.LOCK_EX)  # someone else holds the lock
+    try:
+        with c:
+            c.start()
+            c.wait_for(lambda: all(c.try_status(p) for p in range(3)), 20)
+            time.sleep(2.0)  # well past the start-up grace
+            for p in range(3):
+                st = c.status(p)
+                assert st["leader"] is None and not st["joined"]
+                assert st["generation"] is None
+                assert not st["cluster_lock"]["held"]
+            assert "cannot take the cluster lock" in c.log(0)
+            r = c.cli(0, "status")
+            assert "Generation:INVALID" in r.stdout and "Leader:UNKNOWN" in r.stdout
+            assert "Recovery mode:RECOVERY (1)" in r.stdout
+            os.close(fd)
+            fd = None
+            c.wait_healthy(10)
+            leader = c.status(0)["leader"]
+            assert c.status(leader)["cluster_lock"]["held"]
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+HELPER = textwrap.dedent("""\
+    import fcntl, os, signal, sys, time
+    # A CTDB-style mutex helper: prints 0 (taken) or 1 (contended), then holds the lock.
+    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        sys.stdout.write("1"); sys.stdout.flush(); sys.exit(0)
+    sys.stdout.write("0"); sys.stdout.flush()
+    while True:
+        time.sleep(3600)
+""")
+
+
+def test_mutex_helper_lock(tmp_path):
+    helper = tmp_path / "helper.py"
+    helper.write_text(HELPER)
+    lockfile = tmp_path / "helper.lock"
+    conf = f"[cluster]\ncluster lock = !{sys.executable} {helper} {lockfile}\n"
+    # the LocalCluster writes its own [cluster] section: use a lock-less layout + extra
+    with LocalCluster(3, base_dir=tmp_path / "c", lock=False) as c:
+        for p in range(3):
+            path = os.path.join(c.config_dir(p), "pyctdb.conf")
+            text = open(path).read().replace("[cluster]\n", "[cluster]\n" + conf.split("\n")[1] + "\n")
+            open(path, "w").write(text)
+        c.start()
+        c.wait_healthy(20)
+        leader = c.status(0)["leader"]
+        st = c.status(leader)
+        assert st["cluster_lock"]["held"] and st["cluster_lock"]["lock"].startswith("!")
+        c.kill(leader)
+        others = [p for p in range(3) if p != leader]
+        c.wait_for(lambda: c.leader_of(others[0]) in others
+                   and c.leader_of(others[1]) == c.leader_of(others[0]), 15)
+        new = c.leader_of(others[0])
+        assert c.status(new)["cluster_lock"]["held"]
+
+
+def test_removed_lock_file_makes_leader_step_down(tmp_path):
+    with LocalCluster(2, base_dir=tmp_path) as c:
+        c.start()
+        c.wait_healthy(20)
+        leader = c.status(0)["leader"]
+        os.unlink(c.lock_file)
+        # the leader notices within its 5 s check, lets go, and someone takes a new lock
+        c.wait_for(lambda: "no longer held" in c.log(leader), 15)
+        c.wait_healthy(20)
+        assert os.path.exists(c.lock_file)

@@ -1,0 +1,77 @@
+"""pyctdbd start-up: bad configuration is refused with exit code 2 and file:line."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+AGENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+
+def run(*args, timeout=20):
+    env = dict(os.environ, PYTHONPATH=AGENT)
+    return subprocess.run([sys.executable, "-m", "pyctdb.daemon", *args], capture_output=True,
+                          text=True, env=env, timeout=timeout)
+
+
+@pytest.fixture
+def confdir(tmp_path):
+    d = tmp_path / "etc"
+    d.mkdir()
+    (d / "nodes").write_text("127.0.0.1\n127.0.0.2\n")
+    (d / "pyctdb.conf").write_text(
+        "[logging]\nlocation = file:%s/log\n[cluster]\nnode address = 127.0.0.1\n" % tmp_path)
+    return d
+
+
+def test_check_config_ok(confdir):
+    r = run("--check-config", "--config-dir", str(confdir))
+    assert r.returncode == 0, r.stderr
+    assert "this node is PNN 0 (127.0.0.1)" in r.stdout
+
+
+@pytest.mark.parametrize("fname,text,expect", [
+    ("pyctdb.conf", "[cluster]\nnode adress = 127.0.0.1\n", "pyctdb.conf:2:"),
+    ("pyctdb.conf", "[clustr]\n", "pyctdb.conf:1:"),
+    ("pyctdb.conf", "[cluster]\nleader timeout = soon\n", "pyctdb.conf:2:"),
+    ("nodes", "127.0.0.1\n127.0.0.300\n", "nodes:2:"),
+    ("public_addresses", "10.0.0.1/24 eth0\n10.0.0.2/99 eth0\n", "public_addresses:2:"),
+    ("pyctdb.tunables", "KeepaliveInterval=1\nNoSuchTunable=3\n", "pyctdb.tunables:2:"),
+])
+@pytest.mark.parametrize("mode", ["check", "start"])
+def test_bad_config_refused_with_file_and_line(confdir, fname, text, expect, mode):
+    (confdir / fname).write_text(text)
+    args = ["--config-dir", str(confdir), "--socket", str(confdir / "sock")]
+    if mode == "check":
+        args.insert(0, "--check-config")
+    r = run(*args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert expect in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (confdir / "sock").exists()  # nothing started
+
+
+def test_missing_nodes_file(confdir):
+    os.unlink(confdir / "nodes")
+    r = run("--check-config", "--config-dir", str(confdir))
+    assert r.returncode == 2 and "nodes" in r.stderr
+
+
+def test_address_not_on_this_host(tmp_path):
+    d = tmp_path / "etc"
+    d.mkdir()
+    (d / "nodes").write_text("192.0.2.10\n192.0.2.11\n")  # TEST-NET: never local
+    r = run("--check-config", "--config-dir", str(d))
+    assert r.returncode == 2 and "node address" in r.stderr
+
+
+def test_second_agent_on_same_socket_refused(tmp_path):
+    from pyctdb.testing.localcluster import LocalCluster
+    with LocalCluster(1, base_dir=tmp_path) as c:
+        c.start()
+        c.wait_healthy(20)
+        r = run("--config-dir", c.config_dir(0), "--socket", c.socket(0))
+        assert r.returncode == 1
+        assert "another pyctdbd is serving" in r.stderr
+        assert c.status(0)["healthy"]
