@@ -426,8 +426,12 @@ class Cluster:
 
     def _broadcast_state(self, now, force=False):
         payload = self._state_payload()
-        if force or payload != self._last_sent or now - self._last_sent_at >= \
-                self.keepalive_interval:
+        # A change of the "connected" list alone does not trigger a send (it is news to
+        # nobody, and during formation it would multiply the traffic by N); it goes out
+        # with the next keepalive.
+        changed = self._last_sent is None or any(
+            payload[k] != self._last_sent.get(k) for k in payload if k != "connected")
+        if force or changed or now - self._last_sent_at >= self.keepalive_interval:
             self.transport.broadcast(P.MsgType.STATE, payload)
             self._last_sent = payload
             self._last_sent_at = now

@@ -327,6 +327,8 @@ def _unknown_option(name: str, section: str) -> str:
 
 
 def _default_text(opt: Option) -> str:
+    if opt.name == "nodes list":
+        return "the nodes file in the configuration directory"
     d = opt.default
     if d is None:
         return "none"
