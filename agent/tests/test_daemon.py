@@ -61,7 +61,7 @@ def test_missing_nodes_file(confdir):
 def test_address_not_on_this_host(tmp_path):
     d = tmp_path / "etc"
     d.mkdir()
-    (d / "nodes").write_text("192.0.2.10\n192.0.2.11\n")  # TEST-NET: never local
+    (d / "nodes").write_text("203.0.113.77\n203.0.113.78\n")  # TEST-NET: never local
     r = run("--check-config", "--config-dir", str(d))
     assert r.returncode == 2 and "node address" in r.stderr
 
@@ -75,3 +75,35 @@ def test_second_agent_on_same_socket_refused(tmp_path):
         assert r.returncode == 1
         assert "another pyctdbd is serving" in r.stderr
         assert c.status(0)["healthy"]
+
+
+def test_systemd_readiness_after_join_and_clean_sigterm(tmp_path):
+    """READY=1 is sent only once the node has joined; SIGTERM sends STOPPING=1, exits 0."""
+    import signal
+    import socket as so
+    from pyctdb.testing.localcluster import LocalCluster
+    c = LocalCluster(2, base_dir=tmp_path / "c")
+    notify_path = str(tmp_path / "notify")
+    sock = so.socket(so.AF_UNIX, so.SOCK_DGRAM)
+    sock.bind(notify_path)
+    sock.settimeout(20)
+    env = dict(os.environ, PYTHONPATH=AGENT, NOTIFY_SOCKET=notify_path)
+    p = subprocess.Popen([sys.executable, "-m", "pyctdb.daemon", "--config-dir",
+                          c.config_dir(0), "--socket", c.socket(0)], env=env)
+    try:
+        msgs = [sock.recv(4096).decode()]
+        assert msgs[0].startswith("STATUS=") and "waiting to join" in msgs[0]
+        # Alone it joins only after the start-up grace (it elects itself then).
+        msgs.append(sock.recv(4096).decode())
+        assert msgs[1].startswith("READY=1")
+        assert c.status(0)["joined"]
+        with c:
+            c.start([1])
+            c.wait_healthy(20)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(15) == 0
+        assert "STOPPING=1" in sock.recv(4096).decode()
+    finally:
+        if p.poll() is None:
+            p.kill()
+        sock.close()
