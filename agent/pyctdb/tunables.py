@@ -94,11 +94,13 @@ _TABLE = (
        "compatibility; unused by pyctdb."),
     _i("RecoverInterval", 1,
        "Seconds between the leader's checks of whether the cluster needs a recovery. "
-       "pyctdb uses it; range 1 to 3600 (CTDB accepts 0, which would spin).",
+       "Accepted for compatibility (pyctdb's leader re-checks membership every cycle); "
+       "range 1 to 3600 (CTDB accepts 0, which would spin).",
        minimum=1, maximum=3600),
     _i("ElectionTimeout", 3,
        "Seconds an election round may take before it is abandoned and a new one "
-       "started. pyctdb uses it; range 1 to 3600 (CTDB accepts 0).",
+       "started. Accepted for compatibility (pyctdb's election is decided every cycle; "
+       "see [cluster] leader timeout); range 1 to 3600 (CTDB accepts 0).",
        minimum=1, maximum=3600),
     _i("TakeoverTimeout", 9,
        "Seconds allowed to complete a public IP failover. Accepted for compatibility; "
@@ -244,8 +246,7 @@ _TABLE = (
 TUNABLES = {t.name: t for t in _TABLE}
 
 #: The tunables pyctdb acts on today; the others are accepted for compatibility.
-USED_BY_PYCTDB = ("KeepaliveInterval", "KeepaliveLimit", "ElectionTimeout",
-                  "RecoverInterval")
+USED_BY_PYCTDB = ("KeepaliveInterval", "KeepaliveLimit")
 
 _BY_LOWER = {name.lower(): t for name, t in TUNABLES.items()}
 

@@ -106,8 +106,7 @@ def test_differences_are_documented():
 
 
 def test_used_by_pyctdb():
-    assert set(T.USED_BY_PYCTDB) == {"KeepaliveInterval", "KeepaliveLimit",
-                                     "ElectionTimeout", "RecoverInterval"}
+    assert set(T.USED_BY_PYCTDB) == {"KeepaliveInterval", "KeepaliveLimit"}
     for name in T.USED_BY_PYCTDB:
         assert "pyctdb uses it" in T.TUNABLES[name].doc
 
