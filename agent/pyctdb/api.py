@@ -40,6 +40,9 @@ class ApiServer:
             "listnodes": self.cmd_listnodes, "pnn": self.cmd_pnn, "leader": self.cmd_leader,
             "uptime": self.cmd_uptime, "listvars": self.cmd_listvars,
             "getvar": self.cmd_getvar, "setvar": self.cmd_setvar, "log": self.cmd_log,
+            "disable": self._admin("disable"), "enable": self._admin("enable"),
+            "stop": self._admin("stop"), "continue": self._admin("continue"),
+            "ban": self.cmd_ban, "unban": self._admin("unban"),
         }
 
     async def start(self):
@@ -211,6 +214,16 @@ class ApiServer:
                     previous)
         self.cluster.kick()
         return {"name": t.name, "value": self.tunables.get(t.name), "previous": previous}
+
+    def _admin(self, action):
+        def handler():
+            return self.cluster.admin(action)
+        return handler
+
+    def cmd_ban(self, seconds):
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+            raise ApiError("EINVAL", "seconds must be a positive number")
+        return self.cluster.admin("ban", ban_seconds=seconds)
 
     def cmd_log(self, lines=20):
         if not isinstance(lines, int) or isinstance(lines, bool) or lines < 0:

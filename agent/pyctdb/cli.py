@@ -209,6 +209,23 @@ def cmd_version(c, a):
     return __version__, 0
 
 
+def _admin_cmd(action):
+    def run(c, a):
+        if action == "ban":
+            try:
+                secs = float(a.seconds)
+                if secs <= 0:
+                    raise ValueError
+            except ValueError:
+                raise UsageError(f"invalid ban time {a.seconds!r}: give a positive number "
+                                 "of seconds") from None
+            res = c.call("ban", seconds=secs)
+        else:
+            res = c.call(action)
+        return (res if a.json else None), 0
+    return run
+
+
 COMMANDS = {
     "status": (cmd_status, "show the cluster status"),
     "nodestatus": (cmd_nodestatus, "show and return node status (exit code = OR of flags)"),
@@ -220,6 +237,12 @@ COMMANDS = {
     "setvar": (cmd_setvar, "set a tunable on this node (not persisted)"),
     "listvars": (cmd_listvars, "list all tunables"),
     "version": (cmd_version, "show the version"),
+    "disable": (_admin_cmd("disable"), "disable this node (it stays a member, hosts no IPs)"),
+    "enable": (_admin_cmd("enable"), "re-enable this node"),
+    "stop": (_admin_cmd("stop"), "stop this node (inactive until 'continue')"),
+    "continue": (_admin_cmd("continue"), "restart a stopped node"),
+    "ban": (_admin_cmd("ban"), "ban this node for SECONDS"),
+    "unban": (_admin_cmd("unban"), "lift this node's ban"),
 }
 
 
@@ -243,6 +266,8 @@ def build_parser():
             sp.add_argument("pnn", nargs="?", help="PNN, PNN list (0,2) or 'all'")
         elif name == "getvar":
             sp.add_argument("name")
+        elif name == "ban":
+            sp.add_argument("seconds", metavar="SECONDS")
         elif name == "setvar":
             sp.add_argument("name")
             sp.add_argument("value")

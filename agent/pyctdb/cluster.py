@@ -201,6 +201,7 @@ class Cluster:
 
     async def _cycle(self):
         now = self.clock()
+        self._expire_ban(now)
         for peer in self.peers.values():
             if peer.link_up and now - peer.last_heard > self.keepalive_window:
                 log.warning("node %d (%s) silent for %.1fs (KeepaliveInterval %s x "
@@ -435,6 +436,42 @@ class Cluster:
             self.transport.broadcast(P.MsgType.STATE, payload)
             self._last_sent = payload
             self._last_sent_at = now
+
+    # -- node administration (this node's own flags) ------------------------------------
+    ADMIN = {
+        "disable": (F.PERMANENTLY_DISABLED, 0), "enable": (0, F.PERMANENTLY_DISABLED),
+        "stop": (F.STOPPED, 0), "continue": (0, F.STOPPED),
+        "ban": (F.BANNED, 0), "unban": (0, F.BANNED),
+    }
+
+    def admin(self, action, ban_seconds=None) -> dict:
+        """Set or clear one of this node's administrative flags; returns old and new flags.
+
+        A ban lifts itself after ``ban_seconds``. BANNED and STOPPED nodes are inactive:
+        the leader drops them from the generation, and a leader that becomes one steps
+        down."""
+        set_mask, clear_mask = self.ADMIN[action]
+        old = self.my_flags
+        self.my_flags = (self.my_flags | set_mask) & ~clear_mask
+        if action == "ban":
+            self._ban_until = self.clock() + float(ban_seconds)
+        elif action == "unban":
+            self._ban_until = None
+        if self.my_flags != old:
+            log.warning("node %d: %s%s: flags %s -> %s", self.pnn, action,
+                        f" for {ban_seconds}s" if action == "ban" else "", F.pretty(old),
+                        F.pretty(self.my_flags))
+        self.kick()
+        return {"pnn": self.pnn, "old_flags": old, "flags": self.my_flags,
+                "state": F.pretty(self.my_flags), "changed": old != self.my_flags}
+
+    def _expire_ban(self, now):
+        until = getattr(self, "_ban_until", None)
+        if until is not None and now >= until:
+            self._ban_until = None
+            if self.my_flags & F.BANNED:
+                self.my_flags &= ~F.BANNED
+                log.warning("node %d: ban period over, no longer BANNED", self.pnn)
 
     # -- queries (for the API) -----------------------------------------------------------
     def status(self) -> dict:
