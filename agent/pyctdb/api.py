@@ -160,8 +160,20 @@ class ApiServer:
                              "result": result})
 
     # -- commands ------------------------------------------------------------------------
-    def cmd_ping(self):
-        return {"pnn": self.cluster.pnn, "pid": os.getpid()}
+    async def cmd_ping(self, pnn=None):
+        """Without ``pnn``: this agent answers. With one: a round trip to that node."""
+        import time as _t
+        if pnn is None or pnn == self.cluster.pnn:
+            return {"pnn": self.cluster.pnn, "pid": os.getpid(), "time": 0.0}
+        if isinstance(pnn, bool) or not isinstance(pnn, int):
+            raise ApiError("EINVAL", "pnn must be an integer")
+        from .cluster import ControlError
+        t0 = _t.monotonic()
+        try:
+            res = await self.cluster.control(pnn, "ping", timeout=5.0)
+        except ControlError as exc:
+            raise ApiError("ENOTCONN", str(exc)) from None
+        return {"pnn": res["pnn"], "time": _t.monotonic() - t0}
 
     def cmd_version(self):
         return {"version": __version__, "protocol_version": PROTOCOL_VERSION,

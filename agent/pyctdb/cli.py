@@ -209,6 +209,19 @@ def cmd_version(c, a):
     return __version__, 0
 
 
+def cmd_ping(c, a):
+    args = {}
+    if a.pnn is not None:
+        try:
+            args["pnn"] = int(a.pnn)
+        except ValueError:
+            raise UsageError(f"invalid PNN {a.pnn!r}") from None
+    res = c.call("ping", **args)
+    if a.json:
+        return res, 0
+    return "response from %d time=%.6f sec" % (res["pnn"], res["time"]), 0
+
+
 def _admin_cmd(action):
     def run(c, a):
         if action == "ban":
@@ -237,6 +250,7 @@ COMMANDS = {
     "setvar": (cmd_setvar, "set a tunable on this node (not persisted)"),
     "listvars": (cmd_listvars, "list all tunables"),
     "version": (cmd_version, "show the version"),
+    "ping": (cmd_ping, "check that this node (or node PNN, through the cluster) answers"),
     "disable": (_admin_cmd("disable"), "disable this node (it stays a member, hosts no IPs)"),
     "enable": (_admin_cmd("enable"), "re-enable this node"),
     "stop": (_admin_cmd("stop"), "stop this node (inactive until 'continue')"),
@@ -266,6 +280,8 @@ def build_parser():
             sp.add_argument("pnn", nargs="?", help="PNN, PNN list (0,2) or 'all'")
         elif name == "getvar":
             sp.add_argument("name")
+        elif name == "ping":
+            sp.add_argument("pnn", nargs="?", metavar="PNN")
         elif name == "ban":
             sp.add_argument("seconds", metavar="SECONDS")
         elif name == "setvar":

@@ -38,6 +38,13 @@ def nodes_digest(nodes) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+class ControlError(Exception):
+    def __init__(self, pnn, message):
+        super().__init__(f"node {pnn}: {message}")
+        self.pnn = pnn
+        self.message = message
+
+
 @dataclass
 class Peer:
     pnn: int
@@ -95,6 +102,11 @@ class Cluster:
         self._last_sent = None
         self._last_sent_at = -1e9
         self._main_task = None
+        #: op -> async handler(src_pnn, args) -> result (JSON-able); see control()
+        self.control_handlers = {"ping": self._ctl_ping}
+        self._req_ids = iter(range(1, 2 ** 62))
+        self._pending = {}  # req_id -> (pnn, Future)
+        self._control_tasks = set()
         self.transport = Transport(
             pnn=self.pnn, address=self.address, port=config.port,
             nodes={n.pnn: n.address for n in self.nodes if not n.deleted},
@@ -164,6 +176,7 @@ class Cluster:
         peer.down_since = self.clock()
         if was:
             log.warning("node %d (%s) is DISCONNECTED: %s", pnn, peer.address, reason)
+        self._fail_pending(pnn, f"node {pnn} disconnected")
         self.kick()
 
     def _on_frame(self, pnn, frame):
@@ -181,6 +194,67 @@ class Cluster:
         elif frame.type == P.MsgType.BYE:
             log.info("node %d is shutting down", pnn)
             self.transport.drop(pnn, "node shut down")
+        elif frame.type == P.MsgType.CONTROL:
+            t = asyncio.create_task(self._serve_control(pnn, p))
+            self._control_tasks.add(t)
+            t.add_done_callback(self._control_tasks.discard)
+        elif frame.type == P.MsgType.REPLY:
+            entry = self._pending.get(p["req_id"])
+            if entry is not None and entry[0] == pnn and not entry[1].done():
+                if p["ok"]:
+                    entry[1].set_result(p.get("result"))
+                else:
+                    entry[1].set_exception(ControlError(pnn, p.get("error") or "failed"))
+
+    # -- controls: request/response between nodes ------------------------------------
+    async def control(self, pnn, op, args=None, timeout=5.0):
+        """Ask node ``pnn`` to run ``op``; return its result or raise ControlError.
+
+        To this node itself the handler is called directly."""
+        if pnn == self.pnn:
+            handler = self.control_handlers.get(op)
+            if handler is None:
+                raise ControlError(pnn, f"unknown control {op!r}")
+            return await handler(self.pnn, dict(args or {}))
+        peer = self.peers.get(pnn)
+        if peer is None or not peer.link_up:
+            raise ControlError(pnn, f"node {pnn} is not connected")
+        req_id = next(self._req_ids)
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[req_id] = (pnn, fut)
+        try:
+            if not self.transport.send(pnn, P.MsgType.CONTROL, {
+                    "pnn": self.pnn, "instance": self.instance, "req_id": req_id, "op": op,
+                    "args": dict(args or {})}):
+                raise ControlError(pnn, f"node {pnn} is not connected")
+            try:
+                return await asyncio.wait_for(fut, timeout)
+            except asyncio.TimeoutError:
+                raise ControlError(pnn, f"control {op} timed out after {timeout}s") from None
+        finally:
+            self._pending.pop(req_id, None)
+
+    def _fail_pending(self, pnn, reason):
+        for req_id, (dst, fut) in list(self._pending.items()):
+            if dst == pnn and not fut.done():
+                fut.set_exception(ControlError(pnn, reason))
+
+    async def _serve_control(self, pnn, p):
+        reply = {"pnn": self.pnn, "instance": self.instance, "req_id": p["req_id"]}
+        handler = self.control_handlers.get(p["op"])
+        try:
+            if handler is None:
+                raise ControlError(self.pnn, f"unknown control {p['op']!r}")
+            reply.update(ok=True, result=await handler(pnn, p["args"]))
+        except ControlError as exc:
+            reply.update(ok=False, error=exc.message)
+        except Exception as exc:  # a failing handler answers, it does not kill the daemon
+            log.exception("control %s from node %d failed", p["op"], pnn)
+            reply.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+        self.transport.send(pnn, P.MsgType.REPLY, reply)
+
+    async def _ctl_ping(self, src, args):
+        return {"pnn": self.pnn, "time": time.time()}
 
     # -- the cycle -----------------------------------------------------------------------
     async def _run(self):

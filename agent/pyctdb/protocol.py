@@ -40,6 +40,8 @@ class MsgType(enum.IntEnum):
     HELLO = 1  # first frame on every connection: who is calling
     STATE = 2  # a node's state; also the keepalive
     BYE = 3  # the sender is shutting down cleanly
+    CONTROL = 4  # a request to the receiving node (op + args), answered by REPLY
+    REPLY = 5  # the answer to a CONTROL
 
 
 class ProtocolError(Exception):
@@ -135,6 +137,9 @@ _SCHEMAS = {
                     "vnnmap": (list,), "members": (list,), "connected": (list,),
                     "lmaster_capable": (bool,), "leader_capable": (bool,)},
     MsgType.BYE: {"pnn": _INT, "instance": (str,)},
+    MsgType.CONTROL: {"pnn": _INT, "instance": (str,), "req_id": _INT, "op": (str,),
+                      "args": (dict,)},
+    MsgType.REPLY: {"pnn": _INT, "instance": (str,), "req_id": _INT, "ok": (bool,)},
 }
 
 

@@ -255,3 +255,40 @@ def test_sigterm_is_clean_and_releases_the_lock(cluster3):
     assert r.returncode == 1
     assert r.stderr.strip().startswith("pyctdb: cannot connect to pyctdbd at")
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_control_round_trip_and_unknown_control(cluster3):
+    c = cluster3
+    r = c.cli(0, "ping", "2")
+    assert r.returncode == 0 and r.stdout.startswith("response from 2 time=")
+    c.kill(2)
+    c.wait_for(lambda: c.status(0)["nodes"][2]["state"] != "OK", 10)
+    r = c.cli(0, "ping", "2")
+    assert r.returncode == 1 and "not connected" in r.stderr
+
+
+def test_malformed_control_from_a_real_peer_does_not_hurt(cluster3):
+    """A CONTROL with an unknown op is answered with an error; the cluster stays up."""
+    import asyncio
+    c = cluster3
+    # node 1's address: impersonate it only after killing it, from its own address
+    c.kill(1)
+    c.wait_for(lambda: c.status(0)["nodes"][1]["state"] != "OK", 10)
+    digest = None
+    from pyctdb.cluster import nodes_digest
+    from pyctdb.config import load_config
+    digest = nodes_digest(load_config(c.config_dir(0)).nodes)
+    s = socket.create_connection((c.address(0), c.port), timeout=5,
+                                 source_address=(c.address(1), 0))
+    s.sendall(P.encode(P.MsgType.HELLO, {"pnn": 1, "address": c.address(1), "instance": "fake",
+                                         "nodes_digest": digest, "agent_version": "x"}))
+    s.sendall(P.encode(P.MsgType.CONTROL, {"pnn": 1, "instance": "fake", "req_id": 1,
+                                           "op": "no-such-op", "args": {}}))
+    s.sendall(P.encode(P.MsgType.CONTROL, {"pnn": 1, "instance": "fake", "req_id": "x",
+                                           "op": "ping", "args": {}}))
+    assert _closed(s)  # the second (bad req_id type) drops the connection
+    s.close()
+    assert "req_id" in c.log(0)
+    assert c.running(0)
+    c.start_node(1)
+    c.wait_healthy(20)
