@@ -29,8 +29,9 @@ class ApiError(Exception):
 
 
 class ApiServer:
-    def __init__(self, path, cluster, tunables, log_buffer=None):
+    def __init__(self, path, cluster, tunables, log_buffer=None, failover=None):
         self.path = path
+        self.failover = failover
         self.cluster = cluster
         self.tunables = tunables
         self.log_buffer = log_buffer
@@ -43,6 +44,7 @@ class ApiServer:
             "disable": self._admin("disable"), "enable": self._admin("enable"),
             "stop": self._admin("stop"), "continue": self._admin("continue"),
             "ban": self.cmd_ban, "unban": self._admin("unban"),
+            "ip": self.cmd_ip, "moveip": self.cmd_moveip,
         }
 
     async def start(self):
@@ -236,6 +238,57 @@ class ApiServer:
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
             raise ApiError("EINVAL", "seconds must be a positive number")
         return self.cluster.admin("ban", ban_seconds=seconds)
+
+    async def cmd_ip(self, all=False):
+        """Public addresses and who hosts them, as this node learns from the cluster.
+
+        ``all``: every address known to any connected node; otherwise this node's."""
+        from .cluster import ControlError
+        c = self.cluster
+        targets = [c.pnn] + ([p.pnn for p in c.peers.values() if p.link_up] if all else [])
+        infos = await asyncio.gather(*(c.control(p, "get_public_ips", timeout=3.0)
+                                       for p in targets), return_exceptions=True)
+        ips = {}
+        for pnn, info in zip(targets, infos):
+            if isinstance(info, ControlError) or isinstance(info, Exception):
+                continue
+            for a in info["configured"]:
+                e = ips.setdefault(a["address"], {"address": a["address"], "pnn": -1,
+                                                  "prefix": a["prefix"], "nodes": []})
+                e["nodes"].append(pnn)
+                if pnn == c.pnn:
+                    e["interfaces"] = a["interfaces"]
+            for addr in info["hosted"]:
+                e = ips.setdefault(addr, {"address": addr, "pnn": -1, "nodes": []})
+                e["pnn"] = pnn
+        if not all:
+            mine = {a["address"] for a in (infos[0]["configured"]
+                                           if not isinstance(infos[0], Exception) else [])}
+            # this node's view of who hosts its addresses comes from the cluster
+            others = [p.pnn for p in c.peers.values() if p.link_up]
+            more = await asyncio.gather(*(c.control(p, "get_public_ips", timeout=3.0)
+                                          for p in others), return_exceptions=True)
+            for pnn, info in zip(others, more):
+                if isinstance(info, Exception):
+                    continue
+                for addr in info["hosted"]:
+                    if addr in ips:
+                        ips[addr]["pnn"] = pnn
+            ips = {k: v for k, v in ips.items() if k in mine}
+        import ipaddress as _ia
+        order = sorted(ips, key=lambda a: (_ia.ip_address(a).version, int(_ia.ip_address(a))))
+        return {"pnn": c.pnn, "all": bool(all), "ips": [ips[a] for a in order]}
+
+    async def cmd_moveip(self, address, pnn):
+        from .cluster import ControlError
+        c = self.cluster
+        if c.leader is None:
+            raise ApiError("ENOTCONN", "no leader: cannot move addresses now")
+        try:
+            return await c.control(c.leader, "move_ip", {"address": address, "pnn": pnn},
+                                   timeout=10.0)
+        except ControlError as exc:
+            raise ApiError("EIO", str(exc)) from None
 
     def cmd_log(self, lines=20):
         if not isinstance(lines, int) or isinstance(lines, bool) or lines < 0:

@@ -209,6 +209,48 @@ def cmd_version(c, a):
     return __version__, 0
 
 
+def cmd_ip(c, a):
+    all_ = a.which == "all"
+    if a.which not in (None, "all"):
+        raise UsageError(f"invalid argument {a.which!r}: use 'all' or nothing")
+    res = c.call("ip", all=all_)
+    if a.json:
+        return res, 0
+    ips = res["ips"]
+    out = []
+    if a.X:
+        hdr = "|Public IP|Node|" + ("ActiveInterfaces|AvailableInterfaces|ConfiguredInterfaces|"
+                                    if a.v else "")
+        out.append(hdr)
+    else:
+        out.append("Public IPs on ALL nodes" if all_ else f"Public IPs on node {res['pnn']}")
+    for e in ips:
+        ifaces = ",".join(e.get("interfaces") or [])
+        if a.X:
+            line = f"|{e['address']}|{e['pnn']}|"
+            if a.v:
+                line += f"{ifaces if e['pnn'] == res['pnn'] else ''}|{ifaces}|{ifaces}|"
+        else:
+            line = f"{e['address']} {e['pnn']}"
+            if a.v:
+                act = ifaces if e["pnn"] == res["pnn"] else ""
+                line = (f"{e['address']} node[{e['pnn']}] active[{act}] available[{ifaces}] "
+                        f"configured[{ifaces}]")
+        out.append(line)
+    return "\n".join(out), 0
+
+
+def cmd_moveip(c, a):
+    import ipaddress
+    try:
+        addr = str(ipaddress.ip_address(a.address))
+        pnn = int(a.pnn)
+    except ValueError:
+        raise UsageError(f"usage: moveip IP PNN (got {a.address!r} {a.pnn!r})") from None
+    res = c.call("moveip", address=addr, pnn=pnn)
+    return (res if a.json else None), 0
+
+
 def cmd_ping(c, a):
     args = {}
     if a.pnn is not None:
@@ -250,6 +292,8 @@ COMMANDS = {
     "setvar": (cmd_setvar, "set a tunable on this node (not persisted)"),
     "listvars": (cmd_listvars, "list all tunables"),
     "version": (cmd_version, "show the version"),
+    "ip": (cmd_ip, "show public addresses ('all': of every node) and who hosts them"),
+    "moveip": (cmd_moveip, "move a public address to node PNN now"),
     "ping": (cmd_ping, "check that this node (or node PNN, through the cluster) answers"),
     "disable": (_admin_cmd("disable"), "disable this node (it stays a member, hosts no IPs)"),
     "enable": (_admin_cmd("enable"), "re-enable this node"),
@@ -280,6 +324,12 @@ def build_parser():
             sp.add_argument("pnn", nargs="?", help="PNN, PNN list (0,2) or 'all'")
         elif name == "getvar":
             sp.add_argument("name")
+        elif name == "ip":
+            sp.add_argument("which", nargs="?", metavar="all")
+            sp.add_argument("-v", action="store_true", help="verbose: show interfaces")
+        elif name == "moveip":
+            sp.add_argument("address", metavar="IP")
+            sp.add_argument("pnn", metavar="PNN")
         elif name == "ping":
             sp.add_argument("pnn", nargs="?", metavar="PNN")
         elif name == "ban":

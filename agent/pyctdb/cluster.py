@@ -107,6 +107,10 @@ class Cluster:
         self._req_ids = iter(range(1, 2 ** 62))
         self._pending = {}  # req_id -> (pnn, Future)
         self._control_tasks = set()
+        #: sync callables(now) run at the end of every cycle (failover, later databases)
+        self.cycle_hooks = []
+        #: extra fields other components add to this node's STATE
+        self.extra_state = {}
         self.transport = Transport(
             pnn=self.pnn, address=self.address, port=config.port,
             nodes={n.pnn: n.address for n in self.nodes if not n.deleted},
@@ -188,8 +192,7 @@ class Cluster:
         if frame.type == P.MsgType.STATE:
             old = peer.state
             peer.state = p
-            if old is None or any(old.get(k) != p.get(k) for k in (
-                    "flags", "is_leader", "leader", "generation", "recmode", "members")):
+            if old is None or any(old.get(k) != v for k, v in p.items() if k != "connected"):
                 self.kick()
         elif frame.type == P.MsgType.BYE:
             log.info("node %d is shutting down", pnn)
@@ -289,6 +292,11 @@ class Cluster:
         else:
             self._follow()
         self._update_joined()
+        for hook in self.cycle_hooks:
+            try:
+                hook(now)
+            except Exception:
+                log.exception("cycle hook failed")
         self._broadcast_state(now)
 
     def peer_flags(self, peer) -> int:
@@ -497,6 +505,7 @@ class Cluster:
             "vnnmap": list(self.vnnmap), "members": list(self.members),
             "connected": sorted(p.pnn for p in self.peers.values() if p.link_up),
             "lmaster_capable": self.lmaster_capable, "leader_capable": self.leader_capable,
+            **self.extra_state,
         }
 
     def _broadcast_state(self, now, force=False):

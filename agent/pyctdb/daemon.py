@@ -33,6 +33,9 @@ def parse_args(argv):
     p.add_argument("--check-config", action="store_true",
                    help="validate the configuration, print a summary and exit (0 = valid, "
                         "2 = invalid)")
+    p.add_argument("--drop-public-ips", action="store_true",
+                   help="remove this node's public addresses from its interfaces and exit "
+                        "(for systemd's ExecStopPost, so a killed agent leaves none behind)")
     p.add_argument("--log-stderr", action="store_true",
                    help="log to standard error instead of the configured location")
     p.add_argument("--version", action="version", version=f"pyctdbd {__version__}")
@@ -54,9 +57,12 @@ async def _serve(config, me, tunables, socket_path, ring):
     from .clusterlock import make_lock
     from .sdnotify import notify
 
+    from .failover import Failover
+
     lock = make_lock(config.cluster_lock)
     cluster = Cluster(config, me, tunables, lock=lock)
-    api = ApiServer(socket_path, cluster, tunables, log_buffer=ring)
+    failover = Failover(cluster, config, tunables)
+    api = ApiServer(socket_path, cluster, tunables, log_buffer=ring, failover=failover)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -85,10 +91,31 @@ async def _serve(config, me, tunables, socket_path, ring):
     await stop.wait()
     log.warning("shutting down (signal received)")
     notify("STOPPING=1")
+    await failover.stop()
     await cluster.stop()
     await api.stop()
     log.warning("stopped")
     return 0
+
+
+def drop_public_ips(config):
+    if not config.public_addresses:
+        return 0
+    from . import netops
+    present = netops.all_addresses()
+    rc = 0
+    for pa in config.public_addresses:
+        iface = present.get(pa.address)
+        if iface is None:
+            continue
+        try:
+            netops.del_address(iface, pa.address, pa.prefix)
+            netops.kill_local_connections(pa.address)
+            print(f"pyctdbd: removed {pa.address}/{pa.prefix} from {iface}")
+        except netops.NetError as exc:
+            print(f"pyctdbd: {exc}", file=sys.stderr)
+            rc = 1
+    return rc
 
 
 def main(argv=None):
@@ -99,6 +126,8 @@ def main(argv=None):
     except ConfigError as exc:
         print(f"pyctdbd: {exc}", file=sys.stderr)
         return 2
+    if args.drop_public_ips:
+        return drop_public_ips(config)
     if args.check_config:
         active = [n for n in config.nodes if not n.deleted]
         print(f"{config.conf_path}: OK: {len(config.nodes)} nodes ({len(active)} active) "

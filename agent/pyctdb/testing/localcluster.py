@@ -52,10 +52,16 @@ def _free_port(host):
 
 class LocalCluster:
     def __init__(self, n, base_dir=None, *, lock=True, tunables=None, conf_extra=None,
-                 deleted=(), log_level="INFO", subnet=None, port=None, python=None):
+                 deleted=(), log_level="INFO", subnet=None, port=None, python=None,
+                 lab=None, public_addresses=None):
         """``n`` nodes (PNN 0..n-1); PNNs in ``deleted`` are written as ``#`` lines.
         ``conf_extra``: extra pyctdb.conf text, either one string for all nodes or a
-        {pnn: str} dict. ``tunables``: {NAME: value} written to every node's tunables file."""
+        {pnn: str} dict. ``tunables``: {NAME: value} written to every node's tunables file.
+        ``lab``: a :class:`pyctdb.testing.netns.NetnsLab`; node i then runs in the lab's
+        host namespace i with its address. ``public_addresses``: public_addresses file
+        text, one string for all nodes or a {pnn: str} dict."""
+        self.lab = lab
+        self.public_addresses = public_addresses
         self.n = n
         self._own_dir = base_dir is None
         self.base_dir = str(base_dir or tempfile.mkdtemp(prefix="pyctdb-local-"))
@@ -65,13 +71,15 @@ class LocalCluster:
         self.deleted = set(deleted)
         self.log_level = log_level
         self.subnet = subnet if subnet is not None else random.randint(20, 250)
-        self.port = port or _free_port(self.address(0))
+        self.port = port or (4379 if lab is not None else _free_port(self.address(0)))
         self.python = python or sys.executable
         self.procs = {}
         self.write_config()
 
     # -- layout --------------------------------------------------------------------------
     def address(self, pnn):
+        if self.lab is not None:
+            return self.lab.host_address(pnn)
         return f"127.0.{self.subnet}.{pnn + 1}"
 
     def node_dir(self, pnn):
@@ -117,6 +125,14 @@ class LocalCluster:
                      f"state database directory = {d}/db/state", ""]
             with open(os.path.join(etc, "pyctdb.conf"), "w") as f:
                 f.write("\n".join(conf) + "\n" + extra)
+            pa = (self.public_addresses.get(pnn) if isinstance(self.public_addresses, dict)
+                  else self.public_addresses)
+            pa_path = os.path.join(etc, "public_addresses")
+            if pa:
+                with open(pa_path, "w") as f:
+                    f.write(pa)
+            elif os.path.exists(pa_path):
+                os.unlink(pa_path)
             with open(os.path.join(etc, "pyctdb.tunables"), "w") as f:
                 for k, v in self.tunables.items():
                     f.write(f"{k}={v}\n")
@@ -136,9 +152,12 @@ class LocalCluster:
                                          if env.get("PYTHONPATH") else "")
         env.pop("NOTIFY_SOCKET", None)
         out = open(os.path.join(self.node_dir(pnn), "stderr.log"), "ab")
+        argv = [self.python, "-m", "pyctdb.daemon", "--config-dir", self.config_dir(pnn),
+                "--socket", self.socket(pnn)]
+        if self.lab is not None:
+            argv = self.lab.exec_argv(self.lab.host_ns(pnn), argv)
         self.procs[pnn] = subprocess.Popen(
-            [self.python, "-m", "pyctdb.daemon", "--config-dir", self.config_dir(pnn),
-             "--socket", self.socket(pnn)],
+            argv,
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         out.close()
 

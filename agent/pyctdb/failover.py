@@ -1,0 +1,374 @@
+"""Public address failover: the leader decides who hosts which address, nodes obey.
+
+Leader side (a *takeover run*, in a background task):
+
+1. ask every connected node for its configured public addresses and what it hosts
+   (control ``get_public_ips``);
+2. compute the allocation with :func:`pyctdb.ipalloc.allocate` (pure; CTDB's LCP2,
+   deterministic or non-deterministic algorithm and its NoIPFailback/NoIPTakeover);
+3. **release before take**: tell every node that holds an address it should no longer hold
+   to release it, and wait for all of them; an address whose release failed on a node that
+   is still connected is not given to anyone this round, so it is never on two nodes;
+4. tell the new holders to take their addresses;
+5. log one line with what moved and why.
+
+A run happens whenever the generation, a node's flags or a node's address list changes,
+and every ``CONSISTENCY_INTERVAL`` seconds anyway.
+
+Node side: ``take_ip`` adds the address with pyroute2 on the first usable configured
+interface, announces it (gratuitous ARP / unsolicited NA) and sends tickle ACKs for the
+connections the address had elsewhere; ``release_ip`` removes it and resets its
+connections. Every node checks each cycle (off the loop) that exactly the addresses it was
+told to host are on its interfaces, and repairs and logs any difference, e.g. an address
+removed or added by hand. Every node also tells the others, when they change, which TCP
+connections its addresses have, so whoever takes an address over can tickle them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+
+from . import flags as F
+
+log = logging.getLogger("pyctdb.failover")
+
+CONSISTENCY_INTERVAL = 2.0  # seconds between node-side interface checks
+TAKEOVER_REFRESH = 10.0  # seconds between leader takeover runs when nothing changed
+TICKLE_INTERVAL = 1.0  # seconds between scans of this node's connections
+CONTROL_TIMEOUT = 2.0
+
+ALGORITHMS = {0: "det", 1: "nondet", 2: "lcp2"}
+
+
+def _sort_key(addr):
+    ip = ipaddress.ip_address(addr)
+    return (ip.version, int(ip))
+
+
+class Failover:
+    def __init__(self, cluster, config, tunables):
+        self.cluster = cluster
+        self.config = config
+        self.tunables = tunables
+        self.disabled = bool(config.failover_disabled)
+        self.configured = {pa.address: pa for pa in config.public_addresses}
+        self.ips_version = 1
+        self.assigned = {}  # address -> interface it is (to be) on
+        self.tickles = {}  # address -> [(lip, lport, rip, rport)] as last reported
+        self._my_conns = {}
+        self._netlock = asyncio.Lock()
+        self._tasks = set()
+        self._takeover_task = None
+        self._takeover_key = None
+        self._last_takeover = -1e9
+        self._last_check = -1e9
+        self._last_tickle_scan = -1e9
+        self._startup_cleaned = False
+        self.last_allocation = {}  # leader: address -> pnn of the last run
+        self.last_run = None  # leader: summary of the last run
+        cluster.extra_state["ips_version"] = self.ips_version
+        cluster.control_handlers.update({
+            "get_public_ips": self._ctl_get_public_ips,
+            "release_ip": self._ctl_release_ip,
+            "take_ip": self._ctl_take_ip,
+            "tickles": self._ctl_tickles,
+            "move_ip": self._ctl_move_ip,
+        })
+        cluster.cycle_hooks.append(self.on_cycle)
+
+    # -- helpers -------------------------------------------------------------------------
+    def _spawn(self, coro, name=None):
+        t = asyncio.create_task(coro, name=name)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+        return t
+
+    async def stop(self):
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @staticmethod
+    async def _net(fn, *args):
+        from . import netops  # noqa: F401  (imported lazily: pyroute2 is heavy)
+        return await asyncio.to_thread(fn, *args)
+
+    def _usable_iface(self, pa):
+        from . import netops
+        for iface in pa.interfaces:
+            if netops.iface_is_up(iface):
+                return iface
+        return None
+
+    # -- the cycle -----------------------------------------------------------------------
+    def on_cycle(self, now):
+        if self.disabled:
+            return
+        c = self.cluster
+        if self.configured and now - self._last_check >= CONSISTENCY_INTERVAL and (
+                c.is_joined() or not self._startup_cleaned):
+            self._last_check = now
+            self._spawn(self._consistency_check(), "ip-check")
+        if self._my_conns or self.assigned:
+            if now - self._last_tickle_scan >= TICKLE_INTERVAL:
+                self._last_tickle_scan = now
+                self._spawn(self._scan_connections(), "tickle-scan")
+        if not (c.am_leader and c.recmode == 0 and c.generation is not None):
+            self._takeover_key = None
+            return
+        key = self._key()
+        if key != self._takeover_key or now - self._last_takeover >= TAKEOVER_REFRESH:
+            if self._takeover_task is None or self._takeover_task.done():
+                reason = "periodic check" if key == self._takeover_key else "cluster changed"
+                self._takeover_key = key
+                self._last_takeover = now
+                self._takeover_task = self._spawn(self.takeover_run(reason), "takeover")
+            else:
+                self._takeover_key = None  # run again when the current run finishes
+
+    def _key(self):
+        c = self.cluster
+        nodes = [(c.pnn, c.my_flags, self.ips_version)]
+        for p in c.peers.values():
+            if p.link_up and p.state is not None:
+                nodes.append((p.pnn, c.peer_flags(p), p.state.get("ips_version")))
+        t = self.tunables
+        return (c.generation, tuple(sorted(nodes)), t.get("IPAllocAlgorithm"),
+                t.get("NoIPFailback"), t.get("NoIPTakeover"))
+
+    # -- leader: takeover run ------------------------------------------------------------
+    def _node_flags(self, unreachable):
+        c = self.cluster
+        flags = []
+        for n in c.nodes:
+            if n.deleted:
+                flags.append(F.DELETED | F.DISCONNECTED)
+            elif n.pnn == c.pnn:
+                flags.append(c.my_flags)
+            else:
+                fl = c.peer_flags(c.peers[n.pnn])
+                if fl & F.UNKNOWN:
+                    fl = (fl & ~F.UNKNOWN) | F.DISCONNECTED
+                flags.append(fl)
+            if n.pnn in unreachable:
+                flags[-1] |= F.DISCONNECTED
+        return flags
+
+    async def takeover_run(self, reason="requested", moves=None):
+        """One takeover run. ``moves``: {address: pnn} to force (moveip)."""
+        from . import ipalloc
+        c = self.cluster
+        t0 = time.monotonic()
+        targets = [c.pnn] + [p.pnn for p in c.peers.values() if p.link_up]
+        infos = await asyncio.gather(*(c.control(p, "get_public_ips", timeout=CONTROL_TIMEOUT)
+                                       for p in targets), return_exceptions=True)
+        known, unreachable = {}, set()
+        for pnn, info in zip(targets, infos):
+            if isinstance(info, Exception):
+                unreachable.add(pnn)
+                log.warning("takeover: node %d did not report its addresses: %s", pnn, info)
+            else:
+                known[pnn] = info
+        configured, holders = {}, {}
+        for pnn, info in known.items():
+            for a in info["configured"]:
+                configured.setdefault(a["address"], set()).add(pnn)
+            for addr in info["hosted"]:
+                holders.setdefault(addr, []).append(pnn)
+        ips, extra_release = [], []
+        for addr in sorted(set(configured) | set(holders), key=_sort_key):
+            hs = sorted(holders.get(addr, []))
+            cur = hs[0] if hs else -1
+            for other in hs[1:]:
+                extra_release.append((addr, other))  # on two nodes: keep one
+            if addr not in configured:
+                extra_release.append((addr, cur))
+                continue
+            if moves and addr in moves:
+                cur = moves[addr]
+            ips.append(ipalloc.PublicIP(addr, cur, frozenset(configured[addr])))
+        t = self.tunables
+        algorithm = ALGORITHMS.get(int(t.get("IPAllocAlgorithm")), "lcp2")
+        result = ipalloc.allocate(
+            ips, self._node_flags(unreachable), algorithm=algorithm,
+            no_ip_failback=bool(t.get("NoIPFailback")),
+            no_ip_takeover=bool(t.get("NoIPTakeover")))
+        if moves:
+            for addr, pnn in moves.items():
+                result[addr] = pnn
+        old = {ip.address: (holders.get(ip.address) or [-1])[0] for ip in ips}
+        releases = [(addr, pnn) for addr, pnn in old.items()
+                    if pnn != -1 and result.get(addr, -1) != pnn] + extra_release
+        # 1. release everywhere, and wait
+        rel = await asyncio.gather(*(c.control(pnn, "release_ip", {"address": addr},
+                                               timeout=CONTROL_TIMEOUT)
+                                     for addr, pnn in releases), return_exceptions=True)
+        blocked, conns = set(), {}
+        for (addr, pnn), r in zip(releases, rel):
+            if isinstance(r, Exception):
+                peer = c.peers.get(pnn)
+                if pnn == c.pnn or (peer is not None and peer.link_up):
+                    blocked.add(addr)
+                    log.error("takeover: node %d failed to release %s (%s): not moving it "
+                              "this round", pnn, addr, r)
+            else:
+                conns.setdefault(addr, []).extend(r.get("connections", []))
+        # 2. take
+        takes = [(addr, pnn) for addr, pnn in result.items()
+                 if pnn != -1 and old.get(addr, -1) != pnn and addr not in blocked]
+        tk = await asyncio.gather(*(c.control(pnn, "take_ip", {
+            "address": addr, "connections": conns.get(addr, [])}, timeout=CONTROL_TIMEOUT)
+            for addr, pnn in takes), return_exceptions=True)
+        failed = [(addr, pnn, r) for (addr, pnn), r in zip(takes, tk) if isinstance(r, Exception)]
+        for addr, pnn, r in failed:
+            log.error("takeover: node %d failed to take %s: %s", pnn, addr, r)
+        if failed or blocked:
+            self._takeover_key = None  # try again next cycle
+        self.last_allocation = {a: p for a, p in result.items()}
+        moved = [f"{a} {old.get(a, -1)}->{p}" for a, p in takes]
+        dropped = [f"{a} {p}->-1" for a, p in releases if result.get(a, -1) == -1]
+        ms = (time.monotonic() - t0) * 1000
+        summary = (f"takeover ({reason}, {algorithm}): {len(result)} addresses, "
+                   f"{len(moved) + len(dropped)} moved in {ms:.1f} ms"
+                   + (": " + ", ".join(moved + dropped) if moved or dropped else ""))
+        self.last_run = {"time": time.time(), "reason": reason, "algorithm": algorithm,
+                         "duration_ms": ms, "moves": moved + dropped,
+                         "unreachable": sorted(unreachable)}
+        if moved or dropped or failed:
+            log.warning("%s", summary)
+        else:
+            log.debug("%s", summary)
+        return self.last_run
+
+    # -- node side: controls -------------------------------------------------------------
+    async def _ctl_get_public_ips(self, src, args):
+        return {"configured": [{"address": pa.address, "prefix": pa.prefix,
+                                "interfaces": list(pa.interfaces)}
+                               for pa in self.configured.values()],
+                "hosted": sorted(self.assigned, key=_sort_key)}
+
+    async def _ctl_release_ip(self, src, args):
+        from . import netops
+        addr = args["address"]
+        async with self._netlock:
+            iface = self.assigned.pop(addr, None)
+            pa = self.configured.get(addr)
+            conns = netops.tcp_connections([addr])
+            removed = False
+            for cand in ([iface] if iface else []) + (list(pa.interfaces) if pa else []):
+                try:
+                    if await self._net(netops.del_address, cand, addr,
+                                       pa.prefix if pa else (32 if ":" not in addr else 128)):
+                        removed = True
+                        break
+                except netops.NetError:
+                    continue
+            killed = await self._net(netops.kill_local_connections, addr)
+        log.warning("released %s%s%s", addr, f" from {iface}" if iface else "",
+                    f", reset {killed} connections" if killed else "")
+        self.tickles.pop(addr, None)
+        self._my_conns.pop(addr, None)
+        return {"released": removed, "connections": [list(x) for x in conns]}
+
+    async def _ctl_take_ip(self, src, args):
+        from . import netops
+        addr = args["address"]
+        pa = self.configured.get(addr)
+        if pa is None:
+            raise ValueError(f"{addr} is not one of this node's public addresses")
+        async with self._netlock:
+            iface = await self._net(self._usable_iface, pa)
+            if iface is None:
+                raise ValueError(f"no usable interface for {addr} (configured: "
+                                 f"{','.join(pa.interfaces)})")
+            await self._net(netops.add_address, iface, addr, pa.prefix)
+            self.assigned[addr] = iface
+            await self._net(netops.announce, iface, addr)
+        conns = {tuple(x) for x in args.get("connections", [])}
+        conns |= {tuple(x) for x in self.tickles.get(addr, [])}
+        if conns:
+            self._spawn(self._tickle(conns), "tickle")
+        log.warning("took %s on %s%s", addr, iface,
+                    f", tickling {len(conns)} connections" if conns else "")
+        return {"taken": True, "iface": iface}
+
+    async def _tickle(self, conns):
+        from . import netops
+        for lip, lport, rip, rport in conns:
+            try:
+                await self._net(netops.send_tickle, lip, int(lport), rip, int(rport))
+            except OSError as exc:
+                log.warning("tickle to %s:%s failed: %s", rip, rport, exc)
+
+    async def _ctl_tickles(self, src, args):
+        for addr, conns in args.get("tickles", {}).items():
+            self.tickles[addr] = [tuple(x) for x in conns]
+        return {}
+
+    async def _ctl_move_ip(self, src, args):
+        """On the leader: move one address to a node now."""
+        c = self.cluster
+        if not c.am_leader:
+            raise ValueError("this node is not the leader")
+        run = await self.takeover_run(f"moveip {args['address']} to node {args['pnn']}",
+                                      moves={args["address"]: int(args["pnn"])})
+        return run
+
+    # -- node side: periodic work --------------------------------------------------------
+    async def _consistency_check(self):
+        from . import netops
+        async with self._netlock:
+            try:
+                present = await self._net(netops.all_addresses)
+            except Exception as exc:
+                log.error("cannot read interface addresses: %s", exc)
+                return
+            for addr, pa in self.configured.items():
+                on = present.get(addr)
+                if addr in self.assigned and on is None:
+                    iface = self.assigned[addr]
+                    try:
+                        await self._net(netops.add_address, iface, addr, pa.prefix)
+                        await self._net(netops.announce, iface, addr)
+                        log.warning("consistency: %s should be on %s but was missing: added "
+                                    "it back", addr, iface)
+                    except netops.NetError as exc:
+                        log.error("consistency: cannot restore %s: %s", addr, exc)
+                elif addr not in self.assigned and on is not None:
+                    try:
+                        await self._net(netops.del_address, on, addr, pa.prefix)
+                        log.warning("consistency: %s was on %s but this node does not host "
+                                    "it: removed it", addr, on)
+                    except netops.NetError as exc:
+                        log.error("consistency: cannot remove %s: %s", addr, exc)
+            self._startup_cleaned = True
+
+    async def _scan_connections(self):
+        from . import netops
+        addrs = list(self.assigned)
+        conns = await asyncio.to_thread(netops.tcp_connections, addrs)
+        per = {a: [] for a in addrs}
+        for x in conns:
+            per.setdefault(x[0], []).append(list(x))
+        if per == self._my_conns:
+            return
+        self._my_conns = per
+        c = self.cluster
+        for p in c.peers.values():
+            if p.link_up:
+                self._spawn(self._send_tickles(p.pnn, per))
+
+    async def _send_tickles(self, pnn, per):
+        try:
+            await self.cluster.control(pnn, "tickles", {"tickles": per}, timeout=CONTROL_TIMEOUT)
+        except Exception:
+            pass
+
+    # -- queries -------------------------------------------------------------------------
+    def local_ips(self):
+        return [{"address": a, "prefix": pa.prefix, "interfaces": list(pa.interfaces),
+                 "hosted": a in self.assigned, "iface": self.assigned.get(a)}
+                for a, pa in sorted(self.configured.items(), key=lambda kv: _sort_key(kv[0]))]

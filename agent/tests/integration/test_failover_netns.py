@@ -1,0 +1,237 @@
+"""Public address failover between real agents in network namespaces on one bridge.
+
+Each agent runs in its own namespace (a host); a client namespace connects to the public
+addresses over TCP. Needs root and iproute2 (the CI machine has both).
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from pyctdb.testing.localcluster import LocalCluster
+from pyctdb.testing.netns import NetnsLab
+
+pytestmark = [pytest.mark.timeout(180),
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")]
+
+NPUB = 4
+
+# A tiny TCP server that every host runs on every address (0.0.0.0:8000): it answers
+# each line with the host's name, so the client can tell who hosts an address.
+SERVER = textwrap.dedent("""\
+    import socket, sys, threading
+    name = sys.argv[1].encode()
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", 8000)); s.listen(64)
+    def serve(c):
+        try:
+            while True:
+                d = c.recv(100)
+                if not d:
+                    break
+                c.sendall(name + b"\\n")
+        except OSError:
+            pass
+        finally:
+            c.close()
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+""")
+
+
+@pytest.fixture
+def lab_cluster(tmp_path):
+    lab = NetnsLab(3).create()
+    servers = []
+    try:
+        (tmp_path / "server.py").write_text(SERVER)
+        for i in range(3):
+            servers.append(subprocess.Popen(lab.exec_argv(lab.host_ns(i), [
+                sys.executable, str(tmp_path / "server.py"), f"host{i}"])))
+        pub = "".join(f"{lab.public_address(j)}/24 eth0\n" for j in range(NPUB))
+        c = LocalCluster(3, base_dir=tmp_path / "c", lab=lab, public_addresses=pub,
+                         tunables={"KeepaliveInterval": "0.2", "KeepaliveLimit": "3"})
+        with c:
+            c.start()
+            c.wait_healthy(30)
+            wait_all_hosted(c, lab)
+            yield c, lab
+    finally:
+        for s in servers:
+            s.kill()
+        lab.destroy()
+
+
+def hosts_of(lab):
+    """address -> [host indexes carrying it]"""
+    out = {}
+    for i in range(lab.hosts):
+        for a in lab.addresses(i):
+            out.setdefault(a, []).append(i)
+    return out
+
+
+def wait_all_hosted(c, lab, exclude=(), timeout=15):
+    pubs = [lab.public_address(j) for j in range(NPUB)]
+
+    def live():
+        return {a: [i for i in hs if i not in exclude] for a, hs in hosts_of(lab).items()}
+
+    def ok():
+        h = live()
+        return all(len(h.get(a, [])) == 1 for a in pubs)
+    c.wait_for(ok, timeout, what="every public address on exactly one (live) host")
+    return {a: live()[a][0] for a in pubs}
+
+
+def ask(lab, addr, timeout=2.0):
+    """Connect from the client namespace and return the answering host's name."""
+    code = (f"import socket; s=socket.create_connection(({addr!r}, 8000), timeout={timeout});"
+            "s.sendall(b'x'); print(s.recv(100).decode().strip())")
+    r = lab.run(lab.client_ns, [sys.executable, "-c", code], timeout=timeout + 5)
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def test_addresses_spread_and_answer(lab_cluster):
+    c, lab = lab_cluster
+    where = wait_all_hosted(c, lab)
+    assert len(set(where.values())) == 3  # LCP2 spreads 4 addresses over 3 nodes
+    for addr, host in where.items():
+        assert ask(lab, addr) == f"host{host}"
+    r = c.cli(0, "ip", "all")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "Public IPs on ALL nodes"
+    got = {l.split()[0]: int(l.split()[1]) for l in lines[1:]}
+    assert got == where
+
+
+def test_killed_agent_addresses_move_and_answer(lab_cluster):
+    c, lab = lab_cluster
+    where = wait_all_hosted(c, lab)
+    leader = c.status(0)["leader"]
+    victim = next(p for p in range(3) if p != leader and p in where.values())
+    moved = [a for a, h in where.items() if h == victim]
+    c.kill(victim)
+    # what systemd's ExecStopPost does for a killed agent
+    r = lab.run(lab.host_ns(victim), [sys.executable, "-m", "pyctdb.daemon",
+                                      "--config-dir", c.config_dir(victim),
+                                      "--drop-public-ips"],
+                env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(
+                    os.path.dirname(os.path.abspath(__file__))))))
+    assert r.returncode == 0, r.stderr
+    after = wait_all_hosted(c, lab, exclude=(victim,))
+    for a in moved:
+        assert after[a] != victim
+        assert ask(lab, a) == f"host{after[a]}"
+    c.start_node(victim)
+    c.wait_healthy(30)
+    final = wait_all_hosted(c, lab)
+    assert victim in final.values()  # failback: LCP2 rebalances onto the returning node
+
+
+def test_leader_killed_addresses_move(lab_cluster):
+    c, lab = lab_cluster
+    where = wait_all_hosted(c, lab)
+    leader = c.status(0)["leader"]
+    c.kill(leader)
+    lab.run(lab.host_ns(leader), [sys.executable, "-m", "pyctdb.daemon", "--config-dir",
+                                  c.config_dir(leader), "--drop-public-ips"],
+            env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(
+                os.path.dirname(os.path.abspath(__file__))))))
+    after = wait_all_hosted(c, lab, exclude=(leader,))
+    for a in where:
+        assert ask(lab, a) == f"host{after[a]}"
+
+
+def test_address_removed_by_hand_is_restored(lab_cluster):
+    c, lab = lab_cluster
+    where = wait_all_hosted(c, lab)
+    addr, host = next(iter(where.items()))
+    subprocess.run(["ip", "-n", lab.host_ns(host), "addr", "del", f"{addr}/24", "dev", "eth0"],
+                   check=True)
+    assert addr not in lab.addresses(host)
+    c.wait_for(lambda: addr in lab.addresses(host), 10, what="address restored")
+    assert "was missing: added it back" in c.log(host)
+    # and one added by hand where it does not belong is removed
+    other = (host + 1) % 3
+    subprocess.run(["ip", "-n", lab.host_ns(other), "addr", "add", f"{addr}/24", "dev", "eth0"],
+                   check=True)
+    c.wait_for(lambda: addr not in lab.addresses(other), 10, what="stray address removed")
+    assert "does not host it: removed it" in c.log(other)
+
+
+def test_disable_moves_addresses_never_on_two_hosts(lab_cluster):
+    c, lab = lab_cluster
+    where = wait_all_hosted(c, lab)
+    victim = next(iter(where.values()))
+    seen_double = []
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            for a, hs in hosts_of(lab).items():
+                if a.startswith(lab.public_address(0).rsplit(".", 1)[0]) and len(hs) > 1:
+                    seen_double.append((a, hs))
+            time.sleep(0.005)
+    t = threading.Thread(target=watch)
+    t.start()
+    try:
+        assert c.cli(victim, "disable").returncode == 0
+        after = wait_all_hosted(c, lab, exclude=(victim,))
+        assert c.cli(victim, "enable").returncode == 0
+        wait_all_hosted(c, lab)
+        addr = next(iter(after))
+        target = next(p for p in range(3) if p != after[addr])
+        r = c.cli(0, "moveip", addr, str(target))
+        assert r.returncode == 0, r.stderr
+        c.wait_for(lambda: hosts_of(lab).get(addr) == [target], 10)
+    finally:
+        stop.set()
+        t.join()
+    assert not seen_double
+
+
+def test_tcp_client_of_moved_address_is_reset_promptly(lab_cluster):
+    c, lab = lab_cluster
+    where = wait_all_hosted(c, lab)
+    leader = c.status(0)["leader"]
+    victim = next(p for p in range(3) if p != leader and p in where.values())
+    addr = next(a for a, h in where.items() if h == victim)
+    # a client waiting for data on the address: without tickle ACKs it would wait for
+    # its 30 s timeout; with them, the new holder resets it as soon as the address moves
+    code = textwrap.dedent(f"""\
+        import socket, time
+        s = socket.create_connection(({addr!r}, 8000), timeout=5)
+        s.sendall(b'x'); s.recv(100)
+        print('connected', flush=True)
+        s.settimeout(30)
+        try:
+            d = s.recv(100)
+            print('data', d, flush=True)
+        except OSError as e:
+            print('reset', type(e).__name__, flush=True)
+    """)
+    p = subprocess.Popen(lab.exec_argv(lab.client_ns, [sys.executable, "-c", code]),
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "connected"
+        time.sleep(1.5)  # let the holder report the connection to the others
+        t0 = time.monotonic()
+        lab.link(victim, up=False)  # the host vanishes: no resets from it, ever
+        out = p.stdout.readline().strip()
+        elapsed = time.monotonic() - t0
+        assert out.startswith("reset"), out
+        assert elapsed < 5.0
+        after = wait_all_hosted(c, lab, exclude=(victim,))
+        assert after[addr] != victim
+    finally:
+        p.kill()
+        lab.link(victim, up=True)
