@@ -60,6 +60,7 @@ class Failover:
         self.tickles = {}  # address -> [(lip, lport, rip, rport)] as last reported
         self._my_conns = {}
         self._netlock = asyncio.Lock()
+        self._executor = None
         self._tasks = set()
         self._takeover_task = None
         self._takeover_key = None
@@ -83,18 +84,30 @@ class Failover:
     def _spawn(self, coro, name=None):
         t = asyncio.create_task(coro, name=name)
         self._tasks.add(t)
-        t.add_done_callback(self._tasks.discard)
+        t.add_done_callback(self._task_done)
         return t
+
+    def _task_done(self, t):
+        self._tasks.discard(t)
+        if not t.cancelled() and t.exception() is not None:
+            exc = t.exception()
+            log.error("%s failed: %s", t.get_name(), exc, exc_info=exc)
 
     async def stop(self):
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
-    @staticmethod
-    async def _net(fn, *args):
-        from . import netops  # noqa: F401  (imported lazily: pyroute2 is heavy)
-        return await asyncio.to_thread(fn, *args)
+    async def _net(self, fn, *args):
+        """Run a blocking network operation in this node's one netops thread: pyroute2's
+        netlink socket must stay in the thread that created it."""
+        if self._executor is None:
+            import concurrent.futures
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="netops")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def _usable_iface(self, pa):
         from . import netops

@@ -45,6 +45,10 @@ class _ProgFilter(logging.Filter):
         self.prog = prog
 
     def filter(self, record):
+        # Libraries log their internals at DEBUG (pyroute2 a lot); only their warnings
+        # matter here.
+        if record.levelno < logging.WARNING and not record.name.startswith("pyctdb"):
+            return False
         record.prog = self.prog
         return True
 
@@ -69,4 +73,7 @@ def setup(location: str, level: str, prog="pyctdbd") -> RingBuffer:
         h.addFilter(_ProgFilter(prog))
         root.addHandler(h)
     root.setLevel(LEVELS.get(level.upper(), NOTICE))
+    # Libraries log their internals at DEBUG; only their warnings matter here.
+    for name in ("pyroute2", "asyncio"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     return ring
