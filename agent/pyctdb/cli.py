@@ -318,6 +318,8 @@ def build_parser():
     p = argparse.ArgumentParser(prog="pyctdb", parents=[common],
                                 description="control and query pyctdbd (CTDB-style)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("ipalloc", help="plan a public address allocation offline, as CTDB "
+                   "would (see 'pyctdb ipalloc --help')", add_help=False)
     for name, (_fn, help_) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_, parents=[common], description=help_)
         if name == "nodestatus":
@@ -341,8 +343,13 @@ def build_parser():
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `pyctdb ipalloc ...` plans an allocation offline: no agent involved.
+    if argv and argv[0] == "ipalloc":
+        from .ipalloc_cli import main as ipalloc_main
+        return ipalloc_main(argv[1:])
     parser = build_parser()
-    a = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    a = parser.parse_args(argv)
     for key, default in (("socket", None), ("X", False), ("json", False), ("timeout", 10.0)):
         if not hasattr(a, key):
             setattr(a, key, default)

@@ -25,7 +25,7 @@ import threading
 log = logging.getLogger("pyctdb.netops")
 
 _ipr = None
-_ipr_lock = threading.Lock()
+_ipr_lock = threading.RLock()
 
 
 def _iproute():

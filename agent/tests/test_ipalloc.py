@@ -610,3 +610,13 @@ def test_900_addresses_on_5_nodes_is_quick():
     I.allocate(piled, [0] * 5)
     I.allocate(piled, [0] * 5, algorithm="nondet")
     assert time.perf_counter() - t < 10.0
+
+
+def test_pyctdb_cli_ipalloc_subcommand():
+    import subprocess, sys, os
+    env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(__file__), ".."))
+    r = subprocess.run([sys.executable, "-m", "pyctdb.cli", "ipalloc", "--algorithm", "lcp2",
+                        "--node-flags", "0,0,0x20"], input="10.0.0.1 -1\n10.0.0.2 -1\n10.0.0.3 -1\n",
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["10.0.0.3 0", "10.0.0.2 1", "10.0.0.1 0"]

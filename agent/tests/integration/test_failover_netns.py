@@ -159,13 +159,13 @@ def test_address_removed_by_hand_is_restored(lab_cluster):
                    check=True)
     assert addr not in lab.addresses(host)
     c.wait_for(lambda: addr in lab.addresses(host), 10, what="address restored")
-    assert "was missing: added it back" in c.log(host)
+    c.wait_for(lambda: "was missing: added it back" in c.log(host), 5)
     # and one added by hand where it does not belong is removed
     other = (host + 1) % 3
     subprocess.run(["ip", "-n", lab.host_ns(other), "addr", "add", f"{addr}/24", "dev", "eth0"],
                    check=True)
     c.wait_for(lambda: addr not in lab.addresses(other), 10, what="stray address removed")
-    assert "does not host it: removed it" in c.log(other)
+    c.wait_for(lambda: "does not host it: removed it" in c.log(other), 5)
 
 
 def test_disable_moves_addresses_never_on_two_hosts(lab_cluster):
