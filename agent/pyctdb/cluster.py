@@ -99,6 +99,9 @@ class Cluster:
         self._lock_check_task = None
         self._last_lock_check = clock()
         self._waiting_since = None
+        self._minority_since = clock()
+        self._led_with_quorum = False
+        self._last_lock_msg = (None, None, -1e9)
         self._last_sent = None
         self._last_sent_at = -1e9
         self._main_task = None
@@ -321,10 +324,27 @@ class Cluster:
                 leader_capable=bool(st.get("leader_capable", True))))
         expired = (self._waiting_since is not None
                    and now - self._waiting_since > self.leader_timeout)
+        quorum = self.has_quorum()
+        if quorum:
+            self._minority_since = None
+            if self.am_leader:
+                self._led_with_quorum = True
+        elif self._minority_since is None:
+            self._minority_since = now
+        minority_expired = (self._minority_since is not None
+                            and now - self._minority_since > self.leader_timeout)
         return election.ElectionInput(
             me=self.pnn, my_flags=self.my_flags, my_leader_capable=self.leader_capable,
             am_leader=self.am_leader, peers=tuple(views), settled=self._settled(now),
-            candidate_wait_expired=expired)
+            candidate_wait_expired=expired, lock_configured=self.lock is not None,
+            quorum=quorum, led_with_quorum=self._led_with_quorum,
+            minority_wait_expired=minority_expired)
+
+    def has_quorum(self) -> bool:
+        """More than half of the non-deleted nodes are connected (this one included)."""
+        total = 1 + len(self.peers)
+        seen = 1 + sum(1 for p in self.peers.values() if p.link_up and p.state is not None)
+        return 2 * seen > total
 
     async def _elect(self, now):
         d = election.decide(self.election_input(now))
@@ -360,7 +380,7 @@ class Cluster:
     def _maybe_campaign(self, now, reason):
         if self._campaign_task is not None and not self._campaign_task.done():
             return
-        retry = min(0.5, self.keepalive_interval)
+        retry = min(0.1, self.keepalive_interval)
         if now - self._last_campaign < retry:
             return
         self._last_campaign = now
@@ -371,7 +391,10 @@ class Cluster:
             result, detail = await self.lock.try_take()
             if result != TAKEN:
                 lvl = logging.INFO if result == CONTENDED else logging.ERROR
-                log.log(lvl, "not leading: cannot take the cluster lock: %s", detail)
+                now = self.clock()
+                if (detail, lvl) != self._last_lock_msg[:2] or now - self._last_lock_msg[2] > 30:
+                    log.log(lvl, "not leading: cannot take the cluster lock: %s", detail)
+                    self._last_lock_msg = (detail, lvl, now)
                 return
             # The world may have changed while we waited for the lock.
             d = election.decide(self.election_input(self.clock()))
@@ -381,6 +404,7 @@ class Cluster:
                 return
         self.am_leader = True
         self.leader = self.pnn
+        self._led_with_quorum = self.has_quorum()
         self.generation = None  # forces a recovery on the next cycle
         self._last_lock_check = self.clock()
         log.warning("this node is now the LEADER (%s)%s", reason,
@@ -392,6 +416,7 @@ class Cluster:
         if not self.am_leader:
             return
         self.am_leader = False
+        self._led_with_quorum = False
         self.generation = None
         self.recmode = RECMODE_ACTIVE
         if self.lock is not None:

@@ -13,6 +13,13 @@ The rules:
 3. Nobody claims: after the start-up grace, the lowest eligible PNN campaigns (tries to
    take the cluster lock, then claims). The others wait for it, but only for a while
    (``candidate_wait_expired``): then every eligible node campaigns, and the lock decides.
+4. With a cluster lock: a leader that loses touch with the majority of the nodes steps
+   down and lets go of the lock, so the majority side can take it (an isolated leader
+   would otherwise keep the lock and no one else could lead). A node that sees no
+   majority waits the leader timeout before it campaigns, giving the majority a head
+   start; if the others really are gone, it then takes over anyway and keeps leading
+   (``led_with_quorum`` is false then), so a lone survivor of a 2-node cluster still
+   leads.
 
 A node that already leads keeps leading while rule 2 allows: a returning node with a
 lower PNN follows the leader it finds instead of taking over (no needless failover).
@@ -48,6 +55,14 @@ class ElectionInput:
     settled: bool = True
     #: we have waited longer than the leader timeout for the expected candidate
     candidate_wait_expired: bool = False
+    #: a cluster lock is configured (the quorum rules below apply only then)
+    lock_configured: bool = False
+    #: this node sees more than half of the (non-deleted) nodes, itself included
+    quorum: bool = True
+    #: this node, leading, had a majority at some point of its leadership
+    led_with_quorum: bool = True
+    #: this node has been without a majority for longer than the leader timeout
+    minority_wait_expired: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,12 @@ def decide(inp: ElectionInput) -> Decision:
     claimants = sorted(p.pnn for p in inp.peers if peer_eligible(p) and p.claims_leader)
     if inp.am_leader and me_ok:
         claimants = sorted(claimants + [inp.me])
+
+    if (inp.am_leader and me_ok and inp.lock_configured and inp.led_with_quorum
+            and not inp.quorum):
+        return Decision("step_down", None,
+                        "lost touch with the majority of nodes: letting go of the cluster "
+                        "lock so that the majority can elect a leader", tuple(claimants))
 
     if inp.am_leader and not me_ok:
         winner = claimants[0] if claimants else None
@@ -104,6 +125,11 @@ def decide(inp: ElectionInput) -> Decision:
     candidates = sorted(eligible + ([inp.me] if me_ok else []))
     if not candidates:
         return Decision("wait", None, "no node is eligible to lead", ())
+    if (inp.lock_configured and not inp.quorum and not inp.minority_wait_expired
+            and me_ok):
+        return Decision("wait", None,
+                        "no leader, and this node sees no majority: giving the majority a "
+                        "head start before campaigning", tuple(candidates))
     if candidates[0] == inp.me:
         return Decision("campaign", inp.me,
                         f"no leader; this node has the lowest eligible PNN of {candidates}",

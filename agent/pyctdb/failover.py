@@ -68,6 +68,7 @@ class Failover:
         self._last_check = -1e9
         self._last_tickle_scan = -1e9
         self._startup_cleaned = False
+        self._leaderless_since = None
         self.last_allocation = {}  # leader: address -> pnn of the last run
         self.last_run = None  # leader: summary of the last run
         cluster.extra_state["ips_version"] = self.ips_version
@@ -121,6 +122,20 @@ class Failover:
         if self.disabled:
             return
         c = self.cluster
+        # A node that has had no leader for RecoveryDropAllIPs seconds lets go of its
+        # addresses (as CTDB does): the rest of the cluster has probably taken them over.
+        if c.leader is None or not c.is_joined():
+            if self._leaderless_since is None:
+                self._leaderless_since = now
+            limit = float(self.tunables.get("RecoveryDropAllIPs"))
+            if self.assigned and limit > 0 and now - self._leaderless_since > limit:
+                log.warning("no leader for %.0fs (RecoveryDropAllIPs): releasing all %d "
+                            "public addresses", now - self._leaderless_since, len(self.assigned))
+                for addr in list(self.assigned):
+                    self._spawn(self._ctl_release_ip(c.pnn, {"address": addr}), "drop-ip")
+                self._leaderless_since = now
+        else:
+            self._leaderless_since = None
         if self.configured and now - self._last_check >= CONSISTENCY_INTERVAL and (
                 c.is_joined() or not self._startup_cleaned):
             self._last_check = now

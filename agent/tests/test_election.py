@@ -94,3 +94,39 @@ def test_disabled_and_unhealthy_nodes_may_lead():
 
 def test_vnnmap():
     assert vnnmap_for([2, 0, 1], {1: False}) == [0, 2]
+
+
+def test_isolated_leader_with_lock_steps_down():
+    inp = ElectionInput(me=0, am_leader=True, lock_configured=True, quorum=False,
+                        led_with_quorum=True,
+                        peers=peers((1, False, F.DISCONNECTED, False),
+                                    (2, False, F.DISCONNECTED, False)))
+    d = decide(inp)
+    assert d.action == "step_down" and "majority" in d.reason
+
+
+def test_without_lock_isolated_leader_keeps_leading():
+    inp = ElectionInput(me=0, am_leader=True, lock_configured=False, quorum=False,
+                        peers=peers((1, False, F.DISCONNECTED, False)))
+    assert decide(inp).action == "lead"
+
+
+def test_minority_node_waits_then_campaigns():
+    base = dict(me=0, lock_configured=True, quorum=False,
+                peers=peers((1, False, F.DISCONNECTED, False), (2, False, F.DISCONNECTED, False)))
+    d = decide(ElectionInput(**base))
+    assert d.action == "wait" and "head start" in d.reason
+    d = decide(ElectionInput(minority_wait_expired=True, **base))
+    assert d.action == "campaign"
+
+
+def test_lone_survivor_that_took_over_without_majority_keeps_leading():
+    inp = ElectionInput(me=1, am_leader=True, lock_configured=True, quorum=False,
+                        led_with_quorum=False, peers=peers((0, False, F.DISCONNECTED, False)))
+    assert decide(inp).action == "lead"
+
+
+def test_majority_side_campaigns_at_once():
+    inp = ElectionInput(me=1, lock_configured=True, quorum=True,
+                        peers=peers((0, False, F.DISCONNECTED, True), (2, True, 0, False)))
+    assert decide(inp).action == "campaign"

@@ -235,3 +235,62 @@ def test_tcp_client_of_moved_address_is_reset_promptly(lab_cluster):
     finally:
         p.kill()
         lab.link(victim, up=True)
+
+
+def test_isolated_leader_lets_go_and_majority_takes_over(lab_cluster):
+    """The leader is cut off (link down, no resets): it steps down and releases the
+    cluster lock, the majority elects a leader that takes the lock, and the cut-off
+    leader's addresses answer on the majority side."""
+    c, lab = lab_cluster
+    where = wait_all_hosted(c, lab)
+    leader = c.status(0)["leader"]
+    others = [p for p in range(3) if p != leader]
+    t0 = time.monotonic()
+    lab.link(leader, up=False)
+    try:
+        c.wait_for(lambda: all(c.status(p)["leader"] in others for p in others)
+                   and len({c.status(p)["leader"] for p in others}) == 1, 20,
+                   what="a new leader on the majority side")
+        new = c.status(others[0])["leader"]
+        assert c.status(new)["cluster_lock"]["held"]
+        assert "lost touch with the majority" in c.log(leader)
+        after = wait_all_hosted(c, lab, exclude=(leader,))
+        for a in where:
+            assert ask(lab, a) == f"host{after[a]}"
+        elapsed = time.monotonic() - t0
+        assert elapsed < 15
+        # the isolated node does not lead again while cut off (the majority has the lock)
+        time.sleep(1.0)
+        assert not c.status(leader)["cluster_lock"]["held"]
+    finally:
+        lab.link(leader, up=True)
+    c.wait_healthy(30)
+
+
+def test_node_without_leader_drops_its_addresses(tmp_path):
+    """A node left without a leader for RecoveryDropAllIPs seconds releases its
+    addresses, and takes them again once it leads again."""
+    import fcntl
+    lab = NetnsLab(1).create()
+    try:
+        c = LocalCluster(1, base_dir=tmp_path, lab=lab,
+                         public_addresses=f"{lab.public_address(0)}/24 eth0\n",
+                         tunables={"RecoveryDropAllIPs": "1"})
+        with c:
+            c.start()
+            c.wait_healthy(20)
+            c.wait_for(lambda: lab.public_address(0) in lab.addresses(0), 10)
+            # replace the lock file by one someone else holds: the leader notices (its
+            # lock no longer protects anything), steps down and cannot lead again
+            os.unlink(c.lock_file)
+            fd = os.open(c.lock_file, os.O_RDWR | os.O_CREAT)
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+            try:
+                c.wait_for(lambda: lab.public_address(0) not in lab.addresses(0), 20,
+                           what="address dropped")
+                assert "RecoveryDropAllIPs" in c.log(0)
+            finally:
+                os.close(fd)
+            c.wait_for(lambda: lab.public_address(0) in lab.addresses(0), 20)
+    finally:
+        lab.destroy()
