@@ -29,8 +29,9 @@ class ApiError(Exception):
 
 
 class ApiServer:
-    def __init__(self, path, cluster, tunables, log_buffer=None, failover=None):
+    def __init__(self, path, cluster, tunables, log_buffer=None, failover=None, events=None):
         self.path = path
+        self.events = events
         self.failover = failover
         self.cluster = cluster
         self.tunables = tunables
@@ -45,6 +46,8 @@ class ApiServer:
             "stop": self._admin("stop"), "continue": self._admin("continue"),
             "ban": self.cmd_ban, "unban": self._admin("unban"),
             "ip": self.cmd_ip, "moveip": self.cmd_moveip,
+            "event_status": self.cmd_event_status, "event_run": self.cmd_event_run,
+            "event_script": self.cmd_event_script,
         }
 
     async def start(self):
@@ -289,6 +292,34 @@ class ApiServer:
                                    timeout=10.0)
         except ControlError as exc:
             raise ApiError("EIO", str(exc)) from None
+
+    def cmd_event_status(self, event="monitor"):
+        from .events import EVENTS
+        if event not in EVENTS:
+            raise ApiError("EINVAL", f"unknown event {event!r}")
+        res = self.events.last.get(event)
+        if res is None:
+            raise ApiError("ENOENT", f"event {event} has not run yet")
+        return res
+
+    async def cmd_event_run(self, event, args=(), timeout=None):
+        from .events import EventError
+        try:
+            return await self.events.run(event, *list(args), timeout=timeout)
+        except EventError as exc:
+            raise ApiError("EINVAL", str(exc)) from None
+
+    def cmd_event_script(self, action, script=None):
+        from .events import EventError
+        if action == "list":
+            return {"scripts": [{"script": n, "enabled": en}
+                                for n, _, en in self.events.scripts()]}
+        if action not in ("enable", "disable") or not script:
+            raise ApiError("EINVAL", "usage: event_script action=list|enable|disable script=NAME")
+        try:
+            return self.events.set_enabled(script, action == "enable")
+        except EventError as exc:
+            raise ApiError("ENOENT", str(exc)) from None
 
     def cmd_log(self, lines=20):
         if not isinstance(lines, int) or isinstance(lines, bool) or lines < 0:

@@ -251,6 +251,51 @@ def cmd_moveip(c, a):
     return (res if a.json else None), 0
 
 
+def cmd_event(c, a):
+    """event status|run|script ..., with CTDB's optional component name 'legacy'."""
+    rest = [x for x in a.args if x != "legacy"]
+    if a.action == "status":
+        ev = rest[0] if rest else "monitor"
+        res = c.call("event_status", event=ev)
+        if a.json:
+            return res, 0
+        lines = []
+        for sc in res["scripts"]:
+            when = _ctime(sc["start"]) if sc.get("start") else ""
+            lines.append("%-20s %-10s %.3f %s" % (sc["script"], sc["status"],
+                                                    sc["duration"], when))
+            if sc["status"] not in ("OK", "DISABLED", "SKIPPED") and sc["output"]:
+                lines += ["  OUTPUT: " + l for l in sc["output"].rstrip().splitlines()[-5:]]
+        return "\n".join(lines), 0 if res["status"] == "OK" else 1
+    if a.action == "run":
+        timeout = None
+        if rest and rest[0].replace(".", "", 1).isdigit():
+            timeout = float(rest.pop(0))
+        if not rest:
+            raise UsageError("usage: event run [TIMEOUT] [legacy] EVENT [ARGS...]")
+        res = c.call("event_run", event=rest[0], args=rest[1:], timeout=timeout)
+        if a.json:
+            return res, 0
+        rc = 0 if res["status"] == "OK" else 1
+        if rc:
+            return f"Failed to run event {rest[0]}, result={res['status']}", rc
+        return None, 0
+    if a.action == "script":
+        if not rest or rest[0] not in ("list", "enable", "disable"):
+            raise UsageError("usage: event script list|enable|disable [legacy] [SCRIPT]")
+        if rest[0] == "list":
+            res = c.call("event_script", action="list")
+            if a.json:
+                return res, 0
+            return "\n".join(("* " if s["enabled"] else "  ") + s["script"]
+                             for s in res["scripts"]), 0
+        if len(rest) != 2:
+            raise UsageError(f"usage: event script {rest[0]} [legacy] SCRIPT")
+        res = c.call("event_script", action=rest[0], script=rest[1])
+        return (res if a.json else None), 0
+    raise UsageError("usage: event status|run|script ...")
+
+
 def cmd_ping(c, a):
     args = {}
     if a.pnn is not None:
@@ -294,6 +339,8 @@ COMMANDS = {
     "version": (cmd_version, "show the version"),
     "ip": (cmd_ip, "show public addresses ('all': of every node) and who hosts them"),
     "moveip": (cmd_moveip, "move a public address to node PNN now"),
+    "event": (cmd_event, "event scripts: status [EVENT], run [TIMEOUT] EVENT [ARGS], "
+                         "script list|enable|disable [SCRIPT]"),
     "ping": (cmd_ping, "check that this node (or node PNN, through the cluster) answers"),
     "disable": (_admin_cmd("disable"), "disable this node (it stays a member, hosts no IPs)"),
     "enable": (_admin_cmd("enable"), "re-enable this node"),
@@ -332,6 +379,9 @@ def build_parser():
         elif name == "moveip":
             sp.add_argument("address", metavar="IP")
             sp.add_argument("pnn", metavar="PNN")
+        elif name == "event":
+            sp.add_argument("action", choices=["status", "run", "script"])
+            sp.add_argument("args", nargs="*")
         elif name == "ping":
             sp.add_argument("pnn", nargs="?", metavar="PNN")
         elif name == "ban":

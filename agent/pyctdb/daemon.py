@@ -57,12 +57,16 @@ async def _serve(config, me, tunables, socket_path, ring):
     from .clusterlock import make_lock
     from .sdnotify import notify
 
+    from .events import EventRunner, Monitor
     from .failover import Failover
 
     lock = make_lock(config.cluster_lock)
     cluster = Cluster(config, me, tunables, lock=lock)
-    failover = Failover(cluster, config, tunables)
-    api = ApiServer(socket_path, cluster, tunables, log_buffer=ring, failover=failover)
+    events = EventRunner(config.config_dir, tunables)
+    monitor = Monitor(cluster, events, tunables)
+    failover = Failover(cluster, config, tunables, events=events)
+    api = ApiServer(socket_path, cluster, tunables, log_buffer=ring, failover=failover,
+                    events=events)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -87,11 +91,17 @@ async def _serve(config, me, tunables, socket_path, ring):
         log.error("%s", msg)
         print(f"pyctdbd: {msg}", file=sys.stderr)
         return 1
+    monitor.start()
     notify(f"STATUS=node {cluster.pnn} ({me.address}) waiting to join")
     await stop.wait()
     log.warning("shutting down (signal received)")
     notify("STOPPING=1")
+    await monitor.stop()
     await failover.stop()
+    try:
+        await asyncio.wait_for(events.run("shutdown"), 10)
+    except Exception as exc:
+        log.error("shutdown event: %s", exc)
     await cluster.stop()
     await api.stop()
     log.warning("stopped")

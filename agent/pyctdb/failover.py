@@ -49,8 +49,9 @@ def _sort_key(addr):
 
 
 class Failover:
-    def __init__(self, cluster, config, tunables):
+    def __init__(self, cluster, config, tunables, events=None):
         self.cluster = cluster
+        self.events = events
         self.config = config
         self.tunables = tunables
         self.disabled = bool(config.failover_disabled)
@@ -78,6 +79,7 @@ class Failover:
             "take_ip": self._ctl_take_ip,
             "tickles": self._ctl_tickles,
             "move_ip": self._ctl_move_ip,
+            "run_event": self._ctl_run_event,
         })
         cluster.cycle_hooks.append(self.on_cycle)
 
@@ -255,6 +257,10 @@ class Failover:
             log.error("takeover: node %d failed to take %s: %s", pnn, addr, r)
         if failed or blocked:
             self._takeover_key = None  # try again next cycle
+        if takes or releases:
+            await asyncio.gather(*(c.control(p, "run_event", {"event": "ipreallocated"},
+                                             timeout=CONTROL_TIMEOUT)
+                                   for p in known), return_exceptions=True)
         self.last_allocation = {a: p for a, p in result.items()}
         moved = [f"{a} {old.get(a, -1)}->{p}" for a, p in takes]
         dropped = [f"{a} {p}->-1" for a, p in releases if result.get(a, -1) == -1]
@@ -281,9 +287,11 @@ class Failover:
     async def _ctl_release_ip(self, src, args):
         from . import netops
         addr = args["address"]
+        pa = self.configured.get(addr)
+        if addr in self.assigned and pa is not None:
+            await self._event("releaseip", self.assigned[addr], addr, pa.prefix)
         async with self._netlock:
             iface = self.assigned.pop(addr, None)
-            pa = self.configured.get(addr)
             conns = netops.tcp_connections([addr])
             removed = False
             for cand in ([iface] if iface else []) + (list(pa.interfaces) if pa else []):
@@ -315,6 +323,7 @@ class Failover:
             await self._net(netops.add_address, iface, addr, pa.prefix)
             self.assigned[addr] = iface
             await self._net(netops.announce, iface, addr)
+        await self._event("takeip", iface, addr, pa.prefix)
         conns = {tuple(x) for x in args.get("connections", [])}
         conns |= {tuple(x) for x in self.tickles.get(addr, [])}
         if conns:
@@ -330,6 +339,19 @@ class Failover:
                 await self._net(netops.send_tickle, lip, int(lport), rip, int(rport))
             except OSError as exc:
                 log.warning("tickle to %s:%s failed: %s", rip, rport, exc)
+
+    async def _event(self, event, *args):
+        if self.events is None:
+            return None
+        try:
+            return await self.events.run(event, *args)
+        except Exception as exc:
+            log.error("event %s: %s", event, exc)
+            return None
+
+    async def _ctl_run_event(self, src, args):
+        res = await self._event(args["event"], *args.get("args", []))
+        return {"status": res["status"] if res else "NONE"}
 
     async def _ctl_tickles(self, src, args):
         for addr, conns in args.get("tickles", {}).items():

@@ -294,3 +294,33 @@ def test_node_without_leader_drops_its_addresses(tmp_path):
             c.wait_for(lambda: lab.public_address(0) in lab.addresses(0), 20)
     finally:
         lab.destroy()
+
+
+def test_failing_monitor_moves_addresses_away(tmp_path):
+    lab = NetnsLab(3).create()
+    try:
+        pub = "".join(f"{lab.public_address(j)}/24 eth0\n" for j in range(NPUB))
+        c = LocalCluster(3, base_dir=tmp_path / "c", lab=lab, public_addresses=pub,
+                         tunables={"MonitorInterval": "1"})
+        for p in range(3):
+            d = os.path.join(c.config_dir(p), "events", "legacy")
+            os.makedirs(d)
+            path = os.path.join(d, "50.service.script")
+            with open(path, "w") as f:
+                f.write(f"#!/bin/sh\n[ \"$1\" = monitor ] || exit 0\n"
+                        f"[ -e {tmp_path}/down-{p} ] && exit 1\nexit 0\n")
+            os.chmod(path, 0o755)
+        with c:
+            c.start()
+            c.wait_healthy(30)
+            where = wait_all_hosted(c, lab)
+            victim = next(iter(where.values()))
+            open(tmp_path / f"down-{victim}", "w").close()
+            after = wait_all_hosted(c, lab, exclude=(victim,))
+            assert victim not in after.values()
+            assert c.status(victim)["nodes"][victim]["state"] == "UNHEALTHY"
+            os.unlink(tmp_path / f"down-{victim}")
+            c.wait_healthy(15)
+            c.wait_for(lambda: victim in wait_all_hosted(c, lab).values(), 15)
+    finally:
+        lab.destroy()
