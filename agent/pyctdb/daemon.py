@@ -96,6 +96,7 @@ async def _serve(config, me, tunables, socket_path, ring):
     await stop.wait()
     log.warning("shutting down (signal received)")
     notify("STOPPING=1")
+    await failover.evacuate(timeout=10.0)
     await monitor.stop()
     await failover.stop()
     try:

@@ -417,6 +417,33 @@ class Failover:
         except Exception:
             pass
 
+    async def evacuate(self, timeout=10.0):
+        """Graceful shutdown: mark this node STOPPED so the leader moves its addresses to
+        other nodes, and wait (at most ``timeout`` s) until it hosts none. Clients are
+        moved before the agent goes, instead of after it is found gone."""
+        c = self.cluster
+        if not self.assigned:
+            return True
+        others = [p for p in c.peers.values()
+                  if p.link_up and p.state is not None and F.is_active(c.peer_flags(p))]
+        if not others:
+            log.warning("shutdown: no other active node to take %d addresses",
+                        len(self.assigned))
+            return False
+        n = len(self.assigned)
+        c.my_flags |= F.STOPPED
+        c.kick()
+        t0 = time.monotonic()
+        while self.assigned and time.monotonic() - t0 < timeout:
+            await asyncio.sleep(0.02)
+        if self.assigned:
+            log.error("shutdown: %d addresses still here after %.0fs", len(self.assigned),
+                      timeout)
+            return False
+        log.warning("shutdown: moved %d addresses to other nodes in %.0f ms", n,
+                    (time.monotonic() - t0) * 1000)
+        return True
+
     # -- queries -------------------------------------------------------------------------
     def local_ips(self):
         return [{"address": a, "prefix": pa.prefix, "interfaces": list(pa.interfaces),

@@ -324,3 +324,21 @@ def test_failing_monitor_moves_addresses_away(tmp_path):
             c.wait_for(lambda: victim in wait_all_hosted(c, lab).values(), 15)
     finally:
         lab.destroy()
+
+
+def test_graceful_shutdown_moves_addresses_first(lab_cluster):
+    c, lab = lab_cluster
+    where = wait_all_hosted(c, lab)
+    leader = c.status(0)["leader"]
+    for victim in (next(p for p in range(3) if p != leader and p in where.values()), leader):
+        mine = [a for a, h in wait_all_hosted(c, lab).items() if h == victim]
+        c.stop(victim)  # SIGTERM
+        assert c.procs[victim].returncode == 0
+        # the moment the agent has exited, its addresses are already elsewhere
+        h = hosts_of(lab)
+        for a in mine:
+            assert h.get(a) and victim not in h[a], (a, h.get(a))
+        assert "shutdown: moved" in c.log(victim)
+        c.start_node(victim)
+        c.wait_healthy(30)
+        wait_all_hosted(c, lab)
