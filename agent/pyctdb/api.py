@@ -46,9 +46,13 @@ class ApiServer:
             "stop": self._admin("stop"), "continue": self._admin("continue"),
             "ban": self.cmd_ban, "unban": self._admin("unban"),
             "ip": self.cmd_ip, "moveip": self.cmd_moveip,
+            "addip": self.cmd_addip, "delip": self.cmd_delip,
+            "reloadips": self.cmd_reloadips, "ipreallocate": self.cmd_ipreallocate,
             "event_status": self.cmd_event_status, "event_run": self.cmd_event_run,
             "event_script": self.cmd_event_script,
         }
+        # `pyctdb -n PNN disable` etc.: the API of one node administers another
+        cluster.control_handlers["admin"] = self._ctl_admin
 
     async def start(self):
         d = os.path.dirname(self.path)
@@ -232,15 +236,130 @@ class ApiServer:
         self.cluster.kick()
         return {"name": t.name, "value": self.tunables.get(t.name), "previous": previous}
 
+    # -- commands that may act on another node (``pnn``) --------------------------------
+    def _target(self, pnn):
+        """The PNN a command acts on: this node when ``pnn`` is None; ApiError for a PNN
+        that is not a node of the cluster."""
+        c = self.cluster
+        if pnn is None:
+            return c.pnn
+        if isinstance(pnn, bool) or not isinstance(pnn, int):
+            raise ApiError("EINVAL", f"pnn must be an integer, not {pnn!r}")
+        node = next((n for n in c.nodes if n.pnn == pnn), None)
+        if node is None:
+            raise ApiError("ENOENT", f"node {pnn} does not exist (nodes: "
+                           f"{', '.join(str(n.pnn) for n in c.nodes if not n.deleted)})")
+        if node.deleted:
+            raise ApiError("ENOENT", f"node {pnn} is deleted")
+        return pnn
+
+    async def _on_node(self, pnn, op, args, timeout=10.0):
+        """Run control ``op`` on node ``pnn`` (this node: directly). A ValueError of the
+        handler, here or there, is the caller's mistake (EINVAL)."""
+        from .cluster import ControlError
+        try:
+            return await self.cluster.control(pnn, op, args, timeout=timeout)
+        except ValueError as exc:
+            raise ApiError("EINVAL", str(exc)) from None
+        except ControlError as exc:
+            if exc.message.startswith("ValueError: "):
+                raise ApiError("EINVAL", exc.message[len("ValueError: "):]) from None
+            if pnn != self.cluster.pnn and "not connected" in exc.message:
+                raise ApiError("ENOTCONN", f"node {pnn} is not connected") from None
+            raise ApiError("EIO", str(exc)) from None
+
+    async def _ctl_admin(self, src, args):
+        action = args.get("action")
+        if action not in self.cluster.ADMIN:
+            raise ValueError(f"unknown administrative action {action!r}")
+        seconds = args.get("seconds")
+        if action == "ban" and (isinstance(seconds, bool) or not isinstance(
+                seconds, (int, float)) or seconds <= 0):
+            raise ValueError("seconds must be a positive number")
+        if src != self.cluster.pnn:
+            log.warning("node %d asks this node to %s", src, action)
+        return self.cluster.admin(action, ban_seconds=seconds)
+
     def _admin(self, action):
-        def handler():
-            return self.cluster.admin(action)
+        async def handler(pnn=None):
+            return await self._on_node(self._target(pnn), "admin", {"action": action})
         return handler
 
-    def cmd_ban(self, seconds):
+    async def cmd_ban(self, seconds, pnn=None):
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
             raise ApiError("EINVAL", "seconds must be a positive number")
-        return self.cluster.admin("ban", ban_seconds=seconds)
+        return await self._on_node(self._target(pnn), "admin",
+                                   {"action": "ban", "seconds": seconds})
+
+    async def _ipreallocate(self, reason):
+        """Ask the leader for a takeover run and wait for it. Returns the run's summary,
+        ``{"skipped": why}`` when there is nothing to ask, or ``{"error": ...}``."""
+        from .cluster import ControlError
+        c = self.cluster
+        if self.failover is None or self.failover.disabled:
+            return {"skipped": "failover is disabled"}
+        if c.leader is None:
+            return {"skipped": "no leader: the next leader's takeover run applies it"}
+        try:
+            return await c.control(c.leader, "ipreallocate", {"reason": reason},
+                                   timeout=20.0)
+        except ControlError as exc:
+            return {"error": str(exc)}
+
+    async def cmd_ipreallocate(self):
+        res = await self._ipreallocate("ipreallocate")
+        if "error" in res:
+            raise ApiError("EIO", res["error"])
+        return res
+
+    async def cmd_addip(self, address, prefix, interfaces, pnn=None, check=False):
+        target = self._target(pnn)
+        res = await self._on_node(target, "add_public_ip", {
+            "address": address, "prefix": prefix, "interfaces": interfaces,
+            "check": bool(check)})
+        if res["changed"] and not check:
+            res["takeover"] = await self._ipreallocate(f"addip {res['address']} on node "
+                                                       f"{target}")
+        return res
+
+    async def cmd_delip(self, address, pnn=None, check=False):
+        target = self._target(pnn)
+        res = await self._on_node(target, "del_public_ip",
+                                  {"address": address, "check": bool(check)})
+        if res["changed"] and not check:
+            res["takeover"] = await self._ipreallocate(f"delip {res['address']} on node "
+                                                       f"{target}")
+        return res
+
+    async def cmd_reloadips(self, pnns=None, check=False):
+        """Re-read the public_addresses file on ``pnns`` (a list, ``"all"``, or None for
+        this node), then one takeover run."""
+        c = self.cluster
+        if pnns is None:
+            targets = [c.pnn]
+        elif pnns == "all":
+            targets = [n.pnn for n in c.nodes if not n.deleted]
+        elif isinstance(pnns, list) and pnns:
+            targets = [self._target(p) for p in pnns]
+        else:
+            raise ApiError("EINVAL", "pnns must be a non-empty list of PNNs or \"all\"")
+        results = await asyncio.gather(*(self._on_node(p, "reload_public_ips",
+                                                       {"check": bool(check)})
+                                         for p in targets), return_exceptions=True)
+        nodes, failed = [], []
+        for p, r in zip(targets, results):
+            if isinstance(r, ApiError):
+                failed.append({"pnn": p, "code": r.code, "error": r.message})
+            elif isinstance(r, Exception):
+                raise r
+            else:
+                nodes.append(r)
+        res = {"nodes": nodes, "failed": failed}
+        if not check and any(n["added"] or n["removed"] or n["changed"] for n in nodes):
+            res["takeover"] = await self._ipreallocate(
+                "reloadips on node" + ("s " if len(targets) > 1 else " ")
+                + ",".join(map(str, targets)))
+        return res
 
     async def cmd_ip(self, all=False):
         """Public addresses and who hosts them, as this node learns from the cluster.
@@ -261,6 +380,7 @@ class ApiServer:
                 e["nodes"].append(pnn)
                 if pnn == c.pnn:
                     e["interfaces"] = a["interfaces"]
+                    e["prefix"] = a["prefix"]
             for addr in info["hosted"]:
                 e = ips.setdefault(addr, {"address": addr, "pnn": -1, "nodes": []})
                 e["pnn"] = pnn
@@ -283,15 +403,12 @@ class ApiServer:
         return {"pnn": c.pnn, "all": bool(all), "ips": [ips[a] for a in order]}
 
     async def cmd_moveip(self, address, pnn):
-        from .cluster import ControlError
         c = self.cluster
+        self._target(pnn)
         if c.leader is None:
             raise ApiError("ENOTCONN", "no leader: cannot move addresses now")
-        try:
-            return await c.control(c.leader, "move_ip", {"address": address, "pnn": pnn},
-                                   timeout=10.0)
-        except ControlError as exc:
-            raise ApiError("EIO", str(exc)) from None
+        return await self._on_node(c.leader, "move_ip", {"address": address, "pnn": pnn},
+                                   timeout=20.0)
 
     def cmd_event_status(self, event="monitor"):
         from .events import EVENTS

@@ -251,6 +251,76 @@ def cmd_moveip(c, a):
     return (res if a.json else None), 0
 
 
+def _takeover_problem(res):
+    """A line for stderr when the takeover run that should follow a change failed."""
+    err = (res.get("takeover") or {}).get("error")
+    return f"Failed to ask the leader to distribute IPs: {err}" if err else None
+
+
+def _ip_change_done(a, res, unchanged):
+    """Output and exit code of addip/delip: CTDB's note (exit 0) when nothing changed;
+    exit 1 when the takeover run that follows a change failed."""
+    problem = unchanged if not res["changed"] else _takeover_problem(res)
+    if problem:
+        print(problem, file=sys.stderr)
+    return (res if a.json else None), 1 if problem and res["changed"] else 0
+
+
+def cmd_addip(c, a):
+    import ipaddress
+    try:
+        net = ipaddress.ip_interface(a.address)
+        if "/" not in a.address:
+            raise ValueError
+    except ValueError:
+        print(f"Invalid IP/Mask {a.address}", file=sys.stderr)
+        return None, 1
+    res = c.call("addip", address=str(net.ip), prefix=net.network.prefixlen,
+                 interfaces=a.iface.split(","), **_node_arg(a))
+    return _ip_change_done(a, res, f"Node already knows about IP {res['address']}")
+
+
+def cmd_delip(c, a):
+    import ipaddress
+    try:
+        addr = str(ipaddress.ip_address(a.address))
+    except ValueError:
+        print(f"Invalid IP address {a.address}", file=sys.stderr)
+        return None, 1
+    res = c.call("delip", address=addr, **_node_arg(a))
+    return _ip_change_done(a, res, f"Node does not know about IP address {addr}")
+
+
+def cmd_reloadips(c, a):
+    args = {}
+    if a.nodes == "all":
+        args["pnns"] = "all"
+    elif a.nodes is not None:
+        try:
+            args["pnns"] = [int(x) for x in a.nodes.split(",")]
+        except ValueError:
+            print(f"Invalid node specification {a.nodes!r}: use a PNN, a comma-separated "
+                  "list of PNNs, or 'all'", file=sys.stderr)
+            return None, 1
+    res = c.call("reloadips", **args)
+    rc = 0
+    for f in res["failed"]:
+        print(f"Node {f['pnn']} failed to reload IPs: {f['error']}", file=sys.stderr)
+        rc = 1
+    if res["failed"]:
+        print("Failed to reload IPs on some nodes.", file=sys.stderr)
+    problem = _takeover_problem(res)
+    if problem:
+        print(problem, file=sys.stderr)
+        rc = 1
+    return (res if a.json else None), rc
+
+
+def cmd_ipreallocate(c, a):
+    res = c.call("ipreallocate")
+    return (res if a.json else None), 0
+
+
 def cmd_event(c, a):
     """event status|run|script ..., with CTDB's optional component name 'legacy'."""
     rest = [x for x in a.args if x != "legacy"]
@@ -309,6 +379,11 @@ def cmd_ping(c, a):
     return "response from %d time=%.6f sec" % (res["pnn"], res["time"]), 0
 
 
+def _node_arg(a):
+    """``{"pnn": N}`` for ``-n N``, else nothing (the command acts on this node)."""
+    return {} if a.node is None else {"pnn": a.node}
+
+
 def _admin_cmd(action):
     def run(c, a):
         if action == "ban":
@@ -319,9 +394,9 @@ def _admin_cmd(action):
             except ValueError:
                 raise UsageError(f"invalid ban time {a.seconds!r}: give a positive number "
                                  "of seconds") from None
-            res = c.call("ban", seconds=secs)
+            res = c.call("ban", seconds=secs, **_node_arg(a))
         else:
-            res = c.call(action)
+            res = c.call(action, **_node_arg(a))
         return (res if a.json else None), 0
     return run
 
@@ -339,6 +414,14 @@ COMMANDS = {
     "version": (cmd_version, "show the version"),
     "ip": (cmd_ip, "show public addresses ('all': of every node) and who hosts them"),
     "moveip": (cmd_moveip, "move a public address to node PNN now"),
+    "addip": (cmd_addip, "add a public address to this node's list (at runtime only; a "
+                         "takeover run follows)"),
+    "delip": (cmd_delip, "remove a public address from this node's list (at runtime only; "
+                         "released first if hosted here)"),
+    "reloadips": (cmd_reloadips, "re-read the public_addresses file on this node (or "
+                                 "'all', or PNN,PNN) and apply the difference"),
+    "ipreallocate": (cmd_ipreallocate, "ask the leader for a takeover run now and wait "
+                                       "for it"),
     "event": (cmd_event, "event scripts: status [EVENT], run [TIMEOUT] EVENT [ARGS], "
                          "script list|enable|disable [SCRIPT]"),
     "ping": (cmd_ping, "check that this node (or node PNN, through the cluster) answers"),
@@ -349,6 +432,9 @@ COMMANDS = {
     "ban": (_admin_cmd("ban"), "ban this node for SECONDS"),
     "unban": (_admin_cmd("unban"), "lift this node's ban"),
 }
+
+#: Commands that act on another node with -n PNN (CTDB's "remote" commands we have).
+REMOTE = {"disable", "enable", "stop", "continue", "ban", "unban", "addip", "delip"}
 
 
 def build_parser():
@@ -362,6 +448,9 @@ def build_parser():
                         help="JSON output")
     common.add_argument("-t", "--timeout", type=float, default=argparse.SUPPRESS,
                         help="seconds to wait for the agent (default 10)")
+    common.add_argument("-n", "--node", type=int, metavar="PNN", default=argparse.SUPPRESS,
+                        help="act on node PNN instead of this node (" + ", ".join(
+                            sorted(REMOTE)) + ")")
     p = argparse.ArgumentParser(prog="pyctdb", parents=[common],
                                 description="control and query pyctdbd (CTDB-style)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -379,6 +468,13 @@ def build_parser():
         elif name == "moveip":
             sp.add_argument("address", metavar="IP")
             sp.add_argument("pnn", metavar="PNN")
+        elif name == "addip":
+            sp.add_argument("address", metavar="IP/MASK")
+            sp.add_argument("iface", metavar="IFACE[,IFACE...]")
+        elif name == "delip":
+            sp.add_argument("address", metavar="IP")
+        elif name == "reloadips":
+            sp.add_argument("nodes", nargs="?", metavar="all|PNN-LIST")
         elif name == "event":
             sp.add_argument("action", choices=["status", "run", "script"])
             sp.add_argument("args", nargs="*")
@@ -400,11 +496,16 @@ def main(argv=None):
         return ipalloc_main(argv[1:])
     parser = build_parser()
     a = parser.parse_args(argv)
-    for key, default in (("socket", None), ("X", False), ("json", False), ("timeout", 10.0)):
+    for key, default in (("socket", None), ("X", False), ("json", False), ("timeout", 10.0),
+                         ("node", None)):
         if not hasattr(a, key):
             setattr(a, key, default)
     if not a.command:
         parser.print_help(sys.stderr)
+        return 2
+    if a.node is not None and a.command not in REMOTE:
+        print(f"pyctdb: node cannot be specified for command {a.command} (-n works with: "
+              f"{', '.join(sorted(REMOTE))})", file=sys.stderr)
         return 2
     if a.X and a.json:
         print("pyctdb: -X and --json cannot be used together", file=sys.stderr)

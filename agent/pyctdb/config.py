@@ -27,6 +27,7 @@ from .tunables import parse_tunables
 
 __all__ = ["DEFAULT_CONFIG_DIR", "ConfigError", "NodeEntry", "PublicAddress", "Config",
            "parse_conf", "parse_nodes", "parse_public_addresses", "load_config",
+           "read_public_addresses", "public_address",
            "resolve_node_address", "OPTIONS"]
 
 DEFAULT_CONFIG_DIR = "/etc/pyctdb"
@@ -448,6 +449,39 @@ def parse_public_addresses(text: str, path: str) -> list:
     return result
 
 
+def read_public_addresses(config_dir: str = DEFAULT_CONFIG_DIR) -> list:
+    """The public addresses of ``config_dir``'s public_addresses file ([] without one);
+    ConfigError naming file and line for a bad one. Also what ``reloadips`` re-reads."""
+    pa_path = os.path.join(config_dir, PUBLIC_ADDRESSES_FILE)
+    text = _read(pa_path, optional=True)
+    return parse_public_addresses(text, pa_path) if text is not None else []
+
+
+def public_address(address, prefix, interfaces) -> PublicAddress:
+    """One public address given as values (``addip``), checked exactly as a line of the
+    public_addresses file is; ValueError saying what is wrong."""
+    if not isinstance(address, str) or not address.strip():
+        raise ValueError("address must be an IP address, e.g. 10.0.1.10")
+    if isinstance(prefix, bool) or not isinstance(prefix, int):
+        raise ValueError(f"prefix must be a number of mask bits, not {prefix!r}")
+    if isinstance(interfaces, str):
+        interfaces = interfaces.split(",")
+    if (not isinstance(interfaces, (list, tuple)) or not interfaces
+            or not all(isinstance(i, str) for i in interfaces)):
+        raise ValueError("interfaces must be a non-empty list of interface names")
+    # (whitespace would split the line the checks below parse)
+    if any(ch.isspace() for ch in address):
+        raise ValueError(f"invalid IP address {_quote(address)}")
+    for name in interfaces:
+        if not name or any(ch.isspace() for ch in name):
+            raise ValueError(_check_ifname(name))
+    try:
+        return parse_public_addresses(f"{address}/{prefix} {','.join(interfaces)}",
+                                      "addip")[0]
+    except ConfigError as exc:
+        raise ValueError(exc.message) from None
+
+
 # -- the whole configuration ------------------------------------------------------------
 @dataclass
 class Config:
@@ -566,9 +600,7 @@ def load_config(config_dir: str = DEFAULT_CONFIG_DIR) -> Config:
                               f"[cluster] node address {_quote(node_address)} is not a "
                               f"node in {nodes_source} (nodes: {', '.join(active)})")
 
-    pa_path = os.path.join(config_dir, PUBLIC_ADDRESSES_FILE)
-    text = _read(pa_path, optional=True)
-    public_addresses = parse_public_addresses(text, pa_path) if text is not None else []
+    public_addresses = read_public_addresses(config_dir)
 
     tun_path = os.path.join(config_dir, TUNABLES_FILE)
     text = _read(tun_path, optional=True)

@@ -70,6 +70,10 @@ class Failover:
         self._last_tickle_scan = -1e9
         self._startup_cleaned = False
         self._leaderless_since = None
+        self._takeover_lock = asyncio.Lock()
+        #: addresses removed from this node's list (delip, reloadips) while it still hosted
+        #: them: kept until released, so the release knows prefix and interfaces
+        self._removed = {}
         self.last_allocation = {}  # leader: address -> pnn of the last run
         self.last_run = None  # leader: summary of the last run
         cluster.extra_state["ips_version"] = self.ips_version
@@ -80,6 +84,10 @@ class Failover:
             "tickles": self._ctl_tickles,
             "move_ip": self._ctl_move_ip,
             "run_event": self._ctl_run_event,
+            "add_public_ip": self._ctl_add_public_ip,
+            "del_public_ip": self._ctl_del_public_ip,
+            "reload_public_ips": self._ctl_reload_public_ips,
+            "ipreallocate": self._ctl_ipreallocate,
         })
         cluster.cycle_hooks.append(self.on_cycle)
 
@@ -188,7 +196,12 @@ class Failover:
         return flags
 
     async def takeover_run(self, reason="requested", moves=None):
-        """One takeover run. ``moves``: {address: pnn} to force (moveip)."""
+        """One takeover run. ``moves``: {address: pnn} to force (moveip). Runs one at a
+        time: a run asked for (moveip, ipreallocate) waits for the one under way."""
+        async with self._takeover_lock:
+            return await self._takeover_run(reason, moves)
+
+    async def _takeover_run(self, reason, moves):
         from . import ipalloc
         c = self.cluster
         t0 = time.monotonic()
@@ -287,7 +300,7 @@ class Failover:
     async def _ctl_release_ip(self, src, args):
         from . import netops
         addr = args["address"]
-        pa = self.configured.get(addr)
+        pa = self.configured.get(addr) or self._removed.get(addr)
         if addr in self.assigned and pa is not None:
             await self._event("releaseip", self.assigned[addr], addr, pa.prefix)
         async with self._netlock:
@@ -307,6 +320,8 @@ class Failover:
                     f", reset {killed} connections" if killed else "")
         self.tickles.pop(addr, None)
         self._my_conns.pop(addr, None)
+        if addr not in self.configured:
+            self._removed.pop(addr, None)
         return {"released": removed, "connections": [list(x) for x in conns]}
 
     async def _ctl_take_ip(self, src, args):
@@ -363,9 +378,128 @@ class Failover:
         c = self.cluster
         if not c.am_leader:
             raise ValueError("this node is not the leader")
+        if self.disabled:
+            raise ValueError("failover is disabled ([failover] disabled = true)")
+        try:
+            addr, pnn = str(ipaddress.ip_address(args["address"])), int(args["pnn"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"usage: move_ip address=IP pnn=PNN (got {args!r})") from None
+        info = await c.control(pnn, "get_public_ips", timeout=CONTROL_TIMEOUT)
+        if addr not in {a["address"] for a in info["configured"]}:
+            raise ValueError(f"node {pnn} CANNOT host IP address {addr}")
+        args = {"address": addr, "pnn": pnn}
         run = await self.takeover_run(f"moveip {args['address']} to node {args['pnn']}",
                                       moves={args["address"]: int(args["pnn"])})
         return run
+
+    # -- runtime changes of this node's address list: addip, delip, reloadips -----------
+    # As in CTDB they change the running list only; the public_addresses file is never
+    # written (reloadips re-reads it). Each change bumps ``ips_version`` in this node's
+    # STATE, which makes the leader do a takeover run; the API also asks the leader for
+    # one at once (ipreallocate) and waits for it.
+    def _changed_list(self, what):
+        self.ips_version += 1
+        self.cluster.extra_state["ips_version"] = self.ips_version
+        log.warning("public addresses: %s", what)
+        self.cluster.kick()
+
+    @staticmethod
+    def _pa_dict(pa):
+        return {"address": pa.address, "prefix": pa.prefix, "interfaces": list(pa.interfaces)}
+
+    def _forget(self, addr):
+        """Take ``addr`` off this node's list. While it is still here it stays known (for
+        its release): the next takeover run releases it, as it does any address a node
+        hosts but does not list; if none does so in time, this node releases it itself."""
+        pa = self.configured.pop(addr)
+        if addr in self.assigned:
+            self._removed[addr] = pa
+            self._spawn(self._release_removed(addr), "release-removed")
+        return pa
+
+    async def _release_removed(self, addr, grace=5.0):
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < grace:
+            if addr not in self.assigned or addr in self.configured:
+                return
+            await asyncio.sleep(0.1)
+        if addr in self.assigned and addr not in self.configured:
+            log.warning("public address %s is no longer listed and no takeover run "
+                        "released it: releasing it", addr)
+            await self._ctl_release_ip(self.cluster.pnn, {"address": addr})
+
+    async def _ctl_add_public_ip(self, src, args):
+        """addip on this node. ``check``: only say whether it would change anything."""
+        from .config import public_address
+        pa = public_address(args.get("address"), args.get("prefix"), args.get("interfaces"))
+        res = {"pnn": self.cluster.pnn, **self._pa_dict(pa)}
+        old = self.configured.get(pa.address)
+        if old is not None:
+            return {**res, "changed": False, "existing": self._pa_dict(old)}
+        if not args.get("check"):
+            self.configured[pa.address] = pa
+            self._removed.pop(pa.address, None)
+            self._changed_list(f"added {pa} (addip, not written to the public_addresses "
+                               "file)")
+        return {**res, "changed": True}
+
+    async def _ctl_del_public_ip(self, src, args):
+        """delip on this node: the address leaves this node's list; if this node hosts it,
+        it is released and moves to a node that lists it, if any."""
+        try:
+            addr = str(ipaddress.ip_address(args.get("address")))
+        except (TypeError, ValueError):
+            raise ValueError(f"invalid IP address {args.get('address')!r}") from None
+        pa = self.configured.get(addr)
+        res = {"pnn": self.cluster.pnn, "address": addr, "hosted": addr in self.assigned}
+        if pa is None:
+            return {**res, "changed": False}
+        if not args.get("check"):
+            self._forget(addr)
+            self._changed_list(f"removed {pa} (delip{', hosted here: releasing it' if res['hosted'] else ''})")
+        return {**res, **self._pa_dict(pa), "changed": True}
+
+    async def _ctl_reload_public_ips(self, src, args):
+        """reloadips on this node: re-read the public_addresses file and apply the
+        difference. An address whose prefix or interfaces changed is released first if
+        hosted here, so that it is taken again as the file now says."""
+        from .config import ConfigError, read_public_addresses
+        try:
+            new = {pa.address: pa for pa in read_public_addresses(self.config.config_dir)}
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        added = [a for a in new if a not in self.configured]
+        removed = [a for a in self.configured if a not in new]
+        changed = [a for a in new if a in self.configured and self.configured[a] != new[a]]
+        res = {"pnn": self.cluster.pnn, "added": sorted(added, key=_sort_key),
+               "removed": sorted(removed, key=_sort_key),
+               "changed": sorted(changed, key=_sort_key)}
+        if args.get("check") or not (added or removed or changed):
+            return res
+        for a in changed:
+            if a in self.assigned:
+                await self._ctl_release_ip(self.cluster.pnn, {"address": a})
+        for a in removed:
+            self._forget(a)
+        self.configured = dict(new)
+        for a in new:
+            self._removed.pop(a, None)
+        self._changed_list("reloaded the public_addresses file: "
+                           + ", ".join(f"{k} {v}" for k, v in
+                                       (("added", added), ("removed", removed),
+                                        ("changed", changed)) if v))
+        return res
+
+    async def _ctl_ipreallocate(self, src, args):
+        """On the leader: a takeover run now (waiting for one under way first)."""
+        c = self.cluster
+        if not c.am_leader:
+            raise ValueError("this node is not the leader")
+        if self.disabled:
+            return {"skipped": "failover is disabled"}
+        if c.recmode != 0 or c.generation is None:
+            raise ValueError("the cluster is in recovery")
+        return await self.takeover_run(str(args.get("reason") or "ipreallocate"))
 
     # -- node side: periodic work --------------------------------------------------------
     async def _consistency_check(self):

@@ -342,3 +342,91 @@ def test_graceful_shutdown_moves_addresses_first(lab_cluster):
         c.start_node(victim)
         c.wait_healthy(30)
         wait_all_hosted(c, lab)
+
+
+# -- runtime changes of the public address lists: addip, delip, reloadips ---------------
+def test_addip_is_taken_at_once_and_delip_releases_it(lab_cluster):
+    c, lab = lab_cluster
+    wait_all_hosted(c, lab)
+    new = lab.public_address(10)
+    # only node 1 lists it: when addip returns, the takeover run has put it there
+    r = c.cli(0, "-n", "1", "addip", f"{new}/24", "eth0")
+    assert r.returncode == 0, r.stderr
+    assert hosts_of(lab).get(new) == [1]
+    assert ask(lab, new) == "host1"
+    r = c.cli(2, "ip", "all")
+    assert f"{new} 1" in r.stdout.splitlines()
+    # runtime only: the file is what it was (as CTDB's addip)
+    with open(os.path.join(c.config_dir(1), "public_addresses")) as f:
+        assert new not in f.read()
+    # again: CTDB's answer, nothing changes
+    r = c.cli(1, "addip", f"{new}/24", "eth0")
+    assert r.returncode == 0 and f"Node already knows about IP {new}" in r.stderr
+    # delip where it is hosted and nobody else lists it: released, gone everywhere
+    r = c.cli(1, "delip", new)
+    assert r.returncode == 0, r.stderr
+    c.wait_for(lambda: new not in hosts_of(lab), 5, what=f"{new} released")
+    assert new not in c.cli(0, "ip", "all").stdout
+    wait_all_hosted(c, lab)  # the others did not move for it
+
+
+def test_delip_of_hosted_address_moves_it_to_a_node_that_lists_it(lab_cluster):
+    c, lab = lab_cluster
+    new = lab.public_address(11)
+    for p in (1, 2):
+        assert c.cli(p, "addip", f"{new}/24", "eth0").returncode == 0
+    c.wait_for(lambda: len(hosts_of(lab).get(new, [])) == 1, 5, what=f"{new} hosted")
+    holder = hosts_of(lab)[new][0]
+    other = 3 - holder
+    seen = []
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            seen.append(tuple(hosts_of(lab).get(new, [])))
+            time.sleep(0.005)
+    t = threading.Thread(target=watch)
+    t.start()
+    try:
+        r = c.cli(holder, "delip", new)
+        assert r.returncode == 0, r.stderr
+        c.wait_for(lambda: hosts_of(lab).get(new) == [other], 5, what=f"{new} on {other}")
+    finally:
+        stop.set()
+        t.join()
+    assert all(len(h) <= 1 for h in seen)  # never on two hosts
+    assert ask(lab, new) == f"host{other}"
+    # moveip refuses a node that does not list the address, and changes nothing
+    r = c.cli(0, "moveip", new, str(holder))
+    assert r.returncode == 1 and f"node {holder} CANNOT host IP address {new}" in r.stderr
+    assert hosts_of(lab).get(new) == [other]
+
+
+def test_reloadips_applies_the_file_difference(lab_cluster):
+    c, lab = lab_cluster
+    where = wait_all_hosted(c, lab)
+    gone = lab.public_address(0)
+    new = lab.public_address(12)
+    pub = "".join(f"{lab.public_address(j)}/24 eth0\n" for j in range(1, NPUB))
+    for p in range(3):
+        with open(os.path.join(c.config_dir(p), "public_addresses"), "w") as f:
+            f.write(pub + f"{new}/24 eth0\n")
+    r = c.cli(0, "reloadips", "all")
+    assert r.returncode == 0, r.stderr
+    h = hosts_of(lab)
+    assert gone not in h
+    assert len(h.get(new, [])) == 1
+    assert ask(lab, new) == f"host{h[new][0]}"
+    for a in where:
+        if a != gone:
+            assert len(h.get(a, [])) == 1
+    ips = c.cli(1, "ip", "all", "--json")
+    assert {e["address"] for e in __import__("json").loads(ips.stdout)["ips"]} == (
+        {lab.public_address(j) for j in range(1, NPUB)} | {new})
+    # a bad file is refused with its line, and nothing changes
+    with open(os.path.join(c.config_dir(2), "public_addresses"), "a") as f:
+        f.write("10.0.0.300/24 eth0\n")
+    r = c.cli(0, "reloadips", "2")
+    assert r.returncode == 1
+    assert "public_addresses:5: invalid IP address" in r.stderr
+    assert hosts_of(lab) == h
