@@ -184,6 +184,84 @@ class Client:
     def version(self):
         return self.call("version")
 
+    def pnn(self):
+        return self.call("pnn")["pnn"]
+
+    def public_addresses(self):
+        """Every public address of the cluster (API ``ip`` with ``all``), keyed by
+        address: ``{pnn, nodes, prefix, interfaces}``; ``pnn`` is the hosting node (-1:
+        nobody), ``nodes`` the nodes that list it, ``prefix`` and ``interfaces`` those of
+        the answering node (None when that node does not list it)."""
+        result = self.call("ip", all=True) or {}
+        out = {}
+        for e in result.get("ips") or []:
+            out[e["address"]] = {"pnn": e.get("pnn", -1), "nodes": sorted(e.get("nodes") or []),
+                                 "prefix": e.get("prefix") if "interfaces" in e else None,
+                                 "interfaces": e.get("interfaces")}
+        return out
+
+    def addip(self, address, prefix, interfaces, check=False, pnn=None):
+        return self.call("addip", address=address, prefix=prefix, interfaces=interfaces,
+                         check=bool(check), **_pnn(pnn))
+
+    def delip(self, address, check=False, pnn=None):
+        return self.call("delip", address=address, check=bool(check), **_pnn(pnn))
+
+    def moveip(self, address, pnn):
+        return self.call("moveip", address=address, pnn=pnn)
+
+    def admin(self, action, pnn=None, seconds=None):
+        """disable, enable, stop, continue, ban (``seconds``), unban; of node ``pnn``
+        (default: the node of this agent)."""
+        args = _pnn(pnn)
+        if action == "ban":
+            args["seconds"] = seconds
+        return self.call(action, **args)
+
+
+def agent_argument_spec():
+    """The options every module that talks to the agent has (documented by the doc
+    fragment ``pyctdb.cluster.agent``): ``socket`` and ``config_dir``."""
+    from ansible.module_utils.basic import env_fallback
+    return dict(
+        socket=dict(type="path", default=DEFAULT_SOCKET,
+                    fallback=(env_fallback, ["PYCTDB_SOCKET"])),
+        config_dir=dict(type="path", default=DEFAULT_CONFIG_DIR),
+    )
+
+
+def _pnn(pnn):
+    return {} if pnn is None else {"pnn": pnn}
+
+
+def wait_until(check, timeout, delay=0.2, clock=None, sleep=None):
+    """Call ``check()`` until it returns something true or ``timeout`` seconds have
+    passed; returns ``(last value, seconds waited)``."""
+    import time
+    clock = clock or time.monotonic
+    sleep = sleep or time.sleep
+    start = clock()
+    while True:
+        value = check()
+        waited = clock() - start
+        if value or waited >= timeout:
+            return value, round(waited, 2)
+        sleep(min(delay, max(0.0, timeout - waited)) or 0.01)
+
+
+def fail_from_error(module, exc, socket_path, config_dir=DEFAULT_CONFIG_DIR, **result):
+    """``module.fail_json`` for an exception of the client: with the diagnosis of the
+    agent (systemd, socket, last log lines) when it does not answer, else the agent's
+    own error message and code. ``result``: more return values (e.g. changed)."""
+    if isinstance(exc, AgentUnavailable):
+        diag = agent_diagnosis(module, socket_path=socket_path, config_dir=config_dir,
+                               error=exc)
+        module.fail_json(msg=diag["msg"], code=exc.code, log_lines=diag["log_lines"],
+                         systemd=diag["systemd"], socket_exists=diag["socket_exists"],
+                         **result)
+    module.fail_json(msg="pyctdbd at %s: %s" % (socket_path, exc.message), code=exc.code,
+                     **result)
+
 
 def _is_socket(path):
     import stat

@@ -14,24 +14,19 @@ short_description: Read the cluster status from the local pyctdb agent, optional
 version_added: 0.1.0
 description:
   - Asks the C(pyctdbd) agent on the target node, through its local JSON API socket, how
-    it sees the cluster (the equivalent of C(ctdb status)) and returns it as facts-like
-    data.
+    it sees the cluster (the equivalent of C(ctdb status)), with the public addresses and
+    which node hosts each (C(ctdb ip all)), and returns it as facts-like data.
   - Can wait until this node has joined the cluster or until the whole cluster is healthy,
     and fails with an explanation of what is not yet right when that does not happen in
     time.
   - When the agent does not answer at all, fails with a diagnosis of why (systemd state of
     the C(pyctdbd) unit, whether the socket exists, the last lines of the agent's log).
   - Never changes anything.
+extends_documentation_fragment:
+  - pyctdb.cluster.agent
 author:
   - pyctdb authors
 options:
-  socket:
-    description:
-      - Path of the agent's API socket on the target node.
-      - When not given, the environment variable E(PYCTDB_SOCKET) of the module's process
-        on the target, else the default.
-    type: path
-    default: /run/pyctdb/pyctdbd.socket
   wait_for:
     description:
       - V(none) reads the status once.
@@ -59,22 +54,12 @@ options:
         deleted, so that a node missing from the nodes file is noticed.
       - Ignored for the other values of O(wait_for).
     type: int
-  config_dir:
-    description:
-      - The agent's configuration directory on the target; its C(pyctdb.conf) names the
-        log file (C([logging] location = file:PATH)) that is shown when the agent is down.
-    type: path
-    default: /etc/pyctdb
 attributes:
   check_mode:
     support: full
     description: The module only reads; it runs the same way in check mode.
   diff_mode:
     support: none
-notes:
-  - The agent serves root only, so run it with O(ignore:become=true) unless you connect as
-    root.
-  - Runs with the target's system Python and needs nothing but the standard library.
 seealso:
   - name: pyctdb local API
     description: The JSON API this module speaks.
@@ -208,6 +193,39 @@ waited:
   returned: always
   type: float
   sample: 1.5
+public_addresses:
+  description:
+    - The cluster's public addresses, keyed by address, as this node learns them from
+      every connected node (the API C(ip) command with C(all), like C(ctdb ip all)).
+    - V({}) when the cluster has none, or when the agent cannot tell (see
+      RV(public_addresses_error)).
+  returned: when the agent answered
+  type: dict
+  contains:
+    pnn:
+      description: PNN of the node hosting the address; V(-1) when no node hosts it.
+      type: int
+    nodes:
+      description: PNNs of the (connected) nodes that list the address, i.e. can host it.
+      type: list
+      elements: int
+    prefix:
+      description: The address's mask bits in this node's list; V(null) when this node
+        does not list it.
+      type: int
+    interfaces:
+      description: The interfaces of this node's list for the address; V(null) when this
+        node does not list it.
+      type: list
+      elements: str
+  sample:
+    10.89.6.100: {pnn: 1, nodes: [0, 1, 2], prefix: 24, interfaces: [eth1]}
+    10.89.6.101: {pnn: 2, nodes: [1, 2], prefix: null, interfaces: null}
+public_addresses_error:
+  description: Why RV(public_addresses) is empty although the agent answered the status
+    (e.g. an agent too old to have the C(ip) command).
+  returned: when the public addresses could not be read
+  type: str
 status:
   description: The agent's raw answer to the API C(status) command.
   returned: when the agent answered
@@ -228,10 +246,10 @@ systemd:
 
 import time
 
-from ansible.module_utils.basic import AnsibleModule, env_fallback
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.pyctdb.cluster.plugins.module_utils.pyctdb_client import (
-    DEFAULT_CONFIG_DIR, DEFAULT_SOCKET, AgentUnavailable, Client, PyctdbError,
+    DEFAULT_SOCKET, AgentUnavailable, Client, PyctdbError, agent_argument_spec,
     agent_diagnosis, systemd_state)
 
 NODE_KEYS = ("pnn", "address", "flags", "flag_names", "state", "this_node", "deleted",
@@ -244,8 +262,9 @@ def _node_name(node):
     return "node %s" % node.get("pnn")
 
 
-def summarize(status):
-    """The module's return values for one API status answer."""
+def summarize(status, public_addresses=None):
+    """The module's return values for one API status answer (and the public addresses
+    of the cluster)."""
     nodes = [dict((k, n.get(k)) for k in NODE_KEYS) for n in status.get("nodes") or []]
     this = next((n for n in nodes if n.get("this_node")), None)
     if this is None:
@@ -263,6 +282,7 @@ def summarize(status):
         "healthy": bool(status.get("healthy")),
         "cluster_lock": status.get("cluster_lock"),
         "ok_nodes": sum(1 for n in nodes if n.get("state") == "OK"),
+        "public_addresses": public_addresses or {},
         "status": status,
     }
 
@@ -320,16 +340,22 @@ def recent_log(socket_path, lines):
     return [str(line) for line in got][-lines:] if isinstance(got, list) else []
 
 
+def read_public_addresses(client):
+    """``(addresses, error)``: the cluster's public addresses, or {} and why not."""
+    try:
+        return client.public_addresses(), None
+    except PyctdbError as exc:
+        client.close()
+        return {}, "cannot read the public addresses: %s (%s)" % (exc.message, exc.code)
+
+
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            socket=dict(type="path", default=DEFAULT_SOCKET,
-                        fallback=(env_fallback, ["PYCTDB_SOCKET"])),
+        argument_spec=dict(agent_argument_spec(),
             wait_for=dict(type="str", default="none", choices=["none", "joined", "healthy"]),
             timeout=dict(type="int", default=60),
             delay=dict(type="float", default=0.5),
             expected_nodes=dict(type="int"),
-            config_dir=dict(type="path", default=DEFAULT_CONFIG_DIR),
         ),
         supports_check_mode=True,
     )
@@ -350,6 +376,7 @@ def main():
     not_running = 0
     what = {"joined": "this node to join the cluster",
             "healthy": "the cluster to become healthy"}.get(wait_for)
+    addresses, addresses_error = {}, None
     try:
         while True:
             try:
@@ -379,6 +406,8 @@ def main():
             if time.monotonic() >= deadline:
                 break
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())) or 0.01)
+        if status is not None:
+            addresses, addresses_error = read_public_addresses(client)
     finally:
         client.close()
     waited = round(time.monotonic() - start, 2)
@@ -394,8 +423,10 @@ def main():
                          log_lines=diag["log_lines"], systemd=diag["systemd"],
                          socket_exists=diag["socket_exists"])
 
-    result = summarize(status)
+    result = summarize(status, addresses)
     result.update(changed=False, waited=waited)
+    if addresses_error:
+        result["public_addresses_error"] = addresses_error
     missing = problems(status, wait_for, expected)
     if missing:
         msg = "timed out after %ss waiting for %s: %s" % (timeout, what, "; ".join(missing))

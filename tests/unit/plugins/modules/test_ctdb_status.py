@@ -25,7 +25,40 @@ def test_reads_status(fake_agent, helpers):
     assert [set(n) for n in r["nodes"]] == [NODE_KEYS] * 3
     assert r["this_node"]["pnn"] == 0 and r["this_node"]["this_node"] is True
     assert r["status"] == helpers.healthy_status()
-    assert [q["command"] for q in agent.requests] == ["status"]
+    assert [q["command"] for q in agent.requests] == ["status", "ip"]
+    assert agent.requests[1]["args"] == {"all": True}
+    # this fake agent does not know "ip": the status is still returned
+    assert r["public_addresses"] == {}
+    assert "cannot read the public addresses: unknown command 'ip' (EINVAL)" == \
+        r["public_addresses_error"]
+
+
+IPS = {"pnn": 0, "all": True, "ips": [
+    {"address": "10.89.6.100", "pnn": 1, "prefix": 24, "nodes": [0, 1, 2],
+     "interfaces": ["eth1"]},
+    {"address": "10.89.6.101", "pnn": -1, "prefix": 24, "nodes": [2, 1]},
+]}
+
+
+def test_public_addresses(fake_agent, helpers):
+    agent = fake_agent()
+    agent.handler = lambda req: (agent.ok(req, IPS) if req["command"] == "ip"
+                                 else agent.default_handler(req))
+    rc, r = helpers.run_module("ctdb_status", {"socket": agent.path})
+    assert rc == 0, r
+    assert r["public_addresses"] == {
+        "10.89.6.100": {"pnn": 1, "nodes": [0, 1, 2], "prefix": 24, "interfaces": ["eth1"]},
+        "10.89.6.101": {"pnn": -1, "nodes": [1, 2], "prefix": None, "interfaces": None},
+    }
+    assert "public_addresses_error" not in r
+    # waiting polls the status only; the addresses are read once, at the end
+    agent.requests[:] = []
+    agent.status_sequence = [helpers.degraded_status()] * 2
+    rc, r = helpers.run_module("ctdb_status", {
+        "socket": agent.path, "wait_for": "healthy", "timeout": 20, "delay": 0.1})
+    assert rc == 0, r
+    assert [q["command"] for q in agent.requests] == ["status"] * 3 + ["ip"]
+    assert r["public_addresses"]["10.89.6.100"]["pnn"] == 1
 
 
 def test_socket_from_environment(fake_agent, helpers):
@@ -43,7 +76,7 @@ def test_waits_until_healthy(fake_agent, helpers):
         "timeout": 20, "delay": 0.1})
     assert rc == 0, r
     assert r["healthy"] is True and r["ok_nodes"] == 3
-    assert len(agent.requests) == 4
+    assert [q["command"] for q in agent.requests] == ["status"] * 4 + ["ip"]
     assert r["waited"] > 0
 
 
