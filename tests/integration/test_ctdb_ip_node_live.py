@@ -195,5 +195,43 @@ def test_ctdb_ip_hosts_and_moves_for_real(tmp_path, helpers):
             assert pa[new]["nodes"] == sorted({0, 1, 2} - {target})
             assert new in lab.addresses(pa[new]["pnn"])
             assert pa[lab.public_address(0)]["nodes"] == [0, 1, 2]
+            # and so does the status playbook
+            p = status_playbook(helpers, c, 2)
+            assert p.returncode == 0, p.stdout + p.stderr
+            assert ("public address %s  on node %d  (nodes that can host it: %s)" % (
+                new, pa[new]["pnn"], ",".join(map(str, pa[new]["nodes"])))) in p.stdout
     finally:
         lab.destroy()
+
+
+def status_playbook(helpers, c, pnn=0, *extra):
+    import subprocess
+    return subprocess.run(
+        [helpers.ansible_bin("ansible-playbook"), "-i", "localhost,", "-c", "local",
+         "-e", "ansible_python_interpreter=" + sys.executable,
+         "-e", "pyctdb_cluster_group=all", "-e", "pyctdb_socket=" + c.socket(pnn),
+         "-e", "pyctdb_config_dir=" + c.config_dir(pnn),
+         os.path.join(helpers.REPO, "playbooks", "status.yml")] + list(extra),
+        cwd=helpers.REPO, env=helpers.ansible_env(), capture_output=True, text=True,
+        timeout=120)
+
+
+def test_status_playbook(local, helpers):
+    c = local
+    assert c.cli(2, "addip", "10.98.1.9/24", "eth0").returncode == 0
+    p = status_playbook(helpers, c, 1)
+    assert p.returncode == 0, p.stdout + p.stderr
+    out = [line.strip()[2:].strip("'") for line in p.stdout.splitlines()
+           if line.strip().startswith("- ")]
+    leader = c.status(1)["leader"]
+    assert ("cluster: 3 nodes, 3 OK, leader %d, generation %d, recovery NORMAL: healthy"
+            % (leader, c.status(1)["generation"])) in out
+    for i in range(3):
+        line = "node %d  %-15s  OK%s%s" % (i, c.address(i), "  leader" if i == leader else "",
+                                           "  (asked)" if i == 1 else "")
+        assert line in out, out
+    # failover is disabled here: listed, hosted by nobody
+    assert "public address 10.98.1.1  not hosted  (nodes that can host it: 0,1,2)" in out
+    assert "public address 10.98.1.9  not hosted  (nodes that can host it: 2)" in out
+    assert "changed=0" in p.stdout and "failed=0" in p.stdout
+    assert c.cli(2, "delip", "10.98.1.9").returncode == 0
