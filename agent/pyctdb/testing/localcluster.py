@@ -212,7 +212,7 @@ class LocalCluster:
             shutil.rmtree(self.base_dir, ignore_errors=True)
 
     # -- queries -------------------------------------------------------------------------
-    def call(self, pnn, command, timeout=5.0, **args):
+    def call(self, pnn, command, /, timeout=5.0, **args):
         with Client(self.socket(pnn), timeout=timeout) as c:
             return c.call(command, **args)
 
