@@ -1,0 +1,133 @@
+"""Molecule's ``default`` scenario (molecule/default) as a test: ``molecule test -s
+default`` from the repository root, on real containers with systemd as PID 1.
+
+The scenario creates three nodes from localhost/pyctdb-node:bookworm on the network
+pyctdb-molecule, deploys the cluster with playbooks/site.yml, checks idempotence, that
+the three nodes agree on one leader that alone holds the cluster lock, kills the agent
+on the leader and checks the failover, re-converges and checks again, and always
+destroys its containers and network (also when a step fails).
+
+Engine: a Docker engine when one answers (DOCKER_HOST or the default socket), else
+Podman through its Docker-compatible API (scripts/podman-api.sh). The test is skipped
+only when there is neither. The node image is built first if missing
+(scripts/build-node-image.sh). The whole output is streamed (visible with ``-s``) and
+kept in ``tests/output/molecule-default.log``.
+
+Deselect with ``-m "not molecule"``: it takes about 6 minutes.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+VENV_BIN = os.path.dirname(sys.executable)
+LOG = os.path.join(REPO, "tests", "output", "molecule-default.log")
+
+pytestmark = [pytest.mark.molecule, pytest.mark.timeout(3600)]
+
+
+def _docker_answers(env):
+    """Whether a Docker API (a real engine or Podman's) answers with ``env``."""
+    try:
+        import docker
+    except ImportError:
+        docker = None
+    if docker is not None:
+        try:
+            client = docker.from_env(environment=env, timeout=10)
+            try:
+                client.ping()
+                return True
+            finally:
+                client.close()
+        except Exception:
+            return False
+    if shutil.which("docker", path=env.get("PATH")):
+        return subprocess.run(["docker", "info"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, timeout=30).returncode == 0
+    return False
+
+
+def _engine_env():
+    """The environment for Molecule: ``(env, description)``; skips the test when there
+    is neither a Docker engine nor Podman."""
+    env = dict(os.environ)
+    env["PATH"] = VENV_BIN + os.pathsep + env.get("PATH", "")
+    if _docker_answers(env):
+        return env, "Docker API at %s" % env.get("DOCKER_HOST", "the default socket")
+    if not shutil.which("podman"):
+        pytest.skip("no Docker engine answers (DOCKER_HOST=%s) and podman is not installed "
+                    "(scripts/setup-host.sh installs it)" % env.get("DOCKER_HOST", "unset"))
+    # Podman: configure it and serve its Docker-compatible API, then use that.
+    subprocess.run([os.path.join(REPO, "scripts", "podman-api.sh"), "start"], env=env,
+                   check=True, timeout=120)
+    out = subprocess.run([os.path.join(REPO, "scripts", "podman-api.sh"), "env"], env=env,
+                         check=True, stdout=subprocess.PIPE, universal_newlines=True).stdout
+    # "export DOCKER_HOST=unix:///run/podman/podman.sock"
+    env["DOCKER_HOST"] = out.strip().split("DOCKER_HOST=", 1)[1].strip().strip("'\"")
+    assert _docker_answers(env), (
+        "Podman's Docker API does not answer at %s (see /var/log/podman-api.log)"
+        % env["DOCKER_HOST"])
+    return env, "Podman's Docker API at %s" % env["DOCKER_HOST"]
+
+
+def test_molecule_default_scenario():
+    env, engine = _engine_env()
+    # The docker CLI is what the community.docker.docker connection runs.
+    assert shutil.which("docker", path=env["PATH"]), (
+        "the docker CLI is missing (the community.docker.docker connection needs it; "
+        "scripts/setup-host.sh installs it)")
+    molecule = os.path.join(VENV_BIN, "molecule")
+    if not os.path.exists(molecule):
+        molecule = shutil.which("molecule", path=env["PATH"])
+    assert molecule, "molecule is not installed (scripts/setup-host.sh installs it)"
+
+    build = subprocess.run([os.path.join(REPO, "scripts", "build-node-image.sh")], cwd=REPO,
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           universal_newlines=True, timeout=1800)
+    assert build.returncode == 0, "scripts/build-node-image.sh failed:\n" + build.stdout
+
+    # Plain text: the log is read by people and by this test.
+    env.update(NO_COLOR="1", PY_COLORS="0", ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
+    env.pop("MOLECULE_EPHEMERAL_DIRECTORY", None)
+    os.makedirs(os.path.dirname(LOG), exist_ok=True)
+    cmd = [molecule, "test", "-s", "default"]
+    print("\n$ molecule test -s default   (%s; cwd %s; log %s)" % (engine, REPO, LOG),
+          flush=True)
+    lines = []
+    start = time.monotonic()
+    with open(LOG, "w") as log:
+        log.write("# molecule test -s default (%s)\n" % engine)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, universal_newlines=True, bufsize=1)
+        try:
+            for line in proc.stdout:
+                lines.append(line)
+                log.write(line)
+                log.flush()
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            rc = proc.wait()
+        except BaseException:
+            # Interrupted (timeout, ^C): let Molecule destroy what it created.
+            proc.terminate()
+            try:
+                proc.wait(120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+    elapsed = time.monotonic() - start
+    print("molecule test -s default: exit %d after %.0fs" % (rc, elapsed), flush=True)
+    assert rc == 0, "molecule test -s default failed (exit %d after %.0fs); full log: %s\n%s" % (
+        rc, elapsed, LOG, "".join(lines[-150:]))
+    # Every step of the sequence ran (none was missing or skipped by accident).
+    text = "".join(lines)
+    for step in ("create", "prepare", "converge", "idempotence", "verify", "side_effect",
+                 "destroy"):
+        assert "%s: Executed: Successful" % step in text, (
+            "step %s did not run successfully; full log: %s" % (step, LOG))
