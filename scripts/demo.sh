@@ -4,8 +4,9 @@
 #   scripts/demo.sh [up]     set up the host, build the node image, start the containers
 #                            pyctdb-demo-node1..3 (10.89.6.11-13, network pyctdb-demo,
 #                            systemd inside, demo/state/shared at /shared for the cluster
-#                            lock), write demo/inventory.yml, run site.yml, print
-#                            `pyctdb status` from node1. Again on a running demo: only
+#                            lock; public addresses 10.89.6.101-106 on eth0), write
+#                            demo/inventory.yml, run site.yml, print `pyctdb status` and
+#                            `pyctdb ip all` from node1. Again on a running demo: only
 #                            re-runs site.yml (which then changes nothing).
 #   scripts/demo.sh status   `pyctdb status` from every node
 #   scripts/demo.sh down     remove the containers, the network, demo/state and the inventory
@@ -85,7 +86,10 @@ up() {
     fi
     echo "    ansible_python_interpreter: /usr/bin/python3"
     echo "    pyctdb_cluster_lock: /shared/pyctdb.lock"
-    echo "    pyctdb_public_addresses: []"
+    echo "    pyctdb_public_addresses:"
+    for j in 1 2 3 4 5 6; do
+      echo "      - {address: $PREFIX.10$j, prefix: 24, interfaces: [eth0]}"
+    done
     echo "  hosts:"
     i=0
     for n in "${NODES[@]}"; do
@@ -98,6 +102,9 @@ up() {
   echo
   echo "===== pyctdb status on ${NODES[0]}"
   $e exec "${NODES[0]}" pyctdb status
+  echo
+  echo "===== pyctdb ip all on ${NODES[0]}"
+  $e exec "${NODES[0]}" pyctdb ip all
 }
 
 case "${1:-up}" in
