@@ -304,7 +304,9 @@ class Failover:
         if addr in self.assigned and pa is not None:
             await self._event("releaseip", self.assigned[addr], addr, pa.prefix)
         async with self._netlock:
-            iface = self.assigned.pop(addr, None)
+            # (it leaves ``assigned`` only once it is off the interface: a shutdown waits
+            # for an empty ``assigned`` before it lets the process exit)
+            iface = self.assigned.get(addr)
             conns = netops.tcp_connections([addr])
             removed = False
             for cand in ([iface] if iface else []) + (list(pa.interfaces) if pa else []):
@@ -316,6 +318,7 @@ class Failover:
                 except netops.NetError:
                     continue
             killed = await self._net(netops.kill_local_connections, addr)
+            self.assigned.pop(addr, None)
         log.warning("released %s%s%s", addr, f" from {iface}" if iface else "",
                     f", reset {killed} connections" if killed else "")
         self.tickles.pop(addr, None)

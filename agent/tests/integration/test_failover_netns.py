@@ -84,11 +84,13 @@ def wait_all_hosted(c, lab, exclude=(), timeout=15):
     def live():
         return {a: [i for i in hs if i not in exclude] for a, hs in hosts_of(lab).items()}
 
+    seen = {}
+
     def ok():
-        h = live()
+        seen["h"] = h = live()  # (what was seen, not a second look that may differ)
         return all(len(h.get(a, [])) == 1 for a in pubs)
     c.wait_for(ok, timeout, what="every public address on exactly one (live) host")
-    return {a: live()[a][0] for a in pubs}
+    return {a: seen["h"][a][0] for a in pubs}
 
 
 def ask(lab, addr, timeout=2.0):

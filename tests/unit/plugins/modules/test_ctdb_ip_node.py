@@ -160,3 +160,15 @@ def test_node_agent_error(fake_agent, helpers):
                                              "state": "disabled"})
     assert rc == 1 and r["changed"] is False and r["code"] == "ENOTCONN", r
     assert "node 1 is not connected" in r["msg"]
+
+
+def test_ansible_doc_renders(helpers):
+    import subprocess
+    for name, option in (("ctdb_ip", "interfaces"), ("ctdb_node", "ban_time")):
+        p = subprocess.run([helpers.ansible_bin("ansible-doc"), "-t", "module",
+                            "pyctdb.cluster." + name], cwd=helpers.REPO,
+                           env=helpers.ansible_env(), capture_output=True, text=True,
+                           timeout=120)
+        assert p.returncode == 0, p.stderr
+        assert option in p.stdout and "config_dir" in p.stdout  # and the doc fragment's
+        assert "[WARNING]" not in p.stderr and "ERROR" not in p.stderr
