@@ -82,7 +82,7 @@ up() {
     if [ "$e" = podman ]; then
       echo "    ansible_connection: containers.podman.podman"
     else
-      echo "    ansible_connection: community.docker.docker"
+      echo "    ansible_connection: community.docker.docker_api"
     fi
     echo "    ansible_python_interpreter: /usr/bin/python3"
     echo "    pyctdb_cluster_lock: /shared/pyctdb.lock"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything pyctdb's demo and tests need on a fresh Debian 12 machine.
 # Idempotent: re-running it only installs what is missing.
-# - Debian packages: podman (only when no Docker engine answers), runc, debootstrap, iproute2
+# - Debian packages: podman (only when no Docker engine answers), runc, debootstrap, iproute2,
+#   ctdb (Samba's CTDB: the tests compare pyctdb's IP allocation with the real one)
 # - Python packages into a virtualenv at ${PYCTDB_VENV:-.venv}
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -9,7 +10,7 @@ VENV="${PYCTDB_VENV:-$here/.venv}"
 export DEBIAN_FRONTEND=noninteractive
 
 need_apt=()
-for pkg in debootstrap iproute2 rsync; do
+for pkg in debootstrap iproute2 rsync ctdb; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 docker_engine=0

@@ -258,3 +258,68 @@ def test_role_refuses_missing_cluster_lock_directory(workdir, helpers):
     out = p.stdout.replace("\n", " ")
     assert "the directory of the cluster lock %s/not-mounted/lock does not exist" % base in out
     assert not any(os.path.exists(os.path.join(base, "node%d" % i)) for i in (1, 2, 3))
+
+
+RENDER = """
+- hosts: pyctdb
+  gather_facts: false
+  tasks:
+    - ansible.builtin.include_role: {name: pyctdb.cluster.node, tasks_from: nodes, public: true}
+    - name: Render the tunables and public addresses where the test can read them
+      ansible.builtin.template:
+        src: "{{ collection_root }}/roles/node/templates/{{ item }}.j2"
+        dest: "{{ pyctdb_base }}.{{ item }}"
+        mode: "0644"
+      loop: [pyctdb.tunables, public_addresses]
+"""
+
+
+def _rendered(base, name):
+    with open(os.path.join(base, "node1.%s" % name)) as f:
+        return [ln for ln in f.read().splitlines() if ln and not ln.startswith("#")]
+
+
+def test_role_allocation_variables_and_default_interfaces(workdir, helpers):
+    """pyctdb_ip_alloc_algorithm / pyctdb_no_ip_failback / pyctdb_no_ip_takeover become
+    CTDB's tunables (pyctdb_tunables wins), and addresses without interfaces get
+    pyctdb_public_interfaces."""
+    base, agent_src = workdir
+    inv = _inventory(base, 81, 24379, agent_src, helpers)
+    inv["pyctdb"]["vars"].update({
+        "pyctdb_ip_alloc_algorithm": "deterministic",
+        "pyctdb_no_ip_failback": True,
+        "pyctdb_public_interfaces": ["eth2", "eth3"],
+        "pyctdb_public_addresses": [
+            {"address": "192.0.2.10", "prefix": 24},
+            {"address": "192.0.2.11", "prefix": 24, "interfaces": ["eth0"]}],
+    })
+    p = _playbook(helpers, base, "render.yml", RENDER, inv)
+    assert p.returncode == 0, p.stdout[-4000:]
+    assert _rendered(base, "pyctdb.tunables") == [
+        "IPAllocAlgorithm=0", "KeepaliveInterval=1", "NoIPFailback=1"]
+    assert _rendered(base, "public_addresses") == [
+        "192.0.2.10/24 eth2,eth3", "192.0.2.11/24 eth0"]
+
+    # The defaults write nothing extra; an explicit tunable wins over the variable.
+    inv["pyctdb"]["vars"].update({"pyctdb_ip_alloc_algorithm": "lcp2",
+                                  "pyctdb_no_ip_failback": False,
+                                  "pyctdb_no_ip_takeover": True,
+                                  "pyctdb_tunables": {"NoIPTakeover": 0}})
+    p = _playbook(helpers, base, "render.yml", RENDER, inv)
+    assert p.returncode == 0, p.stdout[-4000:]
+    assert _rendered(base, "pyctdb.tunables") == ["NoIPTakeover=0"]
+
+
+def test_role_refuses_public_address_without_interfaces(workdir, helpers):
+    base, agent_src = workdir
+    inv = _inventory(base, 82, 24379, agent_src, helpers)
+    inv["pyctdb"]["vars"]["pyctdb_public_addresses"] = [
+        {"address": "192.0.2.10", "prefix": 24},
+        {"address": "192.0.2.11", "prefix": 24, "interfaces": []},
+        {"address": "192.0.2.12", "prefix": 24, "interfaces": ["eth0"]}]
+    p = _playbook(helpers, base, "play.yml", PLAY, inv)
+    assert p.returncode != 0
+    out = p.stdout.replace("\n", " ")
+    assert "public addresses 192.0.2.10, 192.0.2.11 of node1 have no interfaces" in out
+    assert "Nothing was changed" in out
+    assert not any(os.path.exists(os.path.join(base, "node%d" % i)) for i in (1, 2, 3))
