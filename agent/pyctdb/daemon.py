@@ -1,6 +1,7 @@
 """pyctdbd: the pyctdb cluster agent.
 
     pyctdbd [--config-dir DIR] [--socket PATH] [--check-config] [--log-stderr]
+    pyctdbd --drop-public-ips [--config-dir DIR] [--socket PATH]
 
 Runs in the foreground (systemd ``Type=notify``): it reports ``READY=1`` once this node
 has joined the cluster (a leader is known, the leader's generation adopted and recovery
@@ -34,8 +35,10 @@ def parse_args(argv):
                    help="validate the configuration, print a summary and exit (0 = valid, "
                         "2 = invalid)")
     p.add_argument("--drop-public-ips", action="store_true",
-                   help="remove this node's public addresses from its interfaces and exit "
-                        "(for systemd's ExecStopPost, so a killed agent leaves none behind)")
+                   help="remove this node's public addresses (those of the public_addresses "
+                        "file and those the agent recorded as hosted, e.g. added with addip) "
+                        "from its interfaces and exit (for systemd's ExecStopPost, so a "
+                        "killed agent leaves none behind); give the agent's --socket")
     p.add_argument("--log-stderr", action="store_true",
                    help="log to standard error instead of the configured location")
     p.add_argument("--version", action="version", version=f"pyctdbd {__version__}")
@@ -52,19 +55,24 @@ def load(args):
     return config, me, tunables
 
 
+def socket_path_of(args):
+    return args.socket or os.environ.get("PYCTDB_SOCKET") or DEFAULT_SOCKET
+
+
 async def _serve(config, me, tunables, socket_path, ring):
     from .cluster import Cluster
     from .clusterlock import make_lock
     from .sdnotify import notify
 
     from .events import EventRunner, Monitor
-    from .failover import Failover
+    from .failover import Failover, hosted_ips_path
 
     lock = make_lock(config.cluster_lock)
     cluster = Cluster(config, me, tunables, lock=lock)
     events = EventRunner(config.config_dir, tunables)
     monitor = Monitor(cluster, events, tunables)
-    failover = Failover(cluster, config, tunables, events=events)
+    failover = Failover(cluster, config, tunables, events=events,
+                        hosted_file=hosted_ips_path(socket_path))
     api = ApiServer(socket_path, cluster, tunables, log_buffer=ring, failover=failover,
                     events=events)
     stop = asyncio.Event()
@@ -109,22 +117,42 @@ async def _serve(config, me, tunables, socket_path, ring):
     return 0
 
 
-def drop_public_ips(config):
-    if not config.public_addresses:
-        return 0
+def drop_public_ips(config, hosted_file):
+    """Remove from this host's interfaces every address of the public_addresses file and
+    every address recorded in ``hosted_file`` (what the agent hosted, including runtime
+    additions); the record is then removed, or keeps what could not be removed."""
+    from .failover import read_hosted, write_hosted
+    rc = 0
+    try:
+        recorded = read_hosted(hosted_file)
+    except ValueError as exc:
+        print(f"pyctdbd: {exc}", file=sys.stderr)
+        recorded, rc = {}, 1
+    todo = {pa.address: pa.prefix for pa in config.public_addresses}
+    todo.update({a: prefix for a, (prefix, _iface) in recorded.items()})
+    if not todo:
+        return rc
     from . import netops
     present = netops.all_addresses()
-    rc = 0
-    for pa in config.public_addresses:
-        iface = present.get(pa.address)
+    left = {}
+    for addr, prefix in todo.items():
+        iface = present.get(addr)
         if iface is None:
             continue
         try:
-            netops.del_address(iface, pa.address, pa.prefix)
-            netops.kill_local_connections(pa.address)
-            print(f"pyctdbd: removed {pa.address}/{pa.prefix} from {iface}")
+            netops.del_address(iface, addr, prefix)
+            netops.kill_local_connections(addr)
+            print(f"pyctdbd: removed {addr}/{prefix} from {iface}")
         except netops.NetError as exc:
             print(f"pyctdbd: {exc}", file=sys.stderr)
+            rc = 1
+            if addr in recorded:
+                left[addr] = recorded[addr]
+    if recorded:
+        try:
+            write_hosted(hosted_file, left)
+        except OSError as exc:
+            print(f"pyctdbd: cannot write {hosted_file}: {exc}", file=sys.stderr)
             rc = 1
     return rc
 
@@ -138,7 +166,8 @@ def main(argv=None):
         print(f"pyctdbd: {exc}", file=sys.stderr)
         return 2
     if args.drop_public_ips:
-        return drop_public_ips(config)
+        from .failover import hosted_ips_path
+        return drop_public_ips(config, hosted_ips_path(socket_path_of(args)))
     if args.check_config:
         active = [n for n in config.nodes if not n.deleted]
         print(f"{config.conf_path}: OK: {len(config.nodes)} nodes ({len(active)} active) "
@@ -148,7 +177,7 @@ def main(argv=None):
         return 0
     from .logsetup import setup
     ring = setup("stderr" if args.log_stderr else config.log_location, config.log_level)
-    socket_path = args.socket or os.environ.get("PYCTDB_SOCKET") or DEFAULT_SOCKET
+    socket_path = socket_path_of(args)
     log.warning("pyctdbd %s starting: node %d (%s), config %s, socket %s", __version__,
                 me.pnn, me.address, args.config_dir, socket_path)
     try:

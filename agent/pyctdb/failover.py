@@ -22,13 +22,22 @@ connections. Every node checks each cycle (off the loop) that exactly the addres
 told to host are on its interfaces, and repairs and logs any difference, e.g. an address
 removed or added by hand. Every node also tells the others, when they change, which TCP
 connections its addresses have, so whoever takes an address over can tickle them.
+
+Every node records the addresses it hosts (address, prefix, interface) in a small state
+file next to its API socket (:func:`hosted_ips_path`; ``/run/pyctdb/pyctdbd.hosted-ips``
+by default): written before an address is added and after it is removed, so it never
+misses one that is on an interface. ``pyctdbd --drop-public-ips`` (after a killed agent)
+removes those as well as the ``public_addresses`` file's, which covers addresses added at
+runtime (``addip``); an agent that starts removes the ones a dead predecessor left.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
+import os
 import time
 
 from . import flags as F
@@ -48,8 +57,53 @@ def _sort_key(addr):
     return (ip.version, int(ip))
 
 
+# -- the record of hosted addresses --------------------------------------------------------
+def hosted_ips_path(socket_path):
+    """The state file for an agent serving ``socket_path``: in the socket's directory (a
+    runtime directory: it survives the agent, not a reboot), named after the socket, so
+    agents with different sockets never share one."""
+    base = socket_path[:-len(".socket")] if socket_path.endswith(".socket") else socket_path
+    return base + ".hosted-ips"
+
+
+def read_hosted(path):
+    """{address: (prefix, interface)} recorded in ``path``; {} when there is no file.
+    Raises ValueError for a file that is not one of ours."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read: {exc}") from None
+    try:
+        return {str(ipaddress.ip_address(e["address"])): (int(e["prefix"]), str(e["interface"]))
+                for e in data["addresses"]}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: not a hosted addresses file ({exc})") from None
+
+
+def write_hosted(path, entries):
+    """Write {address: (prefix, interface)} to ``path`` atomically (a new file renamed
+    over the old one); an empty record removes the file."""
+    if not entries:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        return
+    data = {"pid": os.getpid(), "addresses": [
+        {"address": a, "prefix": p, "interface": i}
+        for a, (p, i) in sorted(entries.items(), key=lambda kv: _sort_key(kv[0]))]}
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
 class Failover:
-    def __init__(self, cluster, config, tunables, events=None):
+    def __init__(self, cluster, config, tunables, events=None, hosted_file=None):
         self.cluster = cluster
         self.events = events
         self.config = config
@@ -74,6 +128,19 @@ class Failover:
         #: addresses removed from this node's list (delip, reloadips) while it still hosted
         #: them: kept until released, so the release knows prefix and interfaces
         self._removed = {}
+        #: the state file of hosted addresses (None: not recorded) and what it says:
+        #: address -> (prefix, interface). At start, what a dead predecessor recorded; the
+        #: first interface check removes those this node does not host.
+        self.hosted_file = hosted_file
+        self._recorded = {}
+        if hosted_file is not None:
+            try:
+                self._recorded = read_hosted(hosted_file)
+            except ValueError as exc:
+                log.error("%s", exc)
+            if self._recorded:
+                log.warning("%s: %d addresses recorded by a previous agent: %s", hosted_file,
+                            len(self._recorded), ", ".join(sorted(self._recorded, key=_sort_key)))
         self.last_allocation = {}  # leader: address -> pnn of the last run
         self.last_run = None  # leader: summary of the last run
         cluster.extra_state["ips_version"] = self.ips_version
@@ -127,6 +194,24 @@ class Failover:
                 return iface
         return None
 
+    async def _record(self, addr, entry):
+        """Record ``addr`` as hosted here (``entry`` = (prefix, interface)) or not (None),
+        in the netops thread: called with ``_netlock`` held, before an add and after a
+        removal, so the file never lacks an address that is on an interface."""
+        if self.hosted_file is None:
+            return
+        if entry is None:
+            if self._recorded.pop(addr, None) is None:
+                return
+        elif self._recorded.get(addr) == entry:
+            return
+        else:
+            self._recorded[addr] = entry
+        try:
+            await self._net(write_hosted, self.hosted_file, dict(self._recorded))
+        except OSError as exc:
+            log.error("cannot write %s: %s", self.hosted_file, exc)
+
     # -- the cycle -----------------------------------------------------------------------
     def on_cycle(self, now):
         if self.disabled:
@@ -146,7 +231,7 @@ class Failover:
                 self._leaderless_since = now
         else:
             self._leaderless_since = None
-        if self.configured and now - self._last_check >= CONSISTENCY_INTERVAL and (
+        if (self.configured or self._recorded) and now - self._last_check >= CONSISTENCY_INTERVAL and (
                 c.is_joined() or not self._startup_cleaned):
             self._last_check = now
             self._spawn(self._consistency_check(), "ip-check")
@@ -308,7 +393,7 @@ class Failover:
             # for an empty ``assigned`` before it lets the process exit)
             iface = self.assigned.get(addr)
             conns = netops.tcp_connections([addr])
-            removed = False
+            removed = failed = False
             for cand in ([iface] if iface else []) + (list(pa.interfaces) if pa else []):
                 try:
                     if await self._net(netops.del_address, cand, addr,
@@ -316,9 +401,12 @@ class Failover:
                         removed = True
                         break
                 except netops.NetError:
+                    failed = True
                     continue
             killed = await self._net(netops.kill_local_connections, addr)
             self.assigned.pop(addr, None)
+            if removed or not failed:  # (else it may still be there: keep it recorded)
+                await self._record(addr, None)
         log.warning("released %s%s%s", addr, f" from {iface}" if iface else "",
                     f", reset {killed} connections" if killed else "")
         self.tickles.pop(addr, None)
@@ -338,7 +426,13 @@ class Failover:
             if iface is None:
                 raise ValueError(f"no usable interface for {addr} (configured: "
                                  f"{','.join(pa.interfaces)})")
-            await self._net(netops.add_address, iface, addr, pa.prefix)
+            await self._record(addr, (pa.prefix, iface))
+            try:
+                await self._net(netops.add_address, iface, addr, pa.prefix)
+            except Exception:
+                if addr not in self.assigned:
+                    await self._record(addr, None)
+                raise
             self.assigned[addr] = iface
             await self._net(netops.announce, iface, addr)
         await self._event("takeip", iface, addr, pa.prefix)
@@ -518,6 +612,7 @@ class Failover:
                 if addr in self.assigned and on is None:
                     iface = self.assigned[addr]
                     try:
+                        await self._record(addr, (pa.prefix, iface))
                         await self._net(netops.add_address, iface, addr, pa.prefix)
                         await self._net(netops.announce, iface, addr)
                         log.warning("consistency: %s should be on %s but was missing: added "
@@ -529,8 +624,28 @@ class Failover:
                         await self._net(netops.del_address, on, addr, pa.prefix)
                         log.warning("consistency: %s was on %s but this node does not host "
                                     "it: removed it", addr, on)
+                        await self._record(addr, None)
                     except netops.NetError as exc:
                         log.error("consistency: cannot remove %s: %s", addr, exc)
+            # recorded but neither hosted nor listed here: left by a previous agent (an
+            # addip'ed address, which a restart forgets) or by a failed removal
+            for addr, (prefix, iface) in list(self._recorded.items()):
+                if addr in self.assigned or addr in self.configured:
+                    continue
+                on = present.get(addr)
+                try:
+                    if on is not None:
+                        await self._net(netops.del_address, on, addr, prefix)
+                        log.warning("consistency: %s (recorded in %s) was on %s but this "
+                                    "node does not host it: removed it", addr,
+                                    self.hosted_file, on)
+                    await self._record(addr, None)
+                except netops.NetError as exc:
+                    log.error("consistency: cannot remove %s: %s", addr, exc)
+            for addr in list(self._recorded):
+                if addr in self.configured and addr not in self.assigned \
+                        and addr not in present:
+                    await self._record(addr, None)
             self._startup_cleaned = True
 
     async def _scan_connections(self):

@@ -4,6 +4,7 @@ Each agent runs in its own namespace (a host); a client namespace connects to th
 addresses over TCP. Needs root and iproute2 (the CI machine has both).
 """
 
+import json
 import os
 import socket
 import subprocess
@@ -101,6 +102,17 @@ def ask(lab, addr, timeout=2.0):
     return r.stdout.strip() if r.returncode == 0 else None
 
 
+def drop_public_ips(c, lab, pnn):
+    """What systemd's ExecStopPost does for a killed agent: ``pyctdbd --drop-public-ips``
+    in its namespace, with its configuration and socket (the record of hosted addresses
+    is found next to the socket)."""
+    return lab.run(lab.host_ns(pnn), [sys.executable, "-m", "pyctdb.daemon",
+                                      "--config-dir", c.config_dir(pnn), "--socket",
+                                      c.socket(pnn), "--drop-public-ips"],
+                   env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(
+                       os.path.dirname(os.path.abspath(__file__))))))
+
+
 def test_addresses_spread_and_answer(lab_cluster):
     c, lab = lab_cluster
     where = wait_all_hosted(c, lab)
@@ -122,12 +134,7 @@ def test_killed_agent_addresses_move_and_answer(lab_cluster):
     victim = next(p for p in range(3) if p != leader and p in where.values())
     moved = [a for a, h in where.items() if h == victim]
     c.kill(victim)
-    # what systemd's ExecStopPost does for a killed agent
-    r = lab.run(lab.host_ns(victim), [sys.executable, "-m", "pyctdb.daemon",
-                                      "--config-dir", c.config_dir(victim),
-                                      "--drop-public-ips"],
-                env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(
-                    os.path.dirname(os.path.abspath(__file__))))))
+    r = drop_public_ips(c, lab, victim)
     assert r.returncode == 0, r.stderr
     after = wait_all_hosted(c, lab, exclude=(victim,))
     for a in moved:
@@ -144,10 +151,7 @@ def test_leader_killed_addresses_move(lab_cluster):
     where = wait_all_hosted(c, lab)
     leader = c.status(0)["leader"]
     c.kill(leader)
-    lab.run(lab.host_ns(leader), [sys.executable, "-m", "pyctdb.daemon", "--config-dir",
-                                  c.config_dir(leader), "--drop-public-ips"],
-            env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(
-                os.path.dirname(os.path.abspath(__file__))))))
+    drop_public_ips(c, lab, leader)
     after = wait_all_hosted(c, lab, exclude=(leader,))
     for a in where:
         assert ask(lab, a) == f"host{after[a]}"
@@ -432,3 +436,38 @@ def test_reloadips_applies_the_file_difference(lab_cluster):
     assert r.returncode == 1
     assert "public_addresses:5: invalid IP address" in r.stderr
     assert hosts_of(lab) == h
+
+
+def test_killed_agent_leaves_no_runtime_address_behind(lab_cluster):
+    """An address added with addip is not in the public_addresses file; the agent records
+    what it hosts, so --drop-public-ips after a SIGKILL removes it too, and so does the
+    next agent when it starts without --drop-public-ips having run."""
+    c, lab = lab_cluster
+    wait_all_hosted(c, lab)
+    leader = c.status(0)["leader"]
+    victim = next(p for p in range(3) if p != leader)
+    record = c.socket(victim)[:-len(".socket")] + ".hosted-ips"
+    new = lab.public_address(13)
+    assert c.cli(victim, "addip", f"{new}/24", "eth0").returncode == 0
+    assert hosts_of(lab).get(new) == [victim]
+    with open(record) as f:
+        assert {"address": new, "prefix": 24, "interface": "eth0"} in json.load(f)["addresses"]
+    c.kill(victim)  # SIGKILL: the address stays on the interface
+    assert hosts_of(lab).get(new) == [victim]
+    r = drop_public_ips(c, lab, victim)
+    assert r.returncode == 0, r.stderr
+    assert f"removed {new}/24 from eth0" in r.stdout
+    assert new not in hosts_of(lab)
+    assert not os.path.exists(record)  # everything recorded is gone
+    c.start_node(victim)
+    c.wait_healthy(30)
+    wait_all_hosted(c, lab)
+    # killed again, and started again without --drop-public-ips in between
+    assert c.cli(victim, "addip", f"{new}/24", "eth0").returncode == 0
+    assert hosts_of(lab).get(new) == [victim]
+    c.kill(victim)
+    c.start_node(victim)
+    c.wait_for(lambda: new not in hosts_of(lab), 15, what=f"{new} removed by the new agent")
+    assert f"{new} (recorded in {record}) was on eth0" in c.log(victim)
+    c.wait_healthy(30)
+    wait_all_hosted(c, lab)
