@@ -106,14 +106,16 @@ _TABLE = (
        "Seconds allowed to complete a public IP failover. Accepted for compatibility; "
        "unused by pyctdb."),
     _i("MonitorInterval", 15,
-       "Seconds between runs of the monitor event. Accepted for compatibility; unused "
-       "by pyctdb."),
+       "Seconds between the starts of two runs of the monitor event. pyctdb uses it: "
+       "the monitor event runs the enabled event scripts, and a failure makes the node "
+       "UNHEALTHY until a run succeeds."),
     _i("TickleUpdateInterval", 20,
        "Seconds between synchronisations of client connection (tickle) information. "
        "Accepted for compatibility; unused by pyctdb."),
     _i("EventScriptTimeout", 30,
-       "Seconds all scripts of one event may run before the event times out. Accepted "
-       "for compatibility; unused by pyctdb."),
+       "Seconds all scripts of one event may run before the event times out. pyctdb "
+       "uses it: the script running at the deadline is killed (with its process group) "
+       "and the event fails as TIMEDOUT."),
     _i("MonitorTimeoutCount", 20,
        "Consecutive monitor event timeouts before the node is flagged UNHEALTHY. "
        "Accepted for compatibility; unused by pyctdb."),
@@ -141,7 +143,8 @@ _TABLE = (
     _i("ReclockPingPeriod", 60, _OBSOLETE, obsolete=True),
     _b("NoIPFailback", 0,
        "1: public addresses do not fail back to a node that becomes healthy again. "
-       "Accepted for compatibility; unused by pyctdb."),
+       "pyctdb uses it: the leader's takeover runs read it (set it alike on every "
+       "node)."),
     _b("DisableIPFailover", 0,
        _OBSOLETE, replacement="[failover] disabled in pyctdb.conf", obsolete=True),
     _b("VerboseMemoryNames", 0,
@@ -160,8 +163,11 @@ _TABLE = (
        "When non-zero, log cluster lock operations slower than this many milliseconds. "
        "Accepted for compatibility; unused by pyctdb."),
     _i("RecoveryDropAllIPs", 120,
-       "Seconds a node may be stuck in recovery, stopped or banned before it releases "
-       "all public addresses. Accepted for compatibility; unused by pyctdb."),
+       "Seconds a node may be without a leader (or not joined to the cluster) before it "
+       "releases all its public addresses, which the rest of the cluster has probably "
+       "taken over; 0: never. pyctdb uses it (CTDB: stuck in recovery, stopped or "
+       "banned; a stopped or banned pyctdb node loses its addresses in the leader's "
+       "next takeover run)."),
     _b("VerifyRecoveryLock", 1, _OBSOLETE, obsolete=True),
     _i("VacuumInterval", 10,
        "Seconds between vacuuming runs of volatile databases. Accepted for "
@@ -205,8 +211,8 @@ _TABLE = (
        "Milliseconds a sticky record is pinned to a node after migrating. Accepted for "
        "compatibility; unused by pyctdb."),
     _b("NoIPTakeover", 0,
-       "1: public addresses are not failed over to other nodes. Accepted for "
-       "compatibility; unused by pyctdb."),
+       "1: public addresses are not failed over to other nodes. pyctdb uses it: the "
+       "leader's takeover runs read it (set it alike on every node)."),
     _i("DBRecordCountWarn", 100000,
        "When non-zero, warn during recovery about databases with more records. "
        "Accepted for compatibility; unused by pyctdb."),
@@ -235,8 +241,9 @@ _TABLE = (
        "pyctdb."),
     _i("IPAllocAlgorithm", 2,
        "Public IP allocation algorithm: 0 deterministic, 1 non-deterministic, 2 LCP2. "
-       "Accepted for compatibility; unused by pyctdb. Range 0 to 2 (CTDB silently uses "
-       "the default for other values).", maximum=2),
+       "pyctdb uses it: the leader's takeover runs read it (set it alike on every "
+       "node). Range 0 to 2 (CTDB silently uses the default for other values).",
+       maximum=2),
     _b("AllowMixedVersions", 0,
        "1: allow nodes of different major.minor versions in one cluster. Accepted for "
        "compatibility; unused by pyctdb."),
@@ -245,8 +252,12 @@ _TABLE = (
 #: Every tunable, obsolete ones included, in CTDB's order, by canonical name.
 TUNABLES = {t.name: t for t in _TABLE}
 
-#: The tunables pyctdb acts on today; the others are accepted for compatibility.
-USED_BY_PYCTDB = ("KeepaliveInterval", "KeepaliveLimit")
+#: The tunables pyctdb acts on today, in CTDB's order; the others are accepted for
+#: compatibility. agent/tests/test_tunables.py checks it against the source (every
+#: tunable the agent reads) and against docs/configuration.md.
+USED_BY_PYCTDB = ("KeepaliveInterval", "KeepaliveLimit", "MonitorInterval",
+                  "EventScriptTimeout", "NoIPFailback", "RecoveryDropAllIPs",
+                  "NoIPTakeover", "IPAllocAlgorithm")
 
 _BY_LOWER = {name.lower(): t for name, t in TUNABLES.items()}
 

@@ -1,5 +1,9 @@
 """Tunables: the table, value parsing, the Tunables store and the tunables file."""
 
+import ast
+import pathlib
+import re
+
 import pytest
 
 from pyctdb import tunables as T
@@ -106,9 +110,52 @@ def test_differences_are_documented():
 
 
 def test_used_by_pyctdb():
-    assert set(T.USED_BY_PYCTDB) == {"KeepaliveInterval", "KeepaliveLimit"}
-    for name in T.USED_BY_PYCTDB:
-        assert "pyctdb uses it" in T.TUNABLES[name].doc
+    assert set(T.USED_BY_PYCTDB) >= {"KeepaliveInterval", "KeepaliveLimit"}
+    order = list(T.TUNABLES)
+    assert list(T.USED_BY_PYCTDB) == sorted(T.USED_BY_PYCTDB, key=order.index)
+    for name, t in T.TUNABLES.items():
+        if name in T.USED_BY_PYCTDB:
+            assert "pyctdb uses it" in t.doc and "unused" not in t.doc, name
+        elif not t.obsolete:
+            assert "Accepted for compatibility" in t.doc, name
+
+
+AGENT_SRC = pathlib.Path(T.__file__).resolve().parent
+REPO = AGENT_SRC.parent.parent
+
+
+def _tunables_read_by_the_agent():
+    """{tunable: [file:line]} for every string constant in the agent's code (but the
+    table itself) that is exactly a tunable's name: ``tunables.get("NAME")``,
+    ``t.get("NAME")``, ``tunables["NAME"]``, whatever the spelling of the access."""
+    found = {}
+    for path in sorted(AGENT_SRC.rglob("*.py")):
+        if path.name == "tunables.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                t = T.TUNABLES.get(node.value)
+                if t is not None:
+                    found.setdefault(t.name, []).append(
+                        f"{path.relative_to(AGENT_SRC)}:{node.lineno}")
+    return found
+
+
+def test_every_tunable_the_agent_reads_is_in_used_by_pyctdb():
+    found = _tunables_read_by_the_agent()
+    assert {"KeepaliveInterval", "MonitorInterval", "IPAllocAlgorithm"} <= set(found)
+    missing = {n: where for n, where in found.items() if n not in T.USED_BY_PYCTDB}
+    assert not missing, f"read by the agent but not in USED_BY_PYCTDB: {missing}"
+    unread = set(T.USED_BY_PYCTDB) - set(found)
+    assert not unread, f"in USED_BY_PYCTDB but never read by the agent: {unread}"
+
+
+def test_configuration_md_marks_exactly_the_used_tunables():
+    text = (REPO / "docs" / "configuration.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` \|[^|]*\|[^|]*\|([^|]*)\|", text, re.M)
+    table = {name: used.strip() for name, used in rows if name in T.TUNABLES}
+    assert set(table) == {n for n, t in T.TUNABLES.items() if not t.obsolete}
+    assert {n for n, used in table.items() if used == "**yes**"} == set(T.USED_BY_PYCTDB)
 
 
 # -- lookup -----------------------------------------------------------------------------
