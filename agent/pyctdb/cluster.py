@@ -87,7 +87,9 @@ class Cluster:
         self.start_mono = clock()
         self.last_recovery_started = None
         self.last_recovery_finished = None
-        self.recovery_hooks = []  # async callables(generation, members), run by the leader
+        self.recovery_hooks = []  # async callables(cluster, members), run by the leader
+        # ... and these once the new generation is in place (recovery mode NORMAL)
+        self.recovered_hooks = []
         self.joined = asyncio.Event()
         self.on_joined = []  # callables run once, when this node first joins
 
@@ -483,6 +485,8 @@ class Cluster:
                     (time.monotonic() - t0) * 1000, gen, members,
                     f" ({', '.join(why)})" if why else "")
         self._broadcast_state(self.clock(), force=True)
+        for hook in self.recovered_hooks:
+            await hook(self, members)
 
     def _follow(self):
         if self.leader is None:

@@ -157,6 +157,11 @@ class Failover:
             "ipreallocate": self._ctl_ipreallocate,
         })
         cluster.cycle_hooks.append(self.on_cycle)
+        # CTDB's startrecovery / recovered events, on every member, around each recovery
+        cluster.recovery_hooks.append(
+            lambda c, members: self._recovery_event(c, members, "startrecovery"))
+        cluster.recovered_hooks.append(
+            lambda c, members: self._recovery_event(c, members, "recovered"))
 
     # -- helpers -------------------------------------------------------------------------
     def _spawn(self, coro, name=None):
@@ -330,6 +335,10 @@ class Failover:
         old = {ip.address: (holders.get(ip.address) or [-1])[0] for ip in ips}
         releases = [(addr, pnn) for addr, pnn in old.items()
                     if pnn != -1 and result.get(addr, -1) != pnn] + extra_release
+        moving = bool(releases) or any(pnn != -1 and old.get(addr, -1) != pnn
+                                       for addr, pnn in result.items())
+        if moving:  # CTDB: startipreallocate on every node before addresses move
+            await self.event_on(known, "startipreallocate")
         # 1. release everywhere, and wait
         rel = await asyncio.gather(*(c.control(pnn, "release_ip", {"address": addr},
                                                timeout=CONTROL_TIMEOUT)
@@ -355,10 +364,8 @@ class Failover:
             log.error("takeover: node %d failed to take %s: %s", pnn, addr, r)
         if failed or blocked:
             self._takeover_key = None  # try again next cycle
-        if takes or releases:
-            await asyncio.gather(*(c.control(p, "run_event", {"event": "ipreallocated"},
-                                             timeout=CONTROL_TIMEOUT)
-                                   for p in known), return_exceptions=True)
+        if moving:
+            await self.event_on(known, "ipreallocated")
         self.last_allocation = {a: p for a, p in result.items()}
         moved = [f"{a} {old.get(a, -1)}->{p}" for a, p in takes]
         dropped = [f"{a} {p}->-1" for a, p in releases if result.get(a, -1) == -1]
@@ -460,6 +467,20 @@ class Failover:
         except Exception as exc:
             log.error("event %s: %s", event, exc)
             return None
+
+    async def event_on(self, pnns, event):
+        """Run ``event`` on the nodes ``pnns`` (this one included) and wait for them; a
+        node that fails or does not answer is logged, never fatal."""
+        pnns = list(pnns)
+        res = await asyncio.gather(*(self.cluster.control(p, "run_event", {"event": event},
+                                                          timeout=CONTROL_TIMEOUT)
+                                     for p in pnns), return_exceptions=True)
+        for p, r in zip(pnns, res):
+            if isinstance(r, Exception):
+                log.warning("event %s on node %d: %s", event, p, r)
+
+    async def _recovery_event(self, cluster, members, event):
+        await self.event_on(members, event)
 
     async def _ctl_run_event(self, src, args):
         res = await self._event(args["event"], *args.get("args", []))

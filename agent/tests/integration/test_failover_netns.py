@@ -471,3 +471,34 @@ def test_killed_agent_leaves_no_runtime_address_behind(lab_cluster):
     assert f"{new} (recorded in {record}) was on eth0" in c.log(victim)
     c.wait_healthy(30)
     wait_all_hosted(c, lab)
+
+
+def test_moveip_runs_ip_events_in_ctdb_order(lab_cluster, tmp_path):
+    """startipreallocate on every node, releaseip on the old holder, takeip on the new
+    one, then ipreallocated on every node, each with CTDB's arguments."""
+    c, lab = lab_cluster
+    logs = [tmp_path / f"ev-{p}" for p in range(3)]
+    for p in range(3):
+        d = os.path.join(c.config_dir(p), "events", "legacy")
+        os.makedirs(d, exist_ok=True)
+        path = os.path.join(d, "90.log.script")
+        with open(path, "w") as f:
+            f.write(f"#!/bin/sh\n[ \"$1\" = monitor ] || echo \"$@\" >> {logs[p]}\nexit 0\n")
+        os.chmod(path, 0o755)
+    where = wait_all_hosted(c, lab)
+    # a takeover run still under way finishes before this one (runs are serialized)
+    assert c.cli(0, "ipreallocate").returncode == 0
+    for log in logs:
+        if log.exists():
+            log.unlink()
+    addr, src = next(iter(where.items()))
+    dst = (src + 1) % 3
+    r = c.cli(0, "moveip", addr, str(dst))
+    assert r.returncode == 0, r.stderr
+    c.wait_for(lambda: all(logs[p].exists() and "ipreallocated" in logs[p].read_text()
+                           for p in range(3)), 10, what="ipreallocated everywhere")
+    ev = {p: logs[p].read_text().splitlines() for p in range(3)}
+    assert ev[src] == ["startipreallocate", f"releaseip eth0 {addr} 24", "ipreallocated"]
+    assert ev[dst] == ["startipreallocate", f"takeip eth0 {addr} 24", "ipreallocated"]
+    third = 3 - src - dst
+    assert ev[third] == ["startipreallocate", "ipreallocated"]

@@ -41,3 +41,37 @@ def test_monitor_failure_marks_unhealthy_and_recovers(tmp_path):
         assert "  50.service" in out
         r = c.cli(1, "event", "run", "monitor")
         assert r.returncode == 0
+
+
+def _event_logger(c, p, log):
+    d = os.path.join(c.config_dir(p), "events", "legacy")
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, "90.log.script")
+    with open(path, "w") as f:
+        f.write(f"#!/bin/sh\n[ \"$1\" = monitor ] || echo \"$@\" >> {log}\nexit 0\n")
+    os.chmod(path, 0o755)
+
+
+def test_recovery_runs_startrecovery_and_recovered_on_every_member(tmp_path):
+    c = LocalCluster(3, base_dir=tmp_path)
+    logs = [tmp_path / f"events-{p}" for p in range(3)]
+    for p in range(3):
+        _event_logger(c, p, logs[p])
+    with c:
+        c.start()
+        c.wait_healthy(30)
+
+        def events(p):
+            return logs[p].read_text().split("\n") if logs[p].exists() else []
+        c.wait_for(lambda: all("recovered" in events(p) for p in range(3)), 10,
+                   what="recovered on every node")
+        for p in range(3):
+            ev = events(p)
+            assert ev[0] == "startup"
+            assert "startrecovery" in ev
+            assert ev.index("startrecovery") < len(ev) - 1 - ev[::-1].index("recovered")
+        # a node leaves: the survivors recover again
+        before = [events(p).count("recovered") for p in range(3)]
+        c.kill(2)
+        c.wait_for(lambda: all(events(p).count("recovered") > before[p] for p in (0, 1)), 10,
+                   what="a second recovery on the survivors")
