@@ -91,6 +91,18 @@ class LocalCluster:
     def socket(self, pnn):
         return os.path.join(self.node_dir(pnn), "pyctdbd.socket")
 
+    def event_script(self, pnn, name, text):
+        """Install an enabled legacy event script ``events/legacy/NAME.script`` (CTDB's
+        layout) with the shell ``text`` on node ``pnn``; scripts are looked up at each
+        event, so this works on a running agent too."""
+        d = os.path.join(self.config_dir(pnn), "events", "legacy")
+        os.makedirs(d, exist_ok=True)
+        path = os.path.join(d, f"{name}.script")
+        with open(path, "w") as f:
+            f.write("#!/bin/sh\n" + text)
+        os.chmod(path, 0o755)
+        return path
+
     def log_file(self, pnn):
         return os.path.join(self.node_dir(pnn), "log.pyctdb")
 

@@ -309,13 +309,8 @@ def test_failing_monitor_moves_addresses_away(tmp_path):
         c = LocalCluster(3, base_dir=tmp_path / "c", lab=lab, public_addresses=pub,
                          tunables={"MonitorInterval": "1"})
         for p in range(3):
-            d = os.path.join(c.config_dir(p), "events", "legacy")
-            os.makedirs(d)
-            path = os.path.join(d, "50.service.script")
-            with open(path, "w") as f:
-                f.write(f"#!/bin/sh\n[ \"$1\" = monitor ] || exit 0\n"
-                        f"[ -e {tmp_path}/down-{p} ] && exit 1\nexit 0\n")
-            os.chmod(path, 0o755)
+            c.event_script(p, "50.service", f"[ \"$1\" = monitor ] || exit 0\n"
+                           f"[ -e {tmp_path}/down-{p} ] && exit 1\nexit 0\n")
         with c:
             c.start()
             c.wait_healthy(30)
@@ -479,12 +474,8 @@ def test_moveip_runs_ip_events_in_ctdb_order(lab_cluster, tmp_path):
     c, lab = lab_cluster
     logs = [tmp_path / f"ev-{p}" for p in range(3)]
     for p in range(3):
-        d = os.path.join(c.config_dir(p), "events", "legacy")
-        os.makedirs(d, exist_ok=True)
-        path = os.path.join(d, "90.log.script")
-        with open(path, "w") as f:
-            f.write(f"#!/bin/sh\n[ \"$1\" = monitor ] || echo \"$@\" >> {logs[p]}\nexit 0\n")
-        os.chmod(path, 0o755)
+        c.event_script(p, "90.log",
+                       f"[ \"$1\" = monitor ] || echo \"$@\" >> {logs[p]}\nexit 0\n")
     where = wait_all_hosted(c, lab)
     # a takeover run still under way finishes before this one (runs are serialized)
     assert c.cli(0, "ipreallocate").returncode == 0

@@ -13,14 +13,9 @@ def test_monitor_failure_marks_unhealthy_and_recovers(tmp_path):
     c = LocalCluster(3, base_dir=tmp_path, tunables={"MonitorInterval": "1"})
     flag = tmp_path / "service-down"
     for p in range(3):
-        d = os.path.join(c.config_dir(p), "events", "legacy")
-        os.makedirs(d)
-        path = os.path.join(d, "50.service.script")
-        with open(path, "w") as f:
-            f.write(f"#!/bin/sh\n[ \"$1\" = monitor ] || exit 0\n"
-                    f"[ -e {flag}-$(cat {c.config_dir(p)}/../pnn) ] && "
-                    "{ echo service down; exit 1; }\nexit 0\n")
-        os.chmod(path, 0o755)
+        c.event_script(p, "50.service", f"[ \"$1\" = monitor ] || exit 0\n"
+                       f"[ -e {flag}-$(cat {c.config_dir(p)}/../pnn) ] && "
+                       "{ echo service down; exit 1; }\nexit 0\n")
         with open(os.path.join(c.node_dir(p), "pnn"), "w") as f:
             f.write(str(p))
     with c:
@@ -44,12 +39,7 @@ def test_monitor_failure_marks_unhealthy_and_recovers(tmp_path):
 
 
 def _event_logger(c, p, log):
-    d = os.path.join(c.config_dir(p), "events", "legacy")
-    os.makedirs(d, exist_ok=True)
-    path = os.path.join(d, "90.log.script")
-    with open(path, "w") as f:
-        f.write(f"#!/bin/sh\n[ \"$1\" = monitor ] || echo \"$@\" >> {log}\nexit 0\n")
-    os.chmod(path, 0o755)
+    c.event_script(p, "90.log", f"[ \"$1\" = monitor ] || echo \"$@\" >> {log}\nexit 0\n")
 
 
 def test_recovery_runs_startrecovery_and_recovered_on_every_member(tmp_path):
