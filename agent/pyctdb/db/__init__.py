@@ -1,0 +1,1 @@
+"""Clustered databases on LMDB (see docs/databases.md)."""

@@ -1,0 +1,215 @@
+"""LMDB storage of the clustered databases on one node.
+
+Two LMDB environments per node, in the directories of pyctdb.conf's ``[database]``
+section: ``volatile database directory`` (emptied when the agent starts, as CTDB wipes
+its volatile databases; written without fsync) and ``persistent database directory``
+(fsync'd). In each, a named sub-database ``db:NAME`` per clustered database holds
+``key -> header + value`` (see :mod:`.logic`), and the sub-database ``__dbmap__`` holds
+``NAME -> {"db_id", "persistent", "seqnum"}`` (JSON). The sequence number is updated in
+the same LMDB transaction as the records.
+
+Reads run on the event loop (LMDB readers never block); every write runs in the store's
+single worker thread, so a write transaction (and its fsync) never blocks the loop and
+write transactions never wait for each other's lock on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import lmdb
+
+from . import logic as L
+
+log = logging.getLogger("pyctdb.db")
+
+DBMAP = b"__dbmap__"
+MAP_SIZE = 1 << 30  # 1 GiB of address space (the file grows as needed)
+
+
+class StoreError(Exception):
+    pass
+
+
+class Store:
+    def __init__(self, path, persistent):
+        self.path = path
+        self.persistent = persistent
+        self.kind = "persistent" if persistent else "volatile"
+        self.env = None
+        self.error = None           # why the whole environment is unusable
+        self.damaged = {}           # name -> why this database is not served
+        self.meta = {}              # name -> {"db_id", "persistent", "seqnum"}
+        self._handles = {}
+        self._dbmap = None
+        self._exec = ThreadPoolExecutor(1, thread_name_prefix=f"lmdb-{self.kind}")
+
+    # -- opening ---------------------------------------------------------------------
+    def open(self, wipe=False):
+        """Open (for volatile: wipe first). A failure marks the store unusable, logged;
+        it never raises."""
+        try:
+            if wipe and os.path.isdir(self.path):
+                for f in ("data.mdb", "lock.mdb"):
+                    p = os.path.join(self.path, f)
+                    if os.path.exists(p):
+                        os.unlink(p)
+            os.makedirs(self.path, mode=0o700, exist_ok=True)
+            self.env = lmdb.open(self.path, max_dbs=4096, map_size=MAP_SIZE,
+                                 sync=self.persistent, metasync=self.persistent,
+                                 subdir=True, lock=True)
+            self._dbmap = self.env.open_db(DBMAP)
+            with self.env.begin(db=self._dbmap) as txn:
+                for name, raw in txn.cursor():
+                    self.meta[name.decode()] = json.loads(raw)
+        except (lmdb.Error, OSError, ValueError, UnicodeError) as exc:
+            self.error = f"cannot open {self.kind} database environment {self.path}: {exc}"
+            log.error("%s: NOT serving %s databases on this node", self.error, self.kind)
+            self.env = None
+            self.meta = {}
+            return
+        for name in list(self.meta):
+            self.verify(name)
+
+    def verify(self, name):
+        """Read every record of ``name``; a damaged one marks the database damaged."""
+        try:
+            n = 0
+            with self.env.begin(db=self.handle(name)) as txn:
+                for _k, raw in txn.cursor():
+                    L.unpack(raw)
+                    n += 1
+        except (lmdb.Error, L.CorruptRecord) as exc:
+            why = f"database {name} is damaged on this node ({self.path}): {exc}"
+            self.damaged[name] = why
+            log.error("%s: not serving it; recovery will replace it with a healthy copy", why)
+            return False
+        self.damaged.pop(name, None)
+        return True
+
+    def close(self):
+        self._exec.shutdown(wait=True)
+        if self.env is not None:
+            self.env.close()
+            self.env = None
+
+    def handle(self, name):
+        h = self._handles.get(name)
+        if h is None:
+            h = self.env.open_db(b"db:" + name.encode())  # creates it if needed
+            self._handles[name] = h
+        return h
+
+    # -- reads (on the loop) ---------------------------------------------------------
+    def usable(self, name):
+        if self.env is None:
+            raise StoreError(self.error or f"{self.kind} databases are not available")
+        if name in self.damaged:
+            raise StoreError(self.damaged[name])
+
+    def get(self, name, key) -> L.Record | None:
+        self.usable(name)
+        with self.env.begin(db=self.handle(name)) as txn:
+            raw = txn.get(key)
+        return None if raw is None else L.unpack(raw)
+
+    def items(self, name):
+        """All records of ``name`` (deleted ones included) as a list of (key, Record)."""
+        self.usable(name)
+        with self.env.begin(db=self.handle(name)) as txn:
+            return [(bytes(k), L.unpack(v)) for k, v in txn.cursor()]
+
+    def page(self, name, after=None, limit_bytes=1 << 20):
+        """Records after key ``after`` up to about ``limit_bytes``: (list, more)."""
+        self.usable(name)
+        out, size = [], 0
+        with self.env.begin(db=self.handle(name)) as txn:
+            cur = txn.cursor()
+            ok = cur.set_range(after) if after is not None else cur.first()
+            if ok and after is not None and cur.key() == after:
+                ok = cur.next()
+            while ok:
+                k, v = bytes(cur.key()), bytes(cur.value())
+                if out and size + len(k) + len(v) > limit_bytes:
+                    return out, True
+                out.append((k, L.unpack(v)))
+                size += len(k) + len(v)
+                ok = cur.next()
+        return out, False
+
+    # -- writes (in the worker thread) -----------------------------------------------
+    async def run(self, fn, *args):
+        """Run ``fn(txn, *args)`` in one write transaction in the worker thread."""
+        if self.env is None:
+            raise StoreError(self.error or f"{self.kind} databases are not available")
+        loop = asyncio.get_running_loop()
+
+        def job():
+            with self.env.begin(write=True) as txn:
+                return fn(txn, *args)
+        return await loop.run_in_executor(self._exec, job)
+
+    def put_meta(self, txn, name, meta):
+        txn.put(name.encode(), json.dumps(meta).encode(), db=self._dbmap)
+
+    async def create(self, name, db_id):
+        if name in self.meta:
+            return self.meta[name]
+        meta = {"db_id": db_id, "persistent": self.persistent, "seqnum": 0}
+        self.handle(name)
+
+        def fn(txn):
+            self.put_meta(txn, name, meta)
+            self.meta[name] = meta
+        await self.run(fn)
+        return meta
+
+    async def store(self, name, key, rec, check=None):
+        """Write one record; ``check()`` (run in the worker, inside the transaction)
+        may raise to abort (used against writes that a recovery overtook)."""
+        self.usable(name)
+        h = self.handle(name)
+
+        def fn(txn):
+            if check is not None:
+                check()
+            txn.put(key, rec.pack(), db=h)
+        await self.run(fn)
+
+    async def apply(self, name, writes, seqnum=None, replace=False, check=None):
+        """Apply ``writes`` ([(key, Record)]) in one transaction; ``replace``: empty the
+        database first (recovery); ``seqnum``: the new database sequence number."""
+        if self.env is None:
+            raise StoreError(self.error or f"{self.kind} databases are not available")
+        if not replace:
+            self.usable(name)
+        h = self.handle(name)
+        meta = dict(self.meta[name])
+        if seqnum is not None:
+            meta["seqnum"] = seqnum
+
+        def fn(txn):
+            if check is not None:
+                check()
+            if replace:
+                txn.drop(h, delete=False)
+            for key, rec in writes:
+                txn.put(key, rec.pack(), db=h)
+            self.put_meta(txn, name, meta)
+            self.meta[name] = meta  # (in the worker: done before any later barrier)
+        await self.run(fn)
+        if replace and name in self.damaged:
+            self.damaged.pop(name, None)
+            log.warning("database %s replaced by recovery: served again", name)
+
+    async def wipe(self, name):
+        await self.apply(name, [], replace=True)
+
+
+def remove_tree(path):
+    shutil.rmtree(path, ignore_errors=True)

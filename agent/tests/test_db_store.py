@@ -1,0 +1,89 @@
+"""LMDB storage (pyctdb.db.store): sub-databases, the db map, damage detection."""
+
+import asyncio
+
+import lmdb
+
+from pyctdb.db import logic as L
+from pyctdb.db.store import Store, StoreError
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_create_apply_replace_and_reopen(tmp_path):
+    st = Store(str(tmp_path / "p"), persistent=True)
+    st.open()
+
+    async def go():
+        await st.create("a.tdb", L.db_id("a.tdb"))
+        await st.apply("a.tdb", [(b"k1", L.Record(1, 0, 0, b"v1")),
+                                 (b"k2", L.Record(1, 0, 0, b"v2"))], seqnum=4)
+        assert st.get("a.tdb", b"k1").value == b"v1"
+        assert st.meta["a.tdb"]["seqnum"] == 4
+        page, more = st.page("a.tdb", None, limit_bytes=1)
+        assert [k for k, _ in page] == [b"k1"] and more
+        page, more = st.page("a.tdb", b"k1")
+        assert [k for k, _ in page] == [b"k2"] and not more
+        await st.apply("a.tdb", [(b"k3", L.Record(1, 0, 0, b"v3"))], replace=True)
+        assert [k for k, _ in st.items("a.tdb")] == [b"k3"]
+    run(go())
+    st.close()
+    st2 = Store(str(tmp_path / "p"), persistent=True)
+    st2.open()
+    assert st2.meta["a.tdb"] == {"db_id": L.db_id("a.tdb"), "persistent": True, "seqnum": 4}
+    assert st2.get("a.tdb", b"k3").value == b"v3"
+    st2.close()
+
+
+def test_volatile_store_is_wiped_at_open(tmp_path):
+    st = Store(str(tmp_path / "v"), persistent=False)
+    st.open(wipe=True)
+    run(st.create("v.tdb", 1))
+    st.close()
+    st = Store(str(tmp_path / "v"), persistent=False)
+    st.open(wipe=True)
+    assert st.meta == {}
+    st.close()
+
+
+def test_a_damaged_record_marks_only_its_database_unusable(tmp_path):
+    st = Store(str(tmp_path / "p"), persistent=True)
+    st.open()
+    run(st.create("good.tdb", 1))
+    run(st.create("bad.tdb", 2))
+    run(st.apply("bad.tdb", [(b"k", L.Record(1, 0, 0, b"v"))]))
+    st.close()
+    env = lmdb.open(str(tmp_path / "p"), max_dbs=10)
+    with env.begin(write=True, db=env.open_db(b"db:bad.tdb")) as txn:
+        txn.put(b"k", b"\x01\x02")  # shorter than a header
+    env.close()
+    st = Store(str(tmp_path / "p"), persistent=True)
+    st.open()
+    assert "bad.tdb" in st.damaged and "good.tdb" not in st.damaged
+    try:
+        st.get("bad.tdb", b"k")
+        raise AssertionError("served a damaged database")
+    except StoreError as exc:
+        assert "damaged" in str(exc)
+    assert st.get("good.tdb", b"x") is None
+    # a recovery's push replaces it and it is served again
+    run(st.apply("bad.tdb", [(b"k", L.Record(2, 0, 0, b"ok"))], replace=True))
+    assert st.get("bad.tdb", b"k").value == b"ok"
+    st.close()
+
+
+def test_a_garbage_environment_is_refused_without_crashing(tmp_path):
+    d = tmp_path / "p"
+    d.mkdir()
+    (d / "data.mdb").write_bytes(b"this is not an lmdb file" * 1000)
+    st = Store(str(d), persistent=True)
+    st.open()
+    assert st.env is None and "cannot open persistent" in st.error
+    try:
+        st.usable("x")
+        raise AssertionError
+    except StoreError:
+        pass
+    st.close()
