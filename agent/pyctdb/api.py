@@ -28,6 +28,26 @@ class ApiError(Exception):
         self.message = message
 
 
+class ApiConnection:
+    """One client connection. Commands listed in ``ApiServer.conn_commands`` get it as
+    ``conn``: state that belongs to the connection (messaging's srvids) hangs on it, and
+    ``on_close`` callables run when it closes."""
+
+    __slots__ = ("writer", "on_close")
+
+    def __init__(self, writer):
+        self.writer = writer
+        self.on_close = []
+
+    def closed(self):
+        for cb in self.on_close:
+            try:
+                cb()
+            except Exception:
+                log.exception("API connection close callback failed")
+        self.on_close.clear()
+
+
 class ApiServer:
     def __init__(self, path, cluster, tunables, log_buffer=None, failover=None, events=None):
         self.path = path
@@ -53,6 +73,9 @@ class ApiServer:
         }
         # `pyctdb -n PNN disable` etc.: the API of one node administers another
         cluster.control_handlers["admin"] = self._ctl_admin
+        #: commands whose handler takes the connection (``conn=ApiConnection``)
+        self.conn_commands = set()
+        self._init_messaging()
 
     async def start(self):
         d = os.path.dirname(self.path)
@@ -96,20 +119,24 @@ class ApiServer:
         return uid in (0, os.getuid())
 
     async def _handle(self, reader, writer):
+        conn = ApiConnection(writer)
         try:
             if not self._peer_allowed(writer):
                 writer.write(self._error(None, "EPERM", "only root may use this socket"))
                 await writer.drain()
                 return
+            out = []  # answers to requests that came in one batch (pipelined)
             while True:
                 try:
                     line = await reader.readuntil(b"\n")
                 except asyncio.LimitOverrunError:
+                    writer.write(b"".join(out))
                     writer.write(self._error(None, "E2BIG",
                                              f"request longer than {MAX_LINE} bytes"))
                     await writer.drain()
                     return
                 except asyncio.IncompleteReadError as exc:
+                    writer.write(b"".join(out))
                     if exc.partial.strip():
                         writer.write(self._error(None, "EPROTO",
                                                  "request not terminated by a newline"))
@@ -117,13 +144,20 @@ class ApiServer:
                     return
                 if not line.strip():
                     continue
-                writer.write(await self._dispatch(line))
+                out.append(await self._dispatch(line, conn))
+                # While more whole requests are already buffered (a pipelining client,
+                # e.g. messaging's send(wait=False)), answer them in one write.
+                if len(out) < 256 and b"\n" in getattr(reader, "_buffer", b""):
+                    continue
+                writer.write(b"".join(out) if len(out) > 1 else out[0])
+                out.clear()
                 await writer.drain()
         except (ConnectionError, OSError):
             pass
         except Exception:
             log.exception("API connection failed")
         finally:
+            conn.closed()
             writer.close()
 
     @staticmethod
@@ -134,7 +168,7 @@ class ApiServer:
         return self._encode({"version": API_VERSION, "id": req_id, "ok": False,
                              "error": {"code": code, "message": message}})
 
-    async def _dispatch(self, line) -> bytes:
+    async def _dispatch(self, line, conn=None) -> bytes:
         try:
             req = json.loads(line)
         except ValueError as exc:
@@ -155,7 +189,12 @@ class ApiServer:
             return self._error(req_id, "EINVAL", f"unknown command {cmd!r} (known: "
                                f"{', '.join(sorted(self.commands))})")
         try:
-            result = handler(**args)
+            if cmd in self.conn_commands:
+                if "conn" in args:
+                    raise TypeError("unexpected argument 'conn'")
+                result = handler(conn=conn, **args)
+            else:
+                result = handler(**args)
             if asyncio.iscoroutine(result):
                 result = await result
         except ApiError as exc:
@@ -443,3 +482,65 @@ class ApiServer:
             raise ApiError("EINVAL", "lines must be a non-negative integer")
         buf = list(self.log_buffer or [])
         return {"lines": buf[-lines:] if lines else []}
+
+
+    # -- messaging (srvids; messaging.py) ----------------------------------------------
+    def _init_messaging(self):
+        self.messaging = None  # the daemon sets a messaging.Messaging
+        self.commands.update({
+            "message_register": self.cmd_message_register,
+            "message_deregister": self.cmd_message_deregister,
+            "message_send": self.cmd_message_send,
+            "message_check": self.cmd_message_check,
+            "message_status": self.cmd_message_status,
+        })
+        self.conn_commands |= {"message_register", "message_deregister"}
+
+    def _msg(self):
+        if self.messaging is None:
+            raise ApiError("EIO", "messaging is not running in this agent")
+        return self.messaging
+
+    @staticmethod
+    def _msg_call(fn, *args):
+        from .messaging import MessagingError
+        try:
+            return fn(*args)
+        except MessagingError as exc:
+            raise ApiError(exc.code, exc.message) from None
+
+    def cmd_message_register(self, conn, srvid):
+        from . import messaging as M
+        m = self._msg()
+        self._msg_call(M.check_srvid, srvid)
+        if not m.is_client(conn):
+            conn.on_close.append(lambda: m.drop_client(conn))
+        return {"srvid": srvid, "changed": m.register(conn, conn.writer, srvid)}
+
+    def cmd_message_deregister(self, conn, srvid):
+        from . import messaging as M
+        m = self._msg()
+        self._msg_call(M.check_srvid, srvid)
+        if not m.deregister(conn, srvid):
+            raise ApiError("ENOENT", f"srvid {srvid} is not registered on this connection")
+        return {"srvid": srvid, "changed": True}
+
+    def cmd_message_send(self, pnn, srvid, data=""):
+        from . import messaging as M
+        m = self._msg()
+        self._msg_call(M.check_srvid, srvid)
+        self._msg_call(M.check_data, data)
+        return {"pnns": self._msg_call(m.send, pnn, srvid, data), "srvid": srvid}
+
+    def cmd_message_check(self, srvids):
+        from . import messaging as M
+        m = self._msg()
+        if not isinstance(srvids, list):
+            raise ApiError("EINVAL", "srvids must be a list of srvids")
+        for s_ in srvids:
+            self._msg_call(M.check_srvid, s_)
+        return {"pnn": self.cluster.pnn,
+                "srvids": [{"srvid": s_, "registered": m.registered(s_)} for s_ in srvids]}
+
+    def cmd_message_status(self):
+        return self._msg().status()

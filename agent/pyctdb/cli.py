@@ -433,6 +433,100 @@ COMMANDS = {
     "unban": (_admin_cmd("unban"), "lift this node's ban"),
 }
 
+# -- messaging (pyctdb additions: CTDB has such tools only in its tests) ---------------
+def _srvid(text):
+    try:
+        v = int(text, 0)
+        if not 0 <= v < 2 ** 64:
+            raise ValueError
+        return v
+    except ValueError:
+        raise UsageError(f"invalid srvid {text!r}: give an unsigned 64-bit integer "
+                         "(decimal or 0x hex)") from None
+
+
+def cmd_msgsend(c, a):
+    from .client.messaging import Messenger
+    if a.pnn in ("all", "connected"):
+        dst = a.pnn
+    else:
+        try:
+            dst = int(a.pnn)
+        except ValueError:
+            raise UsageError(f"invalid node {a.pnn!r}: give a PNN or 'all'") from None
+    with Messenger(c.path, timeout=c.timeout) as m:
+        pnns = m.send(dst, _srvid(a.srvid), a.text.encode("utf-8"))
+    return ({"pnns": pnns, "srvid": _srvid(a.srvid)} if a.json else None), 0
+
+
+def _msg_json(msg):
+    import base64
+    try:
+        text = msg.data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    return {"src": msg.src, "srvid": msg.srvid, "data": base64.b64encode(msg.data).decode(),
+            "text": text, "dropped": msg.dropped}
+
+
+def cmd_msglisten(c, a):
+    from .client.messaging import Messenger
+    srvid = _srvid(a.srvid)
+    if a.count is not None and a.count < 1:
+        raise UsageError("--count must be at least 1")
+    n = 0
+    with Messenger(c.path, timeout=c.timeout) as m:
+        m.register(srvid)
+        print(f"Listening for messages to srvid {srvid} on node {m.pnn}", file=sys.stderr,
+              flush=True)
+        try:
+            for msg in m.messages(timeout=a.wait, count=a.count):
+                n += 1
+                if a.json:
+                    line = json.dumps(_msg_json(msg), sort_keys=True)
+                elif a.X:
+                    line = SEP + SEP.join([str(msg.src), str(msg.srvid), str(len(msg.data)),
+                                           msg.text.replace("\n", "\\n")]) + SEP
+                else:
+                    line = (f"Message from node {msg.src} to srvid {msg.srvid} "
+                            f"({len(msg.data)} bytes): {msg.text}")
+                if msg.dropped:
+                    print(f"pyctdb: {msg.dropped} messages were dropped before this one "
+                          "(not read fast enough)", file=sys.stderr)
+                print(line, flush=True)
+        except KeyboardInterrupt:
+            return None, 0
+    if a.count is not None and n < a.count:
+        print(f"pyctdb: {n} of {a.count} messages received within {a.wait}s",
+              file=sys.stderr)
+        return None, 1
+    return None, 0
+
+
+MESSAGING_COMMANDS = {
+    "msgsend": (cmd_msgsend, "send TEXT to the clients of SRVID on node PNN (or 'all' "
+                             "connected nodes) (pyctdb addition)"),
+    "msglisten": (cmd_msglisten, "register SRVID and print the messages that arrive "
+                                 "(pyctdb addition)"),
+}
+COMMANDS.update(MESSAGING_COMMANDS)
+
+
+def _messaging_args(name, sp):
+    if name == "msgsend":
+        sp.add_argument("pnn", metavar="PNN|all")
+        sp.add_argument("srvid", metavar="SRVID")
+        sp.add_argument("text", metavar="TEXT")
+    elif name == "msglisten":
+        sp.add_argument("srvid", metavar="SRVID")
+        sp.add_argument("--count", type=int, metavar="N",
+                        help="exit after N messages (default: run until interrupted)")
+        sp.add_argument("--wait", type=float, metavar="SECONDS",
+                        help="give up after SECONDS without a message (exit 1 if --count "
+                             "was not reached)")
+
+
+
 #: Commands that act on another node with -n PNN (CTDB's "remote" commands we have).
 REMOTE = {"disable", "enable", "stop", "continue", "ban", "unban", "addip", "delip"}
 
@@ -485,6 +579,7 @@ def build_parser():
         elif name == "setvar":
             sp.add_argument("name")
             sp.add_argument("value")
+        _messaging_args(name, sp)
     return p
 
 

@@ -116,6 +116,9 @@ class Cluster:
         self.cycle_hooks = []
         #: extra fields other components add to this node's STATE
         self.extra_state = {}
+        #: MsgType -> sync callable(src_pnn, payload) for frame types other components
+        #: own (messaging: MESSAGE); run on the event loop, after the stale-instance check
+        self.frame_handlers = {}
         self.transport = Transport(
             pnn=self.pnn, address=self.address, port=config.port,
             nodes={n.pnn: n.address for n in self.nodes if not n.deleted},
@@ -213,6 +216,10 @@ class Cluster:
                     entry[1].set_result(p.get("result"))
                 else:
                     entry[1].set_exception(ControlError(pnn, p.get("error") or "failed"))
+        else:
+            handler = self.frame_handlers.get(frame.type)
+            if handler is not None:
+                handler(pnn, p)
 
     # -- controls: request/response between nodes ------------------------------------
     async def control(self, pnn, op, args=None, timeout=5.0):

@@ -75,6 +75,8 @@ async def _serve(config, me, tunables, socket_path, ring):
                         hosted_file=hosted_ips_path(socket_path))
     api = ApiServer(socket_path, cluster, tunables, log_buffer=ring, failover=failover,
                     events=events)
+    from .messaging import Messaging
+    api.messaging = Messaging(cluster)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

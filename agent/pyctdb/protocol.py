@@ -22,9 +22,11 @@ transport logs it and drops the connection. Nothing here raises anything else.
 
 from __future__ import annotations
 
+import binascii
 import enum
 import json
 import struct
+from base64 import b64decode as _b64decode
 from dataclasses import dataclass
 
 from . import PROTOCOL_VERSION
@@ -36,12 +38,14 @@ HEADER_SIZE = HEADER.size  # 16
 MAX_PAYLOAD = 4 * 1024 * 1024
 
 
+@enum.unique  # two types with one number would silently alias: fail at import instead
 class MsgType(enum.IntEnum):
     HELLO = 1  # first frame on every connection: who is calling
     STATE = 2  # a node's state; also the keepalive
     BYE = 3  # the sender is shutting down cleanly
     CONTROL = 4  # a request to the receiving node (op + args), answered by REPLY
     REPLY = 5  # the answer to a CONTROL
+    MESSAGE = 6  # a message (srvid + data) for the clients registered on the receiver
 
 
 class ProtocolError(Exception):
@@ -140,6 +144,7 @@ _SCHEMAS = {
     MsgType.CONTROL: {"pnn": _INT, "instance": (str,), "req_id": _INT, "op": (str,),
                       "args": (dict,)},
     MsgType.REPLY: {"pnn": _INT, "instance": (str,), "req_id": _INT, "ok": (bool,)},
+    MsgType.MESSAGE: {"pnn": _INT, "instance": (str,), "srvid": _INT, "data": (str,)},
 }
 
 
@@ -160,4 +165,45 @@ def validate(frame: Frame) -> dict:
         if key in schema and not all(isinstance(x, int) and not isinstance(x, bool)
                                      for x in p[key]):
             raise ProtocolError(f"{frame.type.name} field {key!r} must be a list of PNNs")
+    if frame.type == MsgType.MESSAGE:
+        check_message(p)
     return p
+
+
+# -- MESSAGE (type 6) --------------------------------------------------------------------
+# {"pnn": src, "instance": ..., "srvid": u64, "data": base64}. The receiving agent passes
+# the base64 text through to its local clients unchanged (their API is JSON too), so it
+# is validated here once and never decoded on the way.
+
+#: Largest message data (bytes, before base64) a node sends or accepts.
+MAX_MESSAGE_DATA = 512 * 1024
+MAX_SRVID = 2 ** 64 - 1
+_MAX_MESSAGE_B64 = 4 * ((MAX_MESSAGE_DATA + 2) // 3)
+
+
+def check_message(p: dict):
+    """Strict checks of a MESSAGE payload beyond the field types."""
+    srvid = p["srvid"]
+    if not 0 <= srvid <= MAX_SRVID:
+        raise ProtocolError(f"MESSAGE srvid {srvid} is not an unsigned 64-bit integer")
+    data = p["data"]
+    if len(data) > _MAX_MESSAGE_B64:
+        raise ProtocolError(f"MESSAGE data of {len(data)} base64 characters exceeds the "
+                            f"limit of {MAX_MESSAGE_DATA} bytes")
+    if data:
+        try:
+            _b64decode(data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ProtocolError(f"MESSAGE data is not valid base64: {exc}") from None
+
+
+def encode_message(pnn: int, instance: str, srvid: int, data_b64: str) -> bytes:
+    """A MESSAGE frame, built without json.dumps (the hot path of messaging).
+
+    ``instance`` is the sender's hex token and ``data_b64`` base64 text: neither needs JSON
+    escaping. The result decodes to the same payload as ``encode(MsgType.MESSAGE, ...)``."""
+    body = ('{"data":"%s","instance":"%s","pnn":%d,"srvid":%d}'
+            % (data_b64, instance, pnn, srvid)).encode("ascii")
+    if len(body) > MAX_PAYLOAD:
+        raise ProtocolError(f"payload of {len(body)} bytes exceeds the limit of {MAX_PAYLOAD}")
+    return HEADER.pack(MAGIC, PROTOCOL_VERSION, MsgType.MESSAGE, len(body), 0) + body

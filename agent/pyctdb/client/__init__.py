@@ -1,0 +1,6 @@
+"""pyctdb.client: the client library of pyctdb (databases: db.py; messaging: messaging.py).
+
+See docs/client.md."""
+
+from .messaging import (AsyncMessenger, BROADCAST_ALL, BROADCAST_CONNECTED,  # noqa: F401
+                        Message, Messenger)
