@@ -1,19 +1,25 @@
-"""Molecule's ``default`` scenario (molecule/default) as a test: ``molecule test -s
-default`` from the repository root, on real containers with systemd as PID 1.
+"""Molecule's scenarios as tests: ``molecule test -s SCENARIO`` from the repository root,
+on real containers with systemd as PID 1, for each scenario:
 
-The scenario creates three nodes from localhost/pyctdb-node:bookworm on the network
-pyctdb-molecule, deploys the cluster with playbooks/site.yml, checks idempotence, that
-the three nodes agree on one leader that alone holds the cluster lock, kills the agent
-on the leader and checks the failover, re-converges and checks again, and always
-destroys its containers and network (also when a step fails).
+* ``default`` (molecule/default): three nodes from localhost/pyctdb-node:bookworm on the
+  network pyctdb-molecule, deploys the cluster with playbooks/site.yml, checks
+  idempotence, that the three nodes agree on one leader that alone holds the cluster
+  lock, kills the agent on the leader and checks the failover, re-converges and checks
+  again.
+* ``failover`` (molecule/failover): three nodes fnode1..3 on pyctdb-molecule-failover with
+  six public addresses, site.yml, then playbooks/failover_test.yml: every node x every
+  fault (kill, stop, netcut, monitor, disable), timed against the limits, every address
+  on exactly one healthy node after each fault and restore.
+
+Each always destroys its containers and network (also when a step fails).
 
 Engine: a Docker engine when one answers (DOCKER_HOST or the default socket), else
 Podman through its Docker-compatible API (scripts/podman-api.sh). The test is skipped
 only when there is neither. The node image is built first if missing
 (scripts/build-node-image.sh). The whole output is streamed (visible with ``-s``) and
-kept in ``tests/output/molecule-default.log``.
+kept in ``tests/output/molecule-SCENARIO.log``.
 
-Deselect with ``-m "not molecule"``: it takes about 6 minutes.
+Deselect with ``-m "not molecule"``: about 6 minutes for default, up to 15 for failover.
 """
 
 import os
@@ -26,7 +32,14 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VENV_BIN = os.path.dirname(sys.executable)
-LOG = os.path.join(REPO, "tests", "output", "molecule-default.log")
+LOG = os.path.join(REPO, "tests", "output", "molecule-%s.log")
+
+# Scenario -> the steps of its test_sequence that must each report success.
+SCENARIOS = {
+    "default": ("create", "prepare", "converge", "idempotence", "verify", "side_effect",
+                "destroy"),
+    "failover": ("create", "prepare", "converge", "verify", "destroy"),
+}
 
 pytestmark = [pytest.mark.molecule, pytest.mark.timeout(3600)]
 
@@ -76,7 +89,9 @@ def _engine_env():
     return env, "Podman's Docker API at %s" % env["DOCKER_HOST"]
 
 
-def test_molecule_default_scenario():
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_molecule_scenario(scenario):
+    log_path = LOG % scenario
     env, engine = _engine_env()
     # The docker CLI is what the community.docker.docker connection runs.
     assert shutil.which("docker", path=env["PATH"]), (
@@ -95,14 +110,14 @@ def test_molecule_default_scenario():
     # Plain text: the log is read by people and by this test.
     env.update(NO_COLOR="1", PY_COLORS="0", ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
     env.pop("MOLECULE_EPHEMERAL_DIRECTORY", None)
-    os.makedirs(os.path.dirname(LOG), exist_ok=True)
-    cmd = [molecule, "test", "-s", "default"]
-    print("\n$ molecule test -s default   (%s; cwd %s; log %s)" % (engine, REPO, LOG),
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    cmd = [molecule, "test", "-s", scenario]
+    print("\n$ molecule test -s %s   (%s; cwd %s; log %s)" % (scenario, engine, REPO, log_path),
           flush=True)
     lines = []
     start = time.monotonic()
-    with open(LOG, "w") as log:
-        log.write("# molecule test -s default (%s)\n" % engine)
+    with open(log_path, "w") as log:
+        log.write("# molecule test -s %s (%s)\n" % (scenario, engine))
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, universal_newlines=True, bufsize=1)
         try:
@@ -122,12 +137,15 @@ def test_molecule_default_scenario():
                 proc.kill()
             raise
     elapsed = time.monotonic() - start
-    print("molecule test -s default: exit %d after %.0fs" % (rc, elapsed), flush=True)
-    assert rc == 0, "molecule test -s default failed (exit %d after %.0fs); full log: %s\n%s" % (
-        rc, elapsed, LOG, "".join(lines[-150:]))
+    print("molecule test -s %s: exit %d after %.0fs" % (scenario, rc, elapsed), flush=True)
+    assert rc == 0, "molecule test -s %s failed (exit %d after %.0fs); full log: %s\n%s" % (
+        scenario, rc, elapsed, log_path, "".join(lines[-150:]))
     # Every step of the sequence ran (none was missing or skipped by accident).
     text = "".join(lines)
-    for step in ("create", "prepare", "converge", "idempotence", "verify", "side_effect",
-                 "destroy"):
+    for step in SCENARIOS[scenario]:
         assert "%s: Executed: Successful" % step in text, (
-            "step %s did not run successfully; full log: %s" % (step, LOG))
+            "step %s did not run successfully; full log: %s" % (step, log_path))
+    if scenario == "failover":
+        # The playbook's last word: every failover within its limit.
+        assert "failovers, all within their limits" in text, (
+            "failover_test.yml did not report its results; full log: %s" % log_path)
