@@ -49,8 +49,10 @@ class ApiConnection:
 
 
 class ApiServer:
-    def __init__(self, path, cluster, tunables, log_buffer=None, failover=None, events=None):
+    def __init__(self, path, cluster, tunables, log_buffer=None, failover=None, events=None,
+                 db=None):
         self.path = path
+        self.db = db  # the database layer (pyctdb.db.layer.Databases)
         self.events = events
         self.failover = failover
         self.cluster = cluster
@@ -71,6 +73,8 @@ class ApiServer:
             "event_status": self.cmd_event_status, "event_run": self.cmd_event_run,
             "event_script": self.cmd_event_script,
         }
+        from .db.api import commands as _db_commands  # databases: see db/api.py
+        self.commands.update(_db_commands(self))
         # `pyctdb -n PNN disable` etc.: the API of one node administers another
         cluster.control_handlers["admin"] = self._ctl_admin
         #: commands whose handler takes the connection (``conn=ApiConnection``)

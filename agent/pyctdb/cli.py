@@ -526,6 +526,8 @@ def _messaging_args(name, sp):
                              "was not reached)")
 
 
+from .db import cli as _db_cli  # noqa: E402  (database commands: db/cli.py)
+COMMANDS.update(_db_cli.COMMANDS)
 
 #: Commands that act on another node with -n PNN (CTDB's "remote" commands we have).
 REMOTE = {"disable", "enable", "stop", "continue", "ban", "unban", "addip", "delip"}
@@ -580,6 +582,7 @@ def build_parser():
             sp.add_argument("name")
             sp.add_argument("value")
         _messaging_args(name, sp)
+        _db_cli.add_arguments(name, sp)
     return p
 
 

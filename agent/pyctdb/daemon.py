@@ -73,8 +73,11 @@ async def _serve(config, me, tunables, socket_path, ring):
     monitor = Monitor(cluster, events, tunables)
     failover = Failover(cluster, config, tunables, events=events,
                         hosted_file=hosted_ips_path(socket_path))
+    from .db.layer import Databases
+    databases = Databases(cluster, config)
+    databases.open()
     api = ApiServer(socket_path, cluster, tunables, log_buffer=ring, failover=failover,
-                    events=events)
+                    events=events, db=databases)
     from .messaging import Messaging
     api.messaging = Messaging(cluster)
     stop = asyncio.Event()
@@ -115,6 +118,7 @@ async def _serve(config, me, tunables, socket_path, ring):
         log.error("shutdown event: %s", exc)
     await cluster.stop()
     await api.stop()
+    databases.close()
     log.warning("stopped")
     return 0
 

@@ -25,7 +25,7 @@ KNOWN_FLAGS = REC_DELETED | REC_MIGRATED_WITH_DATA
 UNKNOWN_PNN = 0xFFFFFFFF
 
 MAX_KEY = 511  # bytes: LMDB's key size limit
-MAX_VALUE = 1024 * 1024  # bytes
+MAX_VALUE = 512 * 1024  # bytes (base64 in an API request line of at most 1 MiB)
 MAX_NAME = 255
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 

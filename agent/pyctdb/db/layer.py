@@ -1,0 +1,695 @@
+"""The clustered databases of one node: attach, fetch-lock migration, persistent
+transactions, and the database part of a recovery (see docs/databases.md).
+
+Controls (docs/protocol.md): ``db_attach``, ``db_migrate`` (to the LMASTER of a key),
+``db_give`` (LMASTER to DMASTER), ``db_trans_commit`` (to the database's transaction
+coordinator), ``db_trans_apply`` (coordinator to every member), ``db_wipe``,
+``db_freeze``, ``db_pull``, ``db_push``, ``db_thaw`` (the leader in a recovery).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import secrets
+import time
+
+from .. import flags as F
+from ..cluster import ControlError
+from . import logic as L
+from .store import Store, StoreError
+
+log = logging.getLogger("pyctdb.db")
+
+CTL_TIMEOUT = 10.0
+PULL_BYTES = 1 << 20      # per db_pull / db_push frame (frames are limited to 4 MiB)
+GIVE_LOCK_WAIT = 1.0      # a DMASTER waits this long for a locked record, then says busy
+LEASE_SECONDS = 30.0      # a fetch-lock taken through the API is released after this
+
+
+class DbError(Exception):
+    """An error for the API: ``code`` (ENOENT, EINVAL, EAGAIN, EIO, ENOTCONN)."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Retry(Exception):
+    pass
+
+
+def b64(b: bytes) -> str:
+    return base64.b64encode(b).decode()
+
+
+def unb64(s) -> bytes:
+    if not isinstance(s, str):
+        raise ValueError("expected a base64 string")
+    return base64.b64decode(s.encode(), validate=True)
+
+
+def rec_to_wire(key, rec):
+    return [b64(key), rec.rsn, rec.dmaster, rec.flags, b64(rec.value)]
+
+
+def rec_from_wire(w):
+    key, rsn, dmaster, flags, value = w
+    return unb64(key), L.Record(int(rsn), int(dmaster), int(flags), unb64(value))
+
+
+class KeyLocks:
+    """asyncio locks by key, dropped when nobody holds or waits for them."""
+
+    def __init__(self):
+        self._locks = {}
+
+    async def acquire(self, k, timeout=None):
+        entry = self._locks.setdefault(k, [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            if timeout is None:
+                await entry[0].acquire()
+            else:
+                await asyncio.wait_for(entry[0].acquire(), timeout)
+        except BaseException:
+            self._unref(k, entry)
+            raise
+
+    def release(self, k):
+        entry = self._locks[k]
+        entry[0].release()
+        self._unref(k, entry)
+
+    def _unref(self, k, entry):
+        entry[1] -= 1
+        if entry[1] == 0:
+            self._locks.pop(k, None)
+
+    def locked(self, k):
+        e = self._locks.get(k)
+        return bool(e and e[0].locked())
+
+
+class Databases:
+    def __init__(self, cluster, config):
+        self.cluster = cluster
+        self.pnn = cluster.pnn
+        self.stores = {False: Store(config.volatile_db_dir, False),
+                       True: Store(config.persistent_db_dir, True)}
+        self.frozen = False
+        self.epoch = 0
+        self._freeze_gen = None
+        self._thawed = asyncio.Event()
+        self._thawed.set()
+        self._client_locks = KeyLocks()   # held by a client (or a migration it waits for)
+        self._lmaster_locks = KeyLocks()  # serialises migrations at the LMASTER
+        self._commit_locks = KeyLocks()   # serialises transactions at the coordinator
+        self._leases = {}                 # handle -> (name, key, epoch, timer)
+        self._staged = {}                 # name -> records pushed so far in a recovery
+        self._inactive_wiped = False
+        self.last_recovery = None
+        cluster.control_handlers.update({
+            "db_attach": self._ctl_attach, "db_migrate": self._ctl_migrate,
+            "db_give": self._ctl_give, "db_trans_commit": self._ctl_trans_commit,
+            "db_trans_apply": self._ctl_trans_apply, "db_wipe": self._ctl_wipe,
+            "db_freeze": self._ctl_freeze, "db_pull": self._ctl_pull,
+            "db_push": self._ctl_push, "db_thaw": self._ctl_thaw,
+        })
+        cluster.recovery_hooks.append(self._recovery)
+        cluster.recovered_hooks.append(self._recovered)
+        cluster.cycle_hooks.append(self._on_cycle)
+
+    def open(self):
+        self.stores[False].open(wipe=True)
+        self.stores[True].open()
+        for st in self.stores.values():
+            if st.env is not None:
+                log.info("%s databases in %s: %s", st.kind, st.path,
+                         ", ".join(sorted(st.meta)) or "none")
+
+    def close(self):
+        for st in self.stores.values():
+            st.close()
+
+    # -- lookups -------------------------------------------------------------------------
+    def find(self, name):
+        """(store, meta) of database ``name``; DbError ENOENT if not attached."""
+        if not isinstance(name, str):
+            raise DbError("EINVAL", "db must be a database name")
+        for st in self.stores.values():
+            if name in st.meta:
+                return st, st.meta[name]
+        broken = [st.error for st in self.stores.values() if st.error]
+        if broken:  # it may be in the environment this node cannot open
+            raise DbError("EIO", f"database {name!r} not available on node {self.pnn}: "
+                          + "; ".join(broken))
+        raise DbError("ENOENT", f"no database {name!r} is attached (see getdbmap)")
+
+    def usable(self, name):
+        st, meta = self.find(name)
+        try:
+            st.usable(name)
+        except StoreError as exc:
+            raise DbError("EIO", str(exc)) from None
+        return st, meta
+
+    def dbmap(self):
+        out = []
+        for st in self.stores.values():
+            for name, meta in st.meta.items():
+                out.append({"db_id": meta["db_id"], "name": name,
+                            "path": f"{st.path}#{name}", "persistent": st.persistent,
+                            "seqnum": meta["seqnum"], "unhealthy": name in st.damaged,
+                            "reason": st.damaged.get(name)})
+        problems = [st.error for st in self.stores.values() if st.error]
+        return sorted(out, key=lambda d: d["name"]), problems
+
+    async def ensure(self, name, persistent, db_id=None):
+        """Create database ``name`` here if it is not attached (idempotent)."""
+        L.check_name(name)
+        want = L.db_id(name)
+        if db_id is not None and db_id != want:
+            raise ValueError(f"db_id 0x{db_id:08x} is not the id of {name!r}")
+        for st in self.stores.values():
+            if name in st.meta:
+                if st.persistent != bool(persistent):
+                    raise ValueError(f"database {name} is attached as "
+                                     f"{'persistent' if st.persistent else 'volatile'}")
+                return st.meta[name]
+            for other, meta in st.meta.items():
+                if meta["db_id"] == want:
+                    raise ValueError(f"db_id 0x{want:08x} of {name!r} collides with {other!r}")
+        st = self.stores[bool(persistent)]
+        if st.env is None:
+            raise RuntimeError(st.error)
+        meta = await st.create(name, want)
+        log.warning("attached %s database %s (db_id 0x%08x)", st.kind, name, want)
+        return meta
+
+    # -- readiness -------------------------------------------------------------------------
+    async def ready(self, timeout=10.0):
+        """Wait until this node may serve database requests: joined and not frozen."""
+        c = self.cluster
+        if not F.is_active(c.my_flags):
+            raise DbError("ENOTCONN", f"node {self.pnn} is inactive ({F.pretty(c.my_flags)}): "
+                          "it serves no database requests")
+        deadline = time.monotonic() + timeout
+        while self.frozen or not c.is_joined() or not c.vnnmap:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DbError("EAGAIN", "the cluster is in recovery (databases frozen) or "
+                              "this node has not joined: try again")
+            try:
+                await asyncio.wait_for(self._thawed.wait(), min(left, 0.05))
+            except asyncio.TimeoutError:
+                pass
+            if self.frozen:
+                await asyncio.sleep(0.01)
+
+    def _not_frozen(self):
+        if self.frozen:
+            raise RuntimeError("databases frozen: recovery in progress")
+
+    def _check_epoch(self, epoch):
+        def check():
+            if self.epoch != epoch:
+                raise Retry("a recovery started")
+        return check
+
+    # -- fetch-lock and migration ----------------------------------------------------------
+    async def lock(self, name, key, timeout=15.0):
+        """Take the record ``key`` of volatile database ``name`` on this node: wait for
+        the local lock, then migrate the record here unless this node is its DMASTER.
+        Returns ``(record, epoch)``; the caller must call :meth:`unlock`."""
+        await self.ready(timeout)
+        st, _meta = self.usable(name)
+        L.check_key(key)
+        if st.persistent:
+            raise DbError("EINVAL", f"{name} is a persistent database: use pfetch/pstore "
+                          "or a transaction")
+        try:
+            await self._client_locks.acquire((name, key), timeout)
+        except asyncio.TimeoutError:
+            raise DbError("EAGAIN", f"record {key!r} of {name} is locked") from None
+        try:
+            rec, epoch = await self._acquire(st, name, key, time.monotonic() + timeout)
+        except BaseException:
+            self._client_locks.release((name, key))
+            raise
+        return rec, epoch
+
+    def unlock(self, name, key):
+        self._client_locks.release((name, key))
+
+    async def _acquire(self, st, name, key, deadline):
+        delay = 0.01
+        while True:
+            await self.ready(max(0.1, deadline - time.monotonic()))
+            epoch = self.epoch
+            rec = st.get(name, key)
+            if rec is not None and rec.dmaster == self.pnn:
+                return rec, epoch
+            lm = L.lmaster(key, self.cluster.vnnmap)
+            try:
+                if lm == self.pnn:
+                    got = await self._lmaster_migrate(st, name, key, self.pnn, self_locked=True)
+                else:
+                    w = await self.cluster.control(lm, "db_migrate", {
+                        "db": name, "key": b64(key), "to": self.pnn}, timeout=CTL_TIMEOUT)
+                    got = rec_from_wire(w)[1]
+                cur = st.get(name, key)
+                if cur is not None and cur.rsn > got.rsn:
+                    got = cur.replace(rsn=cur.rsn)  # our copy is newer: keep its data
+                got = got.replace(dmaster=self.pnn)
+                await st.store(name, key, got, check=self._check_epoch(epoch))
+                return got, epoch
+            except (ControlError, Retry, RuntimeError, asyncio.TimeoutError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise DbError("EAGAIN", f"cannot migrate record {key!r} of {name} to "
+                                  f"node {self.pnn}: {exc}") from None
+                log.debug("migration of %r in %s: %s (retrying)", key, name, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.2)
+
+    async def _lmaster_migrate(self, st, name, key, to, self_locked=False):
+        """At the LMASTER: move record ``key`` to node ``to``; returns the record."""
+        self._not_frozen()
+        epoch = self.epoch
+        await self._lmaster_locks.acquire((name, key), CTL_TIMEOUT)
+        try:
+            rec = st.get(name, key)
+            dm = rec.dmaster if rec is not None else self.pnn
+            if dm in (self.pnn, to) or dm not in self.cluster.vnnmap and dm not in \
+                    self.cluster.members:
+                # This node is the DMASTER (or nobody is, or the requester already is):
+                # hand over this node's copy.
+                if rec is None:
+                    rec = L.Record(0, self.pnn, L.REC_DELETED, b"")
+                own = dm == self.pnn and not (self_locked and to == self.pnn)
+                if own:
+                    try:
+                        await self._client_locks.acquire((name, key), GIVE_LOCK_WAIT)
+                    except asyncio.TimeoutError:
+                        raise RuntimeError("record is locked on its dmaster") from None
+                try:
+                    rec = rec.replace(rsn=rec.rsn + 1, dmaster=to,
+                                      flags=rec.flags | L.REC_MIGRATED_WITH_DATA)
+                    await st.store(name, key, rec, check=self._check_epoch(epoch))
+                finally:
+                    if own:
+                        self._client_locks.release((name, key))
+                return rec
+            w = await self.cluster.control(dm, "db_give", {"db": name, "key": b64(key),
+                                                           "to": to}, timeout=CTL_TIMEOUT)
+            rec = rec_from_wire(w)[1]
+            await st.store(name, key, rec, check=self._check_epoch(epoch))
+            return rec
+        finally:
+            self._lmaster_locks.release((name, key))
+
+    async def _ctl_migrate(self, src, args):
+        self._not_frozen()
+        name, key, to = args["db"], unb64(args["key"]), int(args["to"])
+        st, _ = self.usable_ctl(name)
+        if L.lmaster(key, self.cluster.vnnmap) != self.pnn:
+            raise RuntimeError("not the lmaster of this key (vnn map changed)")
+        rec = await self._lmaster_migrate(st, name, key, to)
+        return rec_to_wire(key, rec)
+
+    async def _ctl_give(self, src, args):
+        self._not_frozen()
+        name, key, to = args["db"], unb64(args["key"]), int(args["to"])
+        st, _ = self.usable_ctl(name)
+        epoch = self.epoch
+        try:
+            await self._client_locks.acquire((name, key), GIVE_LOCK_WAIT)
+        except asyncio.TimeoutError:
+            raise RuntimeError("record is locked on its dmaster") from None
+        try:
+            rec = st.get(name, key)
+            if rec is None or rec.dmaster != self.pnn:
+                raise RuntimeError(f"node {self.pnn} is not the dmaster")
+            rec = rec.replace(rsn=rec.rsn + 1, dmaster=to,
+                              flags=rec.flags | L.REC_MIGRATED_WITH_DATA)
+            await st.store(name, key, rec, check=self._check_epoch(epoch))
+            return rec_to_wire(key, rec)
+        finally:
+            self._client_locks.release((name, key))
+
+    def usable_ctl(self, name):
+        try:
+            return self.usable(name)
+        except DbError as exc:
+            raise RuntimeError(exc.message) from None
+
+    async def store_locked(self, name, key, epoch, value):
+        """Store (``value`` bytes) or delete (``value`` None) a record this node holds
+        locked (after :meth:`lock`); the RSN goes up."""
+        st, _ = self.usable(name)
+        if value is not None:
+            L.check_value(value)
+        rec = st.get(name, key)
+        if rec is None or rec.dmaster != self.pnn or self.epoch != epoch:
+            raise DbError("EAGAIN", "a recovery took the record away: fetch it again")
+        new = L.Record(rec.rsn + 1, self.pnn,
+                       L.REC_DELETED if value is None else 0, value or b"")
+        try:
+            await st.store(name, key, new, check=self._check_epoch(epoch))
+        except Retry:
+            raise DbError("EAGAIN", "a recovery took the record away: fetch it again") \
+                from None
+        return new
+
+    # -- leases: fetch-lock through the API ---------------------------------------------
+    async def lease(self, name, key, seconds=LEASE_SECONDS):
+        rec, epoch = await self.lock(name, key)
+        handle = secrets.token_hex(8)
+        timer = asyncio.get_running_loop().call_later(seconds, self._expire, handle)
+        self._leases[handle] = (name, key, epoch, timer)
+        return handle, rec
+
+    def _expire(self, handle):
+        entry = self._leases.pop(handle, None)
+        if entry:
+            log.warning("fetch-lock of %r in %s not released within its lease: released",
+                        entry[1], entry[0])
+            self.unlock(entry[0], entry[1])
+
+    async def release(self, handle, store=False, value=None):
+        entry = self._leases.pop(handle, None) if isinstance(handle, str) else None
+        if entry is None:
+            raise DbError("ENOENT", "no such lock handle (released, or its lease expired)")
+        name, key, epoch, timer = entry
+        timer.cancel()
+        try:
+            if store:
+                return await self.store_locked(name, key, epoch, value)
+            return None
+        finally:
+            self.unlock(name, key)
+
+    # -- persistent transactions -----------------------------------------------------------
+    def coordinator(self, name):
+        vm = self.cluster.vnnmap
+        if not vm:
+            raise DbError("EAGAIN", "no vnn map yet")
+        return vm[L.db_id(name) % len(vm)]
+
+    async def commit(self, name, writes, timeout=15.0):
+        """Commit ``writes`` ([(key, value or None)]) to persistent database ``name`` on
+        every active node. Returns the new sequence number."""
+        await self.ready(timeout)
+        st, meta = self.usable(name)
+        if not st.persistent:
+            raise DbError("EINVAL", f"{name} is a volatile database: transactions are for "
+                          "persistent databases")
+        for k, v in writes:
+            L.check_key(k)
+            if v is not None:
+                L.check_value(v)
+        wire = [[b64(k), None if v is None else b64(v)] for k, v in writes]
+        deadline = time.monotonic() + timeout
+        delay = 0.02
+        while True:
+            try:
+                res = await self.cluster.control(self.coordinator(name), "db_trans_commit",
+                                                 {"db": name, "writes": wire},
+                                                 timeout=CTL_TIMEOUT)
+                return res["seqnum"]
+            except ControlError as exc:
+                retry = "frozen" in exc.message or "not connected" in exc.message \
+                    or "timed out" in exc.message
+                if not retry or time.monotonic() + delay > deadline:
+                    raise DbError("EAGAIN" if retry else "EIO",
+                                  f"transaction on {name} failed: {exc}") from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.3)
+                await self.ready(max(0.1, deadline - time.monotonic()))
+
+    async def _ctl_trans_commit(self, src, args):
+        self._not_frozen()
+        name = args["db"]
+        st, meta = self.usable_ctl(name)
+        await self._commit_locks.acquire(name, CTL_TIMEOUT)
+        try:
+            self._not_frozen()
+            seqnum = st.meta[name]["seqnum"] + 1
+            recs = []
+            for k, v in args["writes"]:
+                key = unb64(k)
+                old = st.get(name, key)
+                rsn = (old.rsn if old else 0) + 1
+                recs.append(rec_to_wire(key, L.Record(
+                    rsn, self.pnn, L.REC_DELETED if v is None else 0,
+                    b"" if v is None else unb64(v))))
+            members = list(self.cluster.members)
+            if self.pnn not in members:
+                raise RuntimeError("the coordinator is not a member of the generation")
+            res = await asyncio.gather(*(self.cluster.control(
+                m, "db_trans_apply", {"db": name, "db_id": meta["db_id"], "seqnum": seqnum,
+                                      "records": recs}, timeout=CTL_TIMEOUT)
+                for m in members), return_exceptions=True)
+            failed = {m: str(r) for m, r in zip(members, res) if isinstance(r, Exception)}
+            if failed:
+                log.error("transaction on %s (seqnum %d) not applied on %s: a recovery "
+                          "decides (the highest sequence number wins)", name, seqnum, failed)
+                raise RuntimeError(f"not applied on nodes {sorted(failed)}: {failed}")
+            return {"seqnum": seqnum, "nodes": members}
+        finally:
+            self._commit_locks.release(name)
+
+    async def _ctl_trans_apply(self, src, args):
+        self._not_frozen()
+        name = args["db"]
+        st = self.stores[True]
+        if st.env is None or name in st.damaged:
+            # this node serves no copy of it; the next recovery gives it a healthy one
+            return {"skipped": st.error or st.damaged[name]}
+        await self.ensure(name, True, args.get("db_id"))
+        recs = [rec_from_wire(w) for w in args["records"]]
+        await st.apply(name, recs, seqnum=int(args["seqnum"]),
+                       check=self._check_epoch(self.epoch))
+        return {}
+
+    # -- wipedb ------------------------------------------------------------------------------
+    async def wipe(self, name):
+        await self.ready()
+        self.usable(name)
+        members = list(self.cluster.members)
+        res = await asyncio.gather(*(self.cluster.control(m, "db_wipe", {"db": name},
+                                                          timeout=CTL_TIMEOUT)
+                                     for m in members), return_exceptions=True)
+        failed = {m: str(r) for m, r in zip(members, res) if isinstance(r, Exception)}
+        if failed:
+            raise DbError("EIO", f"wipedb {name} failed on {failed}")
+        return members
+
+    async def _ctl_wipe(self, src, args):
+        self._not_frozen()
+        name = args["db"]
+        st, meta = self.usable_ctl(name)
+        # persistent: the sequence number goes up, so a recovery keeps the wiped copy
+        await st.apply(name, [], replace=True,
+                       seqnum=meta["seqnum"] + 1 if st.persistent else None)
+        log.warning("database %s wiped (asked by node %d)", name, src)
+        return {}
+
+    async def _ctl_attach(self, src, args):
+        meta = await self.ensure(args["name"], bool(args.get("persistent")))
+        return {"name": args["name"], **meta}
+
+    async def attach(self, name, persistent):
+        try:
+            L.check_name(name)
+        except ValueError as exc:
+            raise DbError("EINVAL", str(exc)) from None
+        try:
+            meta = await self.ensure(name, persistent)
+        except ValueError as exc:
+            raise DbError("EINVAL", str(exc)) from None
+        except RuntimeError as exc:
+            raise DbError("EIO", str(exc)) from None
+        others = [m for m in self.cluster.members if m != self.pnn]
+        res = await asyncio.gather(*(self.cluster.control(
+            m, "db_attach", {"name": name, "persistent": bool(persistent)},
+            timeout=CTL_TIMEOUT) for m in others), return_exceptions=True)
+        failed = {m: str(r) for m, r in zip(others, res) if isinstance(r, Exception)}
+        if failed:
+            log.error("attach %s: not attached on %s (the next recovery creates it)",
+                      name, failed)
+        return {"name": name, "db_id": meta["db_id"], "persistent": bool(persistent),
+                "failed": failed}
+
+    # -- recovery: node side ---------------------------------------------------------------
+    async def _ctl_freeze(self, src, args):
+        if not self.frozen:
+            self.frozen = True
+            self._thawed.clear()
+            self._freeze_gen = self.cluster.generation
+        self.epoch += 1
+        for st in self.stores.values():  # barrier: writes queued before the freeze are done
+            if st.env is not None:
+                await st.run(lambda txn: None)
+        dbs, problems = self.dbmap()
+        return {"dbs": [{k: d[k] for k in ("name", "db_id", "persistent", "seqnum",
+                                           "unhealthy")} for d in dbs],
+                "unavailable": [st.persistent for st in self.stores.values()
+                                if st.env is None]}
+
+    async def _ctl_pull(self, src, args):
+        name = args["db"]
+        st, _ = self.usable_ctl(name)
+        after = unb64(args["after"]) if args.get("after") else None
+        recs, more = st.page(name, after, PULL_BYTES)
+        last = b64(recs[-1][0]) if recs else None
+        if args.get("dmaster_only"):  # a traverse: the live records this node masters
+            recs = [(k, r) for k, r in recs if r.dmaster == self.pnn and not r.deleted]
+        return {"records": [rec_to_wire(k, r) for k, r in recs], "more": more, "last": last,
+                "seqnum": st.meta[name]["seqnum"]}
+
+    async def _ctl_push(self, src, args):
+        name, persistent = args["db"], bool(args["persistent"])
+        st = self.stores[persistent]
+        if st.env is None:
+            return {"skipped": st.error}
+        if args.get("first"):
+            await self.ensure(name, persistent, args.get("db_id"))
+            self._staged[name] = []
+        staged = self._staged.setdefault(name, [])
+        staged.extend(rec_from_wire(w) for w in args["records"])
+        if args.get("last"):
+            recs = self._staged.pop(name, [])
+            await st.apply(name, recs, seqnum=args.get("seqnum"), replace=True)
+            return {"records": len(recs)}
+        return {}
+
+    async def _ctl_thaw(self, src, args):
+        self._thaw()
+        return {}
+
+    def _thaw(self):
+        if self.frozen:
+            self.frozen = False
+            self._staged.clear()
+            self._thawed.set()
+
+    def _on_cycle(self, now):
+        c = self.cluster
+        if self.frozen and c.recmode == 0 and c.generation is not None \
+                and c.generation != self._freeze_gen and not c.am_leader:
+            self._thaw()
+        # An inactive node's volatile copies are stale (the cluster went on without it):
+        # drop them, so they can never come back in a later recovery.
+        if not F.is_active(c.my_flags):
+            if not self._inactive_wiped:
+                self._inactive_wiped = True
+                asyncio.ensure_future(self._wipe_volatile())
+        else:
+            self._inactive_wiped = False
+
+    async def _wipe_volatile(self):
+        st = self.stores[False]
+        for name in list(st.meta):
+            try:
+                await st.wipe(name)
+            except Exception as exc:
+                log.error("cannot wipe volatile database %s: %s", name, exc)
+        if st.meta:
+            log.warning("node %d is inactive: its volatile databases were emptied", self.pnn)
+
+    # -- recovery: the leader ----------------------------------------------------------------
+    async def _recovery(self, cluster, members):
+        t0 = time.monotonic()
+        infos = await asyncio.gather(*(cluster.control(m, "db_freeze", {}, timeout=CTL_TIMEOUT)
+                                       for m in members))
+        dbs = {}
+        for m, info in zip(members, infos):
+            for d in info["dbs"]:
+                e = dbs.setdefault(d["name"], {"db_id": d["db_id"],
+                                               "persistent": d["persistent"], "nodes": {}})
+                if d["persistent"] != e["persistent"]:
+                    log.error("recovery: database %s is persistent on some nodes and "
+                              "volatile on others: node %d's copy ignored", d["name"], m)
+                    continue
+                if not d["unhealthy"]:
+                    e["nodes"][m] = d["seqnum"]
+        total = 0
+        for name, e in sorted(dbs.items()):
+            if e["persistent"]:
+                src = L.pick_persistent(e["nodes"])
+                if src is None:
+                    log.error("recovery: no healthy copy of persistent database %s on any "
+                              "member: left as it is", name)
+                    continue
+                records = dict(await self._pull(src, name))
+                seqnum = e["nodes"][src]
+            else:
+                copies = await asyncio.gather(*(self._pull(m, name) for m in e["nodes"]))
+                records = L.merge_volatile(
+                    [(m, dict(c)) for m, c in zip(e["nodes"], copies)], self.pnn)
+                seqnum = None
+            total += len(records)
+            await asyncio.gather(*(self._push(m, name, e, records, seqnum) for m in members))
+        self.last_recovery = {"time": time.time(), "databases": len(dbs), "records": total,
+                              "duration_ms": (time.monotonic() - t0) * 1000,
+                              "members": list(members)}
+        log.warning("recovery: %d databases, %d records merged and pushed to %s in %.1f ms",
+                    len(dbs), total, members, self.last_recovery["duration_ms"])
+
+    async def _pull(self, pnn, name, dmaster_only=False):
+        out, after = [], None
+        while True:
+            res = await self.cluster.control(pnn, "db_pull", {
+                "db": name, "after": after, "dmaster_only": dmaster_only},
+                timeout=CTL_TIMEOUT)
+            out.extend(rec_from_wire(w) for w in res["records"])
+            if not res["more"] or not res["last"]:
+                return out
+            after = res["last"]
+
+    async def traverse(self, name):
+        """Every live record of database ``name`` in the cluster: for a volatile one, the
+        copy of each record's DMASTER (asked of every member, as CTDB's traverse); for a
+        persistent one, this node's replica. A list of (key, Record), sorted by key."""
+        await self.ready()
+        st, _ = self.usable(name)
+        if st.persistent:
+            return [(k, r) for k, r in st.items(name) if not r.deleted]
+        members = list(self.cluster.members)
+        try:
+            parts = await asyncio.gather(*(self._pull(m, name, dmaster_only=True)
+                                           for m in members))
+        except ControlError as exc:
+            raise DbError("EAGAIN", f"traverse of {name} failed: {exc}") from None
+        best = {}
+        for part in parts:
+            for k, r in part:
+                if k not in best or r.rsn > best[k].rsn:
+                    best[k] = r
+        return sorted(best.items())
+
+    async def _push(self, pnn, name, e, records, seqnum):
+        items = list(records.items())
+        chunk, size, first = [], 0, True
+        i = 0
+        while True:
+            while i < len(items) and (not chunk or size < PULL_BYTES):
+                k, r = items[i]
+                chunk.append(rec_to_wire(k, r))
+                size += len(k) + len(r.value) + 64
+                i += 1
+            last = i >= len(items)
+            await self.cluster.control(pnn, "db_push", {
+                "db": name, "db_id": e["db_id"], "persistent": e["persistent"],
+                "records": chunk, "first": first, "last": last, "seqnum": seqnum},
+                timeout=CTL_TIMEOUT)
+            if last:
+                return
+            chunk, size, first = [], 0, False
+
+    async def _recovered(self, cluster, members):
+        await asyncio.gather(*(cluster.control(m, "db_thaw", {}, timeout=CTL_TIMEOUT)
+                               for m in members), return_exceptions=True)
