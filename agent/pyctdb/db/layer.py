@@ -110,6 +110,9 @@ class Databases:
         self._leases = {}                 # handle -> (name, key, epoch, timer)
         self._staged = {}                 # name -> records pushed so far in a recovery
         self._inactive_wiped = False
+        #: the members of the generation as the leader said at the last thaw (a follower
+        #: may adopt the new generation from the leader's STATE a little later)
+        self._members = None
         self.last_recovery = None
         cluster.control_handlers.update({
             "db_attach": self._ctl_attach, "db_migrate": self._ctl_migrate,
@@ -208,6 +211,9 @@ class Databases:
                 pass
             if self.frozen:
                 await asyncio.sleep(0.01)
+
+    def members(self):
+        return list(self._members if self._members is not None else self.cluster.members)
 
     def _not_frozen(self):
         if self.frozen:
@@ -445,7 +451,7 @@ class Databases:
                 recs.append(rec_to_wire(key, L.Record(
                     rsn, self.pnn, L.REC_DELETED if v is None else 0,
                     b"" if v is None else unb64(v))))
-            members = list(self.cluster.members)
+            members = self.members()
             if self.pnn not in members:
                 raise RuntimeError("the coordinator is not a member of the generation")
             res = await asyncio.gather(*(self.cluster.control(
@@ -478,7 +484,7 @@ class Databases:
     async def wipe(self, name):
         await self.ready()
         self.usable(name)
-        members = list(self.cluster.members)
+        members = self.members()
         res = await asyncio.gather(*(self.cluster.control(m, "db_wipe", {"db": name},
                                                           timeout=CTL_TIMEOUT)
                                      for m in members), return_exceptions=True)
@@ -512,7 +518,7 @@ class Databases:
             raise DbError("EINVAL", str(exc)) from None
         except RuntimeError as exc:
             raise DbError("EIO", str(exc)) from None
-        others = [m for m in self.cluster.members if m != self.pnn]
+        others = [m for m in self.members() if m != self.pnn]
         res = await asyncio.gather(*(self.cluster.control(
             m, "db_attach", {"name": name, "persistent": bool(persistent)},
             timeout=CTL_TIMEOUT) for m in others), return_exceptions=True)
@@ -530,9 +536,8 @@ class Databases:
             self._thawed.clear()
             self._freeze_gen = self.cluster.generation
         self.epoch += 1
-        for st in self.stores.values():  # barrier: writes queued before the freeze are done
-            if st.env is not None:
-                await st.run(lambda txn: None)
+        for st in self.stores.values():  # writes queued before the freeze are done
+            await st.barrier()
         dbs, problems = self.dbmap()
         return {"dbs": [{k: d[k] for k in ("name", "db_id", "persistent", "seqnum",
                                            "unhealthy")} for d in dbs],
@@ -556,7 +561,11 @@ class Databases:
         if st.env is None:
             return {"skipped": st.error}
         if args.get("first"):
-            await self.ensure(name, persistent, args.get("db_id"))
+            try:
+                await self.ensure(name, persistent, args.get("db_id"))
+            except ValueError as exc:  # e.g. attached here as the other kind: keep ours
+                log.error("recovery: database %s not taken from the leader: %s", name, exc)
+                return {"skipped": str(exc)}
             self._staged[name] = []
         staged = self._staged.setdefault(name, [])
         staged.extend(rec_from_wire(w) for w in args["records"])
@@ -567,10 +576,11 @@ class Databases:
         return {}
 
     async def _ctl_thaw(self, src, args):
-        self._thaw()
+        self._thaw(args.get("members"))
         return {}
 
-    def _thaw(self):
+    def _thaw(self, members=None):
+        self._members = list(members) if members is not None else None
         if self.frozen:
             self.frozen = False
             self._staged.clear()
@@ -581,6 +591,8 @@ class Databases:
         if self.frozen and c.recmode == 0 and c.generation is not None \
                 and c.generation != self._freeze_gen and not c.am_leader:
             self._thaw()
+        if self._members is not None and c.members == self._members:
+            self._members = None  # the cluster layer has caught up
         # An inactive node's volatile copies are stale (the cluster went on without it):
         # drop them, so they can never come back in a later recovery.
         if not F.is_active(c.my_flags):
@@ -658,7 +670,7 @@ class Databases:
         st, _ = self.usable(name)
         if st.persistent:
             return [(k, r) for k, r in st.items(name) if not r.deleted]
-        members = list(self.cluster.members)
+        members = self.members()
         try:
             parts = await asyncio.gather(*(self._pull(m, name, dmaster_only=True)
                                            for m in members))
@@ -691,5 +703,6 @@ class Databases:
             chunk, size, first = [], 0, False
 
     async def _recovered(self, cluster, members):
-        await asyncio.gather(*(cluster.control(m, "db_thaw", {}, timeout=CTL_TIMEOUT)
+        await asyncio.gather(*(cluster.control(m, "db_thaw", {"members": list(members)},
+                                               timeout=CTL_TIMEOUT)
                                for m in members), return_exceptions=True)

@@ -47,6 +47,7 @@ class Store:
         self.meta = {}              # name -> {"db_id", "persistent", "seqnum"}
         self._handles = {}
         self._dbmap = None
+        self.pending = 0  # writes queued or running in the worker
         self._exec = ThreadPoolExecutor(1, thread_name_prefix=f"lmdb-{self.kind}")
 
     # -- opening ---------------------------------------------------------------------
@@ -152,7 +153,16 @@ class Store:
         def job():
             with self.env.begin(write=True) as txn:
                 return fn(txn, *args)
-        return await loop.run_in_executor(self._exec, job)
+        self.pending += 1
+        try:
+            return await loop.run_in_executor(self._exec, job)
+        finally:
+            self.pending -= 1
+
+    async def barrier(self):
+        """Wait until every write queued so far is done."""
+        if self.pending and self.env is not None:
+            await asyncio.get_running_loop().run_in_executor(self._exec, lambda: None)
 
     def put_meta(self, txn, name, meta):
         txn.put(name.encode(), json.dumps(meta).encode(), db=self._dbmap)
