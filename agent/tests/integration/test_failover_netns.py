@@ -182,10 +182,19 @@ def test_disable_moves_addresses_never_on_two_hosts(lab_cluster):
     stop = threading.Event()
 
     def watch():
+        # Hosts are read one after another, so one sweep can see an address on host A
+        # (read before A released it) and on host B (read after B took it). A double is
+        # real only if A still has it in a second sweep, read after B had it.
         while not stop.is_set():
-            for a, hs in hosts_of(lab).items():
-                if a.startswith(lab.public_address(0).rsplit(".", 1)[0]) and len(hs) > 1:
-                    seen_double.append((a, hs))
+            first = hosts_of(lab)
+            doubles = {a: hs for a, hs in first.items()
+                       if a.startswith(lab.public_address(0).rsplit(".", 1)[0])
+                       and len(hs) > 1}
+            if doubles:
+                second = hosts_of(lab)
+                for a, hs in doubles.items():
+                    if any(h in second.get(a, []) for h in hs[:-1]):
+                        seen_double.append((a, hs, second.get(a)))
             time.sleep(0.005)
     t = threading.Thread(target=watch)
     t.start()
