@@ -75,6 +75,8 @@ class ApiServer:
         }
         from .db.api import commands as _db_commands  # databases: see db/api.py
         self.commands.update(_db_commands(self))
+        from .db.registry_api import commands as _conf_commands  # registry: pyctdb conf
+        self.commands.update(_conf_commands(self))
         # `pyctdb -n PNN disable` etc.: the API of one node administers another
         cluster.control_handlers["admin"] = self._ctl_admin
         #: commands whose handler takes the connection (``conn=ApiConnection``)

@@ -528,6 +528,8 @@ def _messaging_args(name, sp):
 
 from .db import cli as _db_cli  # noqa: E402  (database commands: db/cli.py)
 COMMANDS.update(_db_cli.COMMANDS)
+from .db import registry_cli as _conf_cli  # noqa: E402  (pyctdb conf: db/registry_cli.py)
+COMMANDS.update(_conf_cli.COMMANDS)
 
 #: Commands that act on another node with -n PNN (CTDB's "remote" commands we have).
 REMOTE = {"disable", "enable", "stop", "continue", "ban", "unban", "addip", "delip"}
@@ -583,6 +585,7 @@ def build_parser():
             sp.add_argument("value")
         _messaging_args(name, sp)
         _db_cli.add_arguments(name, sp)
+        _conf_cli.add_arguments(name, sp)
     return p
 
 

@@ -76,6 +76,8 @@ async def _serve(config, me, tunables, socket_path, ring):
     from .db.layer import Databases
     databases = Databases(cluster, config)
     databases.open()
+    from .db.registry_api import TunablesWatcher  # [pyctdb:tunables] of the registry
+    TunablesWatcher(databases, tunables, cluster)
     api = ApiServer(socket_path, cluster, tunables, log_buffer=ring, failover=failover,
                     events=events, db=databases)
     from .messaging import Messaging
