@@ -18,6 +18,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import base64
 import configparser
 import errno
 import itertools
@@ -217,6 +218,42 @@ class Client:
         if action == "ban":
             args["seconds"] = seconds
         return self.call(action, **args)
+
+    # -- databases (docs/databases.md) -------------------------------------------------
+    def database(self, name):
+        """The ``getdbmap`` entry of database ``name`` on this node, or None."""
+        dbs = (self.call("getdbmap") or {}).get("dbs") or []
+        return next((d for d in dbs if d.get("name") == name), None)
+
+    def attach(self, name, persistent=False):
+        return self.call("attach", db_name=name, persistent=bool(persistent))
+
+    def pfetch(self, name, key):
+        """The value (bytes) of ``key`` (bytes) in persistent database ``name``, or None."""
+        res = self.call("pfetch", db_name=name, key=_b64(key))
+        return base64.b64decode(res["value"]) if res.get("exists") else None
+
+    def ptrans(self, name, writes):
+        """One transaction on persistent database ``name``: ``writes`` is
+        ``[(key bytes, value bytes or None to delete)]``."""
+        return self.call("ptrans", db_name=name, writes=[
+            [_b64(k), None if v is None else _b64(v)] for k, v in writes])
+
+    # -- the cluster registry (docs/databases.md, "Cluster registry") -------------------
+    def conf_update(self, section, set_params=None, delete=None, exclusive=False,
+                    delete_section=False, check=False):
+        """Change one registry section in one transaction (``check``: only compute);
+        returns ``{changed, before, after, seqnum}`` (sections with their ``text``)."""
+        return self.call("conf_update", section=section, set=set_params, delete=delete,
+                         exclusive=bool(exclusive), delete_section=bool(delete_section),
+                         check=bool(check))
+
+    def conf_list(self):
+        return self.call("conf_list")
+
+
+def _b64(b):
+    return base64.b64encode(b).decode("ascii")
 
 
 def agent_argument_spec():

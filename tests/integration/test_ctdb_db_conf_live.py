@@ -1,0 +1,117 @@
+"""ctdb_conf and ctdb_db against three real pyctdbd agents, run as Ansible runs them:
+check mode changes nothing, a second run is unchanged, diff shown, bad input fails with
+nothing changed."""
+
+import os
+import sys
+
+import pytest
+
+AGENT = os.path.join(os.path.dirname(__file__), "..", "..", "agent")
+if not any(os.path.exists(os.path.join(d, "pyctdb", "testing")) for d in sys.path if d):
+    sys.path.insert(0, AGENT)  # the agent is not installed into this Python: the checkout
+LocalCluster = pytest.importorskip("pyctdb.testing.localcluster").LocalCluster
+
+from test_ctdb_ip_node_live import mod  # noqa: E402  (runs a module against node PNN)
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    with LocalCluster(3, base_dir=tmp_path_factory.mktemp("dbconf")) as c:
+        c.start()
+        c.wait_healthy(30)
+        yield c
+
+
+def conf(c, pnn):
+    return c.call(pnn, "conf_list")["text"]
+
+
+def test_ctdb_conf(local, helpers):
+    c = local
+    a = {"section": "Data", "params": {"path": "/srv/data", "read only": False}}
+    rc, r = mod(helpers, c, 0, "ctdb_conf", a, check=True, diff=True)
+    assert rc == 0 and r["changed"] is True, r
+    assert r["diff"]["before"] == ""
+    assert r["diff"]["after"] == "[data]\n\tpath = /srv/data\n\tread only = no\n"
+    assert conf(c, 1) == ""  # check mode changed nothing
+    rc, r = mod(helpers, c, 0, "ctdb_conf", a, diff=True)
+    assert rc == 0 and r["changed"] is True and r["exists"] is True, r
+    assert conf(c, 2) == "[data]\n\tpath = /srv/data\n\tread only = no\n\n"
+    rc, r = mod(helpers, c, 1, "ctdb_conf", a)
+    assert rc == 0 and r["changed"] is False, r
+    # exclusive: the section is exactly params
+    rc, r = mod(helpers, c, 1, "ctdb_conf", {"section": "data", "exclusive": True,
+                                             "params": {"path": "/srv/d2"}}, diff=True)
+    assert rc == 0 and r["changed"] is True, r
+    assert r["diff"]["before"] == "[data]\n\tpath = /srv/data\n\tread only = no\n"
+    assert r["diff"]["after"] == "[data]\n\tpath = /srv/d2\n"
+    # bad tunable: clear error, nothing changed, in check mode too
+    seq = r["seqnum"]
+    for check in (True, False):
+        rc, r = mod(helpers, c, 0, "ctdb_conf", {"section": "pyctdb:tunables",
+                                                 "params": {"MonitorIntervall": 5}},
+                    check=check)
+        assert rc != 0 and "no such tunable" in r["msg"] and r["changed"] is False, r
+    assert c.call(2, "getdbseqnum", db_name="pyctdb_registry.tdb")["seqnum"] == seq
+    # a tunable through the module reaches every node
+    rc, r = mod(helpers, c, 2, "ctdb_conf", {"section": "pyctdb:tunables",
+                                             "params": {"MonitorInterval": 22}})
+    assert rc == 0 and r["changed"] is True and r["params"] == [["MonitorInterval", "22"]]
+    c.wait_for(lambda: all(c.call(p, "getvar", name="MonitorInterval")["value"] == 22
+                           for p in range(3)), timeout=10, what="MonitorInterval 22")
+    # absent: a parameter, then the section
+    rc, r = mod(helpers, c, 0, "ctdb_conf", {"section": "data", "state": "absent",
+                                             "params": ["path"]}, diff=True)
+    assert rc == 0 and r["changed"] is True and r["params"] == [], r
+    rc, r = mod(helpers, c, 0, "ctdb_conf", {"section": "data", "state": "absent"},
+                check=True)
+    assert rc == 0 and r["changed"] is True and "[data]" in conf(c, 0)
+    rc, r = mod(helpers, c, 0, "ctdb_conf", {"section": "data", "state": "absent"})
+    assert rc == 0 and r["changed"] is True and r["exists"] is False
+    rc, r = mod(helpers, c, 0, "ctdb_conf", {"section": "data", "state": "absent"})
+    assert rc == 0 and r["changed"] is False
+    assert "[data]" not in conf(c, 1)
+
+
+def test_ctdb_db(local, helpers):
+    c = local
+    a = {"name": "app.tdb", "persistent": True, "keys": {"mode": "active", "n": 3},
+         "absent_keys": ["legacy"]}
+    rc, r = mod(helpers, c, 0, "ctdb_db", a, check=True, diff=True)
+    assert rc == 0 and r["changed"] is True and r["attached"] is True, r
+    assert r["diff"]["before"] == {"attached": False, "keys": {"mode": None, "n": None,
+                                                               "legacy": None}}
+    assert r["diff"]["after"]["keys"] == {"mode": "active", "n": "3", "legacy": None}
+    assert "app.tdb" not in c.cli(1, "getdbmap").stdout  # check mode changed nothing
+    rc, r = mod(helpers, c, 0, "ctdb_db", a, diff=True)
+    assert rc == 0 and r["changed"] is True and sorted(r["written"]) == ["mode", "n"], r
+    assert c.cli(2, "pfetch", "app.tdb", "mode").stdout == "active\n"
+    rc, r = mod(helpers, c, 1, "ctdb_db", a)
+    assert rc == 0 and r["changed"] is False, r
+    # a key to delete, in check mode first
+    c.cli(0, "pstore", "app.tdb", "legacy", "old", check=True)
+    b = dict(a, keys={"mode": "active"})
+    rc, r = mod(helpers, c, 1, "ctdb_db", b, check=True, diff=True)
+    assert rc == 0 and r["changed"] is True and r["deleted"] == ["legacy"], r
+    assert r["diff"]["before"]["keys"]["legacy"] == "old"
+    assert c.cli(2, "pfetch", "app.tdb", "legacy").stdout == "old\n"
+    rc, r = mod(helpers, c, 1, "ctdb_db", b)
+    assert rc == 0 and r["changed"] is True and r["deleted"] == ["legacy"], r
+    assert c.cli(2, "pfetch", "app.tdb", "legacy").stdout == ""
+    # volatile: attached once
+    rc, r = mod(helpers, c, 2, "ctdb_db", {"name": "vol.tdb"})
+    assert rc == 0 and r["changed"] is True and r["attached"] is True, r
+    rc, r = mod(helpers, c, 0, "ctdb_db", {"name": "vol.tdb"})
+    assert rc == 0 and r["changed"] is False, r
+    # bad parameters: clear error, nothing changed
+    for bad, msg in (({"name": "vol.tdb", "keys": {"a": "1"}}, "persistent databases"),
+                     ({"name": "vol.tdb", "persistent": True}, "attached as a volatile"),
+                     ({"name": "bad/name", "persistent": True}, "invalid database name"),
+                     (dict(a, absent_keys=["mode"]), "both in keys and absent_keys"),
+                     (dict(a, keys={"k" * 600: "x"}), "1 to 511 bytes")):
+        rc, r = mod(helpers, c, 0, "ctdb_db", bad)
+        assert rc != 0 and msg in r["msg"] and r["changed"] is False, (bad, r)
+    assert "bad/name" not in c.cli(0, "getdbmap").stdout
