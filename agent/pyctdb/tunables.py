@@ -170,8 +170,8 @@ _TABLE = (
        "next takeover run)."),
     _b("VerifyRecoveryLock", 1, _OBSOLETE, obsolete=True),
     _i("VacuumInterval", 10,
-       "Seconds between vacuuming runs of volatile databases. Accepted for "
-       "compatibility; unused by pyctdb."),
+       "Seconds between vacuuming runs of volatile databases (deleted records "
+       "removed cluster-wide); 0: no vacuuming. pyctdb uses it."),
     _i("VacuumMaxRunTime", 120,
        "Seconds a vacuuming run may take. Accepted for compatibility; unused by "
        "pyctdb."),
@@ -195,8 +195,8 @@ _TABLE = (
        "Seconds a database attach is deferred while databases are frozen. Accepted for "
        "compatibility; unused by pyctdb."),
     _b("AllowClientDBAttach", 1,
-       "0: clients may not attach to databases. Accepted for compatibility; unused by "
-       "pyctdb."),
+       "0: clients may not attach to databases (the API attach is refused) and "
+       "volatile databases may be detached. pyctdb uses it."),
     _b("RecoverPDBBySeqNum", 1, _OBSOLETE, obsolete=True),
     _i("DeferredRebalanceOnNodeAdd", 300, _OBSOLETE, obsolete=True),
     _b("FetchCollapse", 1,
@@ -257,7 +257,8 @@ TUNABLES = {t.name: t for t in _TABLE}
 #: tunable the agent reads) and against docs/configuration.md.
 USED_BY_PYCTDB = ("KeepaliveInterval", "KeepaliveLimit", "MonitorInterval",
                   "EventScriptTimeout", "NoIPFailback", "RecoveryDropAllIPs",
-                  "NoIPTakeover", "IPAllocAlgorithm")
+                  "VacuumInterval", "AllowClientDBAttach", "NoIPTakeover",
+                  "IPAllocAlgorithm")
 
 _BY_LOWER = {name.lower(): t for name, t in TUNABLES.items()}
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 
 from . import logic as L
 
@@ -63,6 +64,9 @@ def commands(server):
         return handler
 
     async def attach(db, db_name, persistent=False):
+        if not int(db.cluster.tunables.get("AllowClientDBAttach")):  # as CTDB (detach)
+            raise _api_error("EPERM", f"attach of {db_name} refused: AllowClientDBAttach "
+                                      f"is 0 on node {db.pnn}")
         return await db.attach(db_name, bool(persistent))
 
     async def getdbmap(db):
@@ -166,7 +170,35 @@ def commands(server):
         nodes = await db.wipe(db_name)
         return {"db_name": db_name, "nodes": nodes}
 
+    # -- detach, getdbstatus, backupdb, restoredb (db/maint.py) ---------------------------
+    async def detach(db, db_names):
+        if isinstance(db_names, str):
+            db_names = [db_names]
+        if not isinstance(db_names, list) or not db_names or not all(
+                isinstance(n, str) for n in db_names):
+            raise _api_error("EINVAL", "db_names must be a non-empty list of names")
+        return await db.maint.detach(db_names)
+
+    async def getdbstatus(db, db_name):
+        return db.maint.status(db_name)
+
+    def _path(what, p):
+        if not isinstance(p, str) or not os.path.isabs(p):
+            raise _api_error("EINVAL", f"{what} must be an absolute path")
+        return p
+
+    async def backupdb(db, db_name, file):
+        try:
+            return await db.maint.backup(db_name, _path("file", file))
+        except OSError as exc:
+            raise _api_error("EIO", f"cannot write backup file {file}: {exc.strerror}") \
+                from None
+
+    async def restoredb(db, file, db_name=None):
+        return await db.maint.restore(_path("file", file), db_name)
+
     cmds = {f.__name__: wrap(f) for f in (
         attach, getdbmap, catdb, readkey, writekey, deletekey, fetch_lock, fetch_unlock,
-        pfetch, pstore, pdelete, ptrans, getdbseqnum, wipedb)}
+        pfetch, pstore, pdelete, ptrans, getdbseqnum, wipedb,
+        detach, getdbstatus, backupdb, restoredb)}
     return cmds

@@ -115,6 +115,121 @@ def cmd_wipedb(c, a):
     return (res if a.json else "Database %s wiped" % a.db), 0
 
 
+def cmd_detach(c, a):
+    res = c.call("detach", db_names=a.dbs)
+    if a.json:
+        return res, 0
+    lines = [f"No database matching '{n}' found" for n in res["missing"]]
+    lines += [f"Database {n} detach failed" for n in sorted(res["failed"])]
+    if lines:
+        import sys
+        print("\n".join(lines), file=sys.stderr)
+    return None, (1 if res["failed"] else 0)
+
+
+def cmd_getdbstatus(c, a):
+    res = c.call("getdbstatus", db_name=a.db)
+    if a.json:
+        return res, 0
+    yn = {True: "yes", False: "no"}
+    if a.X:
+        cols = ["dbid", "name", "path", "persistent", "replicated", "sticky", "readonly",
+                "health", "records"]
+        return "\n".join([SEP + SEP.join(cols) + SEP, SEP + SEP.join([
+            "0x%08x" % res["db_id"], res["name"], res["path"],
+            str(int(res["persistent"])), "0", "0", "0", res["health"],
+            str(res["records"] if res["records"] is not None else "")]) + SEP]), 0
+    return "\n".join([
+        "dbid: 0x%08x" % res["db_id"], "name: %s" % res["name"], "path: %s" % res["path"],
+        "PERSISTENT: %s" % yn[res["persistent"]], "REPLICATED: no", "STICKY: no",
+        "READONLY: no", "HEALTH: %s" % res["health"]]), 0
+
+
+def _unquote(s, lineno, pos):
+    """A ``"..."`` string at ``s[pos:]`` with catdb's escapes (``\\XX`` hex):
+    (bytes, position after the closing quote)."""
+    if pos >= len(s) or s[pos] != '"':
+        raise _usage(f"line {lineno}: expected a quoted string at column {pos + 1}")
+    out = bytearray()
+    i = pos + 1
+    while i < len(s):
+        ch = s[i]
+        if ch == '"':
+            return bytes(out), i + 1
+        if ch == "\\":
+            hx = s[i + 1:i + 3]
+            try:
+                out.append(int(hx, 16))
+            except ValueError:
+                raise _usage(f"line {lineno}: bad escape \\{hx!s} (use \\XX, two hex "
+                             "digits)") from None
+            i += 3
+            continue
+        out += ch.encode()
+        i += 1
+    raise _usage(f"line {lineno}: unterminated string")
+
+
+def parse_ptrans(text):
+    """``"key" "value"`` lines (CTDB's ptrans input) -> [(key, value or None)]; an empty
+    value deletes the key; blank lines are skipped."""
+    writes = []
+    for n, line in enumerate(text.splitlines(), 1):
+        s = line.strip()
+        if not s:
+            continue
+        key, i = _unquote(s, n, 0)
+        while i < len(s) and s[i] in " \t":
+            i += 1
+        value, i = _unquote(s, n, i)
+        if s[i:].strip():
+            raise _usage(f"line {n}: unexpected text after the value: {s[i:]!r}")
+        if not key:
+            raise _usage(f"line {n}: empty key")
+        writes.append((key, value or None))
+    return writes
+
+
+def cmd_ptrans(c, a):
+    import sys
+    if a.file:
+        try:
+            with open(a.file, encoding="utf-8", errors="surrogateescape") as f:
+                text = f.read()
+        except OSError as exc:
+            raise _usage(f"cannot read {a.file}: {exc.strerror}") from None
+    else:
+        text = sys.stdin.read()
+    writes = parse_ptrans(text)
+    res = c.call("ptrans", db_name=a.db, writes=[
+        [base64.b64encode(k).decode(), None if v is None else base64.b64encode(v).decode()]
+        for k, v in writes])
+    return (res if a.json else None), 0
+
+
+def cmd_backupdb(c, a):
+    import os
+    res = c.call("backupdb", db_name=a.db, file=os.path.abspath(a.file))
+    if a.json:
+        return res, 0
+    return "Database %s backed up to %s: %d records" % (
+        res["db_name"], res["file"], res["records"]), 0
+
+
+def cmd_restoredb(c, a):
+    import os
+    import time
+    args = {"file": os.path.abspath(a.file)}
+    if a.db:
+        args["db_name"] = a.db
+    res = c.call("restoredb", **args)
+    if a.json:
+        return res, 0
+    when = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(res["backup_time"]))
+    return "Restoring database '%s' from backup @ %s\n%d records restored" % (
+        res["db_name"], when, res["records"]), 0
+
+
 def _usage(msg):
     from ..cli import UsageError
     return UsageError(msg)
@@ -133,6 +248,14 @@ COMMANDS = {
     "pdelete": (cmd_pdelete, "delete KEY from persistent database DB (a transaction)"),
     "getdbseqnum": (cmd_getdbseqnum, "show the sequence number of database DB"),
     "wipedb": (cmd_wipedb, "remove every record of database DB on every node"),
+    "detach": (cmd_detach, "detach volatile databases DB... on every node (needs "
+                           "AllowClientDBAttach=0 on all nodes)"),
+    "getdbstatus": (cmd_getdbstatus, "show the status of database DB on this node"),
+    "ptrans": (cmd_ptrans, "one transaction on persistent database DB from '\"key\" "
+                           "\"value\"' lines in FILE (default: standard input)"),
+    "backupdb": (cmd_backupdb, "back up database DB to FILE"),
+    "restoredb": (cmd_restoredb, "replace database DB (default: the one backed up) on "
+                                 "every node with the backup in FILE"),
 }
 
 
@@ -140,7 +263,18 @@ def add_arguments(name, sp):
     """The positional arguments of database command ``name`` (no-op for others)."""
     if name not in COMMANDS or name == "getdbmap":
         return
+    if name == "detach":
+        sp.add_argument("dbs", nargs="+", metavar="DB")
+        return
+    if name == "restoredb":
+        sp.add_argument("file", metavar="FILE")
+        sp.add_argument("db", nargs="?", metavar="DB")
+        return
     sp.add_argument("db", metavar="DB")
+    if name == "ptrans":
+        sp.add_argument("file", nargs="?", metavar="FILE")
+    elif name == "backupdb":
+        sp.add_argument("file", metavar="FILE")
     if name == "attach":
         sp.add_argument("flag", nargs="?", metavar="persistent")
     elif name in ("readkey", "deletekey", "pfetch", "pdelete"):

@@ -60,6 +60,23 @@ def rec_from_wire(w):
     return unb64(key), L.Record(int(rsn), int(dmaster), int(flags), unb64(value))
 
 
+def wire_chunks(items, limit=PULL_BYTES):
+    """[(key, Record)] in frames of about ``limit`` bytes: (first, last, [wire record]);
+    at least one (empty) frame."""
+    i, first = 0, True
+    while True:
+        chunk, size = [], 0
+        while i < len(items) and (not chunk or size < limit):
+            k, r = items[i]
+            chunk.append(rec_to_wire(k, r))
+            size += len(k) + len(r.value) + 64
+            i += 1
+        yield first, i >= len(items), chunk
+        if i >= len(items):
+            return
+        first = False
+
+
 class KeyLocks:
     """asyncio locks by key, dropped when nobody holds or waits for them."""
 
@@ -124,6 +141,10 @@ class Databases:
         cluster.recovery_hooks.append(self._recovery)
         cluster.recovered_hooks.append(self._recovered)
         cluster.cycle_hooks.append(self._on_cycle)
+        from .maint import Maintenance
+        from .vacuum import Vacuum
+        self.vacuum = Vacuum(self)        # vacuuming (vacuum.py)
+        self.maint = Maintenance(self)    # detach, getdbstatus, backup, restore (maint.py)
 
     def open(self):
         self.stores[False].open(wipe=True)
@@ -684,23 +705,11 @@ class Databases:
         return sorted(best.items())
 
     async def _push(self, pnn, name, e, records, seqnum):
-        items = list(records.items())
-        chunk, size, first = [], 0, True
-        i = 0
-        while True:
-            while i < len(items) and (not chunk or size < PULL_BYTES):
-                k, r = items[i]
-                chunk.append(rec_to_wire(k, r))
-                size += len(k) + len(r.value) + 64
-                i += 1
-            last = i >= len(items)
+        for first, last, chunk in wire_chunks(list(records.items())):
             await self.cluster.control(pnn, "db_push", {
                 "db": name, "db_id": e["db_id"], "persistent": e["persistent"],
                 "records": chunk, "first": first, "last": last, "seqnum": seqnum},
                 timeout=CTL_TIMEOUT)
-            if last:
-                return
-            chunk, size, first = [], 0, False
 
     async def _recovered(self, cluster, members):
         await asyncio.gather(*(cluster.control(m, "db_thaw", {"members": list(members)},

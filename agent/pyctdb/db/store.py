@@ -209,13 +209,58 @@ class Store:
             if replace:
                 txn.drop(h, delete=False)
             for key, rec in writes:
-                txn.put(key, rec.pack(), db=h)
+                if self.persistent and rec.deleted:
+                    # a persistent database needs no tombstones: a recovery takes a
+                    # whole copy (the highest sequence number), never single records
+                    txn.delete(key, db=h)
+                else:
+                    txn.put(key, rec.pack(), db=h)
             self.put_meta(txn, name, meta)
             self.meta[name] = meta  # (in the worker: done before any later barrier)
         await self.run(fn)
         if replace and name in self.damaged:
             self.damaged.pop(name, None)
             log.warning("database %s replaced by recovery: served again", name)
+
+    def count(self, name):
+        """The number of records of ``name`` stored here, deleted ones included."""
+        self.usable(name)
+        with self.env.begin() as txn:
+            return txn.stat(self.handle(name))["entries"]
+
+    async def delete_where(self, name, keys, pred, check=None):
+        """Delete each of ``keys`` whose stored record satisfies ``pred(key, record)``
+        (in one transaction in the worker; ``check()`` may raise to abort). Returns the
+        keys that are stored and were kept."""
+        self.usable(name)
+        h = self.handle(name)
+
+        def fn(txn):
+            if check is not None:
+                check()
+            kept = []
+            for key in keys:
+                raw = txn.get(key, db=h)
+                if raw is None:
+                    continue
+                if pred(key, L.unpack(raw)):
+                    txn.delete(key, db=h)
+                else:
+                    kept.append(key)
+            return kept
+        return await self.run(fn)
+
+    async def drop(self, name):
+        """Remove database ``name`` from this node (its records and its entry)."""
+        h = self.handle(name)
+
+        def fn(txn):
+            txn.drop(h, delete=True)
+            txn.delete(name.encode(), db=self._dbmap)
+            self.meta.pop(name, None)
+        await self.run(fn)
+        self._handles.pop(name, None)
+        self.damaged.pop(name, None)
 
     async def wipe(self, name):
         await self.apply(name, [], replace=True)

@@ -1,0 +1,203 @@
+"""Database administration across the cluster: detach, status, backup and restore.
+
+- ``detach`` (CTDB's ``ctdb detach``): volatile databases only, refused while a recovery
+  runs, on a cluster with an inactive node, or while ``AllowClientDBAttach`` is 1 on any
+  connected node; then ``db_detach`` removes the database on every member.
+- ``backup``/``restore`` (CTDB's ``backupdb``/``restoredb``): the file format is
+  :mod:`.backup`; a restore replaces the database on every member, pushed in chunks
+  (``db_restore``) and swapped in one LMDB transaction on each, as a recovery pushes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+
+from .. import flags as F
+from ..cluster import RECMODE_ACTIVE
+from . import backup as B
+from . import logic as L
+
+log = logging.getLogger("pyctdb.db")
+
+CHUNK_BYTES = 1 << 20
+
+
+class Maintenance:
+    def __init__(self, dbs):
+        self.dbs = dbs
+        self.cluster = dbs.cluster
+        self._restoring = {}  # (src, token) -> records staged
+        self.cluster.control_handlers.update({
+            "db_detach": self._ctl_detach, "db_restore": self._ctl_restore})
+
+    def _error(self, code, msg):
+        from .layer import DbError
+        return DbError(code, msg)
+
+    # -- detach ----------------------------------------------------------------------------
+    async def detach(self, names):
+        c, dbs = self.cluster, self.dbs
+        if c.recmode == RECMODE_ACTIVE or dbs.frozen:
+            raise self._error("EAGAIN", "Database cannot be detached when recovery is active")
+        await dbs.ready()
+        for node in c.status()["nodes"]:
+            fl = node["flags"]
+            if fl & (F.DISCONNECTED | F.DELETED):
+                continue
+            if fl & (F.STOPPED | F.BANNED):
+                raise self._error("EINVAL", "Database cannot be detached on inactive "
+                                            f"(stopped or banned) node {node['pnn']}")
+        members = dbs.members()
+        res = await asyncio.gather(*(c.control(m, "db_detach", {"check": True},
+                                               timeout=10.0) for m in members),
+                                   return_exceptions=True)
+        for m, r in zip(members, res):
+            if isinstance(r, Exception):
+                raise self._error("EIO", f"Unable to get tunable AllowClientDBAttach from "
+                                         f"node {m}: {r}")
+            if r["allow_attach"]:
+                raise self._error("EPERM", f"Database access is still active on node {m}. "
+                                           "Set AllowclientDBAttach=0 on all nodes.")
+        found, missing, failed = [], [], {}
+        for name in names:
+            try:
+                st, _meta = dbs.find(name)
+            except Exception:
+                missing.append(name)
+                continue
+            if st.persistent:
+                raise self._error("EINVAL", "Only volatile databases can be detached")
+            found.append(name)
+        for name in found:
+            res = await asyncio.gather(*(c.control(m, "db_detach", {"db": name},
+                                                   timeout=10.0) for m in members),
+                                       return_exceptions=True)
+            bad = {m: str(r) for m, r in zip(members, res) if isinstance(r, Exception)}
+            if bad:
+                failed[name] = bad
+        return {"detached": [n for n in found if n not in failed], "missing": missing,
+                "failed": failed}
+
+    async def _ctl_detach(self, src, args):
+        allow = int(self.cluster.tunables.get("AllowClientDBAttach"))
+        if args.get("check"):
+            return {"allow_attach": bool(allow)}
+        if allow:
+            raise RuntimeError(f"Database access is still active on node {self.dbs.pnn}")
+        name = args["db"]
+        st = self.dbs.stores[False]
+        if name not in st.meta:
+            return {"detached": False}
+        if self.dbs.stores[True].meta.get(name):
+            raise RuntimeError("Only volatile databases can be detached")
+        await st.drop(name)
+        log.warning("database %s detached (asked by node %d)", name, src)
+        return {"detached": True}
+
+    # -- getdbstatus -----------------------------------------------------------------------
+    def status(self, name):
+        from .layer import DbError
+        st, meta = self.dbs.find(name)
+        health = st.damaged.get(name)
+        records = None
+        if health is None:
+            try:
+                records = st.count(name)
+            except Exception as exc:
+                raise DbError("EIO", str(exc)) from None
+        vac = getattr(self.dbs, "vacuum", None)
+        return {"db_id": meta["db_id"], "name": name, "path": f"{st.path}#{name}",
+                "persistent": st.persistent, "replicated": False, "sticky": False,
+                "readonly": False, "health": health or "OK", "seqnum": meta["seqnum"],
+                "records": records, "pnn": self.dbs.pnn,
+                "vacuum": vac.stats.get(name) if vac else None}
+
+    # -- backup ----------------------------------------------------------------------------
+    async def backup(self, name, path):
+        st, meta = self.dbs.usable(name)
+        recs = await self.dbs.traverse(name)
+        n = B.write(path, name, st.persistent, meta["seqnum"], recs)
+        return {"db_name": name, "file": path, "records": n,
+                "persistent": st.persistent, "seqnum": meta["seqnum"]}
+
+    # -- restore ---------------------------------------------------------------------------
+    async def restore(self, path, name=None):
+        try:
+            bk = B.read(path)
+        except B.BackupError as exc:
+            raise self._error("EINVAL", str(exc)) from None
+        target = name or bk.db_name
+        try:
+            L.check_name(target)
+        except ValueError as exc:
+            raise self._error("EINVAL", str(exc)) from None
+        dbs, c = self.dbs, self.cluster
+        await dbs.ready()
+        try:
+            st, meta = dbs.find(target)
+        except Exception:
+            st, meta = None, None
+        if st is not None and st.persistent != bk.persistent:
+            raise self._error("EINVAL", f"database {target} is "
+                              f"{'persistent' if st.persistent else 'volatile'}, the backup "
+                              f"is of a {'persistent' if bk.persistent else 'volatile'} one")
+        try:
+            await dbs.ensure(target, bk.persistent)
+        except (ValueError, RuntimeError) as exc:
+            raise self._error("EIO", str(exc)) from None
+        st, meta = dbs.find(target)
+        seqnum = None
+        recs = bk.records
+        if bk.persistent:
+            # above the current one, so a recovery keeps the restored copy
+            seqnum = max(bk.seqnum, meta["seqnum"] + 1)
+            recs = [(k, r.replace(dmaster=dbs.pnn)) for k, r in recs]
+        else:
+            recs = [(k, r.replace(dmaster=dbs.pnn, flags=r.flags | L.REC_MIGRATED_WITH_DATA))
+                    for k, r in recs]
+        members = dbs.members()
+        token = secrets.token_hex(8)
+        res = await asyncio.gather(*(self._push(m, target, bk.persistent, recs, seqnum,
+                                                token) for m in members),
+                                   return_exceptions=True)
+        failed = {m: str(r) for m, r in zip(members, res) if isinstance(r, Exception)}
+        if failed:
+            raise self._error("EIO", f"restore of {target} failed on {failed}")
+        log.warning("database %s restored from %s: %d records on %s", target, path,
+                    len(recs), members)
+        return {"db_name": target, "file": path, "records": len(recs),
+                "persistent": bk.persistent, "seqnum": seqnum if seqnum is not None else 0,
+                "backup_time": bk.time, "nodes": members}
+
+    async def _push(self, pnn, name, persistent, recs, seqnum, token):
+        from .layer import wire_chunks
+        for first, last, chunk in wire_chunks(recs, CHUNK_BYTES):
+            await self.cluster.control(pnn, "db_restore", {
+                "db": name, "persistent": persistent, "records": chunk, "first": first,
+                "last": last, "seqnum": seqnum, "token": token}, timeout=30.0)
+
+    async def _ctl_restore(self, src, args):
+        from .layer import rec_from_wire
+        self.dbs._not_frozen()
+        name, persistent = args["db"], bool(args["persistent"])
+        key = (src, args["token"])
+        if args.get("first"):
+            await self.dbs.ensure(name, persistent)
+            self._restoring[key] = []
+        staged = self._restoring.get(key)
+        if staged is None:
+            raise RuntimeError("restore: chunk without its first chunk")
+        staged.extend(rec_from_wire(w) for w in args["records"])
+        if not args.get("last"):
+            return {}
+        recs = self._restoring.pop(key)
+        st = self.dbs.stores[persistent]
+        # records locked on this node lose their lock: their epoch is over
+        self.dbs.epoch += 1
+        await st.barrier()
+        await st.apply(name, recs, seqnum=args.get("seqnum"), replace=True)
+        log.warning("database %s restored (pushed by node %d): %d records", name, src,
+                    len(recs))
+        return {"records": len(recs)}
