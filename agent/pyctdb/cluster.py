@@ -469,8 +469,16 @@ class Cluster:
         self.last_recovery_started = time.time()
         t0 = time.monotonic()
         self._broadcast_state(self.clock(), force=True)
-        for hook in self.recovery_hooks:
-            await hook(self, members)
+        # The cycle waits here for the hooks (the databases' recovery: seconds for a
+        # large one): keep the keepalive going meanwhile, or the other nodes drop the
+        # leader after KeepaliveInterval x KeepaliveLimit.
+        keepalive = asyncio.create_task(self._keepalive_while_busy(),
+                                        name="recovery-keepalive")
+        try:
+            for hook in self.recovery_hooks:
+                await hook(self, members)
+        finally:
+            keepalive.cancel()
         gen = self.generation
         while gen in (None, 0, INVALID_GENERATION, self.generation):
             gen = random.randint(2, 2 ** 31 - 1)
@@ -494,6 +502,12 @@ class Cluster:
         self._broadcast_state(self.clock(), force=True)
         for hook in self.recovered_hooks:
             await hook(self, members)
+
+    async def _keepalive_while_busy(self):
+        tick = min(self.keepalive_interval / 2, 0.25)
+        while True:
+            await asyncio.sleep(tick)
+            self._broadcast_state(self.clock())  # sends when a keepalive is due
 
     def _follow(self):
         if self.leader is None:

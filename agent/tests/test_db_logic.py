@@ -71,6 +71,14 @@ def test_merge_keeps_deletions_so_an_older_copy_cannot_resurrect_the_key():
     assert out[b"k"].deleted and out[b"k"].value == b""
 
 
+def test_merge_in_pieces_yields_and_gives_the_same_result():
+    copies = [(p, [(b"k%d" % i, rec(i % 7 + p, p)) for i in range(50)]) for p in range(3)]
+    out = {}
+    pieces = sum(1 for _ in L.merge_volatile_steps(copies, 1, out, step=10))
+    assert pieces >= 15  # 150 records in, 50 out: a turn of the loop every 10
+    assert out == L.merge_volatile([(p, dict(c)) for p, c in copies], 1)
+
+
 def test_pick_persistent_highest_seqnum_then_lowest_pnn():
     assert L.pick_persistent({0: 3, 1: 5, 2: 5}) == 1
     assert L.pick_persistent({2: 0}) == 2

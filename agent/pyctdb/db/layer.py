@@ -77,6 +77,43 @@ def wire_chunks(items, limit=PULL_BYTES):
         first = False
 
 
+# A large database (a recovery, a restore) is decoded, merged and encoded in pieces of
+# about this many records, with a turn of the event loop between two pieces: keepalives
+# and controls keep flowing while a 100k-record database moves (one piece is a few ms;
+# the whole of it is seconds of CPU, more than KeepaliveInterval x KeepaliveLimit).
+STEP_RECORDS = 2000
+
+
+async def cooperative(gen):
+    """Run generator ``gen`` to its end, giving the event loop a turn at each of its
+    yields; returns its return value."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+        await asyncio.sleep(0)
+
+
+async def wire_frames(items, limit=PULL_BYTES):
+    """:func:`wire_chunks` of ``items`` as a list, encoded once for every receiver, with
+    a turn of the event loop after each frame."""
+    out = []
+    for c in wire_chunks(items, limit):
+        out.append(c)
+        await asyncio.sleep(0)
+    return out
+
+
+async def from_wire(wires, out):
+    """Append the records of ``wires`` to ``out``, in pieces (see STEP_RECORDS)."""
+    for i in range(0, len(wires), STEP_RECORDS):
+        if i:
+            await asyncio.sleep(0)
+        out.extend(rec_from_wire(w) for w in wires[i:i + STEP_RECORDS])
+    return out
+
+
 class KeyLocks:
     """asyncio locks by key, dropped when nobody holds or waits for them."""
 
@@ -589,7 +626,7 @@ class Databases:
                 return {"skipped": str(exc)}
             self._staged[name] = []
         staged = self._staged.setdefault(name, [])
-        staged.extend(rec_from_wire(w) for w in args["records"])
+        await from_wire(args["records"], staged)
         if args.get("last"):
             recs = self._staged.pop(name, [])
             await st.apply(name, recs, seqnum=args.get("seqnum"), replace=True)
@@ -657,15 +694,21 @@ class Databases:
                     log.error("recovery: no healthy copy of persistent database %s on any "
                               "member: left as it is", name)
                     continue
-                records = dict(await self._pull(src, name))
+                records = await self._pull(src, name)
                 seqnum = e["nodes"][src]
             else:
                 copies = await asyncio.gather(*(self._pull(m, name) for m in e["nodes"]))
-                records = L.merge_volatile(
-                    [(m, dict(c)) for m, c in zip(e["nodes"], copies)], self.pnn)
+                merged = {}
+                await cooperative(L.merge_volatile_steps(
+                    list(zip(e["nodes"], copies)), self.pnn, merged, STEP_RECORDS))
+                del copies
+                records = list(merged.items())
+                del merged
                 seqnum = None
             total += len(records)
-            await asyncio.gather(*(self._push(m, name, e, records, seqnum) for m in members))
+            frames = await wire_frames(records)
+            del records
+            await asyncio.gather(*(self._push(m, name, e, frames, seqnum) for m in members))
         self.last_recovery = {"time": time.time(), "databases": len(dbs), "records": total,
                               "duration_ms": (time.monotonic() - t0) * 1000,
                               "members": list(members)}
@@ -678,7 +721,7 @@ class Databases:
             res = await self.cluster.control(pnn, "db_pull", {
                 "db": name, "after": after, "dmaster_only": dmaster_only},
                 timeout=CTL_TIMEOUT)
-            out.extend(rec_from_wire(w) for w in res["records"])
+            await from_wire(res["records"], out)
             if not res["more"] or not res["last"]:
                 return out
             after = res["last"]
@@ -698,14 +741,20 @@ class Databases:
         except ControlError as exc:
             raise DbError("EAGAIN", f"traverse of {name} failed: {exc}") from None
         best = {}
-        for part in parts:
-            for k, r in part:
-                if k not in best or r.rsn > best[k].rsn:
-                    best[k] = r
+
+        def merge():
+            for part in parts:
+                for i, (k, r) in enumerate(part):
+                    if k not in best or r.rsn > best[k].rsn:
+                        best[k] = r
+                    if i % STEP_RECORDS == STEP_RECORDS - 1:
+                        yield
+        await cooperative(merge())
         return sorted(best.items())
 
-    async def _push(self, pnn, name, e, records, seqnum):
-        for first, last, chunk in wire_chunks(list(records.items())):
+    async def _push(self, pnn, name, e, frames, seqnum):
+        """Push the merged database (:func:`wire_frames`) to node ``pnn``."""
+        for first, last, chunk in frames:
             await self.cluster.control(pnn, "db_push", {
                 "db": name, "db_id": e["db_id"], "persistent": e["persistent"],
                 "records": chunk, "first": first, "last": last, "seqnum": seqnum},

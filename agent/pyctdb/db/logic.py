@@ -167,19 +167,37 @@ def better(new: Record, new_from: int, old: Record, old_from: int) -> bool:
 def merge_volatile(copies, new_dmaster: int) -> dict:
     """Merge the copies of a volatile database pulled from the members.
 
-    ``copies``: iterable of ``(pnn, {key: Record})``. Returns ``{key: Record}`` with, per
-    key, the winning copy (see :func:`better`), its DMASTER set to ``new_dmaster`` (the
-    leader: every node gets the merged database, the leader is the data master of every
-    record until it migrates) and MIGRATED_WITH_DATA set. Deleted records are kept
-    (as deleted), so an older copy on a node that was away cannot bring the key back."""
+    ``copies``: iterable of ``(pnn, records)``, ``records`` a ``{key: Record}`` or a list
+    of ``(key, Record)``. Returns ``{key: Record}`` with, per key, the winning copy (see
+    :func:`better`), its DMASTER set to ``new_dmaster`` (the leader: every node gets the
+    merged database, the leader is the data master of every record until it migrates)
+    and MIGRATED_WITH_DATA set. Deleted records are kept (as deleted), so an older copy
+    on a node that was away cannot bring the key back."""
+    out = {}
+    for _ in merge_volatile_steps(copies, new_dmaster, out):
+        pass
+    return out
+
+
+def merge_volatile_steps(copies, new_dmaster: int, out: dict, step: int = 5000):
+    """:func:`merge_volatile` as a generator filling ``out``: it yields after about every
+    ``step`` records, so that a caller on the event loop can give the loop a turn
+    between pieces (a merge of 100k-record copies takes a second of CPU)."""
     best = {}
+    n = 0
     for pnn, records in copies:
-        for key, rec in records.items():
+        for key, rec in (records.items() if isinstance(records, dict) else records):
             cur = best.get(key)
             if cur is None or better(rec, pnn, cur[1], cur[0]):
                 best[key] = (pnn, rec)
-    return {k: r.replace(dmaster=new_dmaster, flags=r.flags | REC_MIGRATED_WITH_DATA)
-            for k, (_pnn, r) in best.items()}
+            n += 1
+            if n % step == 0:
+                yield
+    for key, (_pnn, r) in best.items():
+        out[key] = Record(r.rsn, new_dmaster, r.flags | REC_MIGRATED_WITH_DATA, r.value)
+        n += 1
+        if n % step == 0:
+            yield
 
 
 def pick_persistent(seqnums) -> int | None:

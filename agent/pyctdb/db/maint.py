@@ -18,6 +18,7 @@ from .. import flags as F
 from ..cluster import RECMODE_ACTIVE
 from . import backup as B
 from . import logic as L
+from .layer import STEP_RECORDS, cooperative, from_wire, wire_frames
 
 log = logging.getLogger("pyctdb.db")
 
@@ -118,14 +119,16 @@ class Maintenance:
     async def backup(self, name, path):
         st, meta = self.dbs.usable(name)
         recs = await self.dbs.traverse(name)
-        n = B.write(path, name, st.persistent, meta["seqnum"], recs)
+        # encoding and the fsync of a large database: off the event loop
+        n = await asyncio.to_thread(B.write, path, name, st.persistent, meta["seqnum"], recs)
         return {"db_name": name, "file": path, "records": n,
                 "persistent": st.persistent, "seqnum": meta["seqnum"]}
 
     # -- restore ---------------------------------------------------------------------------
     async def restore(self, path, name=None):
         try:
-            bk = B.read(path)
+            # reading and checking a large backup takes CPU: off the event loop
+            bk = await asyncio.to_thread(B.read, path)
         except B.BackupError as exc:
             raise self._error("EINVAL", str(exc)) from None
         target = name or bk.db_name
@@ -149,37 +152,44 @@ class Maintenance:
             raise self._error("EIO", str(exc)) from None
         st, meta = dbs.find(target)
         seqnum = None
-        recs = bk.records
         if bk.persistent:
             # above the current one, so a recovery keeps the restored copy
             seqnum = max(bk.seqnum, meta["seqnum"] + 1)
-            recs = [(k, r.replace(dmaster=dbs.pnn)) for k, r in recs]
-        else:
-            recs = [(k, r.replace(dmaster=dbs.pnn, flags=r.flags | L.REC_MIGRATED_WITH_DATA))
-                    for k, r in recs]
+        extra = 0 if bk.persistent else L.REC_MIGRATED_WITH_DATA
+        pnn, n = dbs.pnn, len(bk.records)
+
+        def retag():  # every restored record has this node as its DMASTER
+            out = []
+            for i in range(0, n, STEP_RECORDS):
+                out.extend((k, L.Record(r.rsn, pnn, r.flags | extra, r.value))
+                           for k, r in bk.records[i:i + STEP_RECORDS])
+                yield
+            return out
+        recs = await cooperative(retag())
+        bk.records = None
+        frames = await wire_frames(recs, CHUNK_BYTES)
+        del recs
         members = dbs.members()
         token = secrets.token_hex(8)
-        res = await asyncio.gather(*(self._push(m, target, bk.persistent, recs, seqnum,
+        res = await asyncio.gather(*(self._push(m, target, bk.persistent, frames, seqnum,
                                                 token) for m in members),
                                    return_exceptions=True)
         failed = {m: str(r) for m, r in zip(members, res) if isinstance(r, Exception)}
         if failed:
             raise self._error("EIO", f"restore of {target} failed on {failed}")
         log.warning("database %s restored from %s: %d records on %s", target, path,
-                    len(recs), members)
-        return {"db_name": target, "file": path, "records": len(recs),
+                    n, members)
+        return {"db_name": target, "file": path, "records": n,
                 "persistent": bk.persistent, "seqnum": seqnum if seqnum is not None else 0,
                 "backup_time": bk.time, "nodes": members}
 
-    async def _push(self, pnn, name, persistent, recs, seqnum, token):
-        from .layer import wire_chunks
-        for first, last, chunk in wire_chunks(recs, CHUNK_BYTES):
+    async def _push(self, pnn, name, persistent, frames, seqnum, token):
+        for first, last, chunk in frames:
             await self.cluster.control(pnn, "db_restore", {
                 "db": name, "persistent": persistent, "records": chunk, "first": first,
                 "last": last, "seqnum": seqnum, "token": token}, timeout=30.0)
 
     async def _ctl_restore(self, src, args):
-        from .layer import rec_from_wire
         self.dbs._not_frozen()
         name, persistent = args["db"], bool(args["persistent"])
         key = (src, args["token"])
@@ -189,7 +199,7 @@ class Maintenance:
         staged = self._restoring.get(key)
         if staged is None:
             raise RuntimeError("restore: chunk without its first chunk")
-        staged.extend(rec_from_wire(w) for w in args["records"])
+        await from_wire(args["records"], staged)
         if not args.get("last"):
             return {}
         recs = self._restoring.pop(key)

@@ -174,3 +174,36 @@ def test_backupdb_restoredb(tmp_path):
         for p in rest:
             assert ok(c, p, "pfetch", "copy.tdb", "k5") == "v5\n"
             assert ok(c, p, "pfetch", "reg.tdb", "k1") == "v1\n"
+
+
+def test_large_restore_and_recovery_keep_every_node_connected(tmp_path):
+    """Restoring a 100k-record database and recovering it (a node stopped and continued:
+    the leader pulls, merges and pushes 100k records, seconds of CPU) must not cost a
+    node its links: keepalives keep flowing (KeepaliveInterval 0.5 s x KeepaliveLimit 3)
+    and every node ends with every record."""
+    from pyctdb.db import backup as B
+    from pyctdb.db import logic as L
+    n = 100_000
+    bk = tmp_path / "big.bak"
+    B.write(str(bk), "big.tdb", False, 0,
+            [(f"key-{i:06d}".encode(), L.Record(1, 0, 0, b"v" * 100)) for i in range(n)])
+    with LocalCluster(3, base_dir=tmp_path, tunables={"VacuumInterval": 0}) as c:
+        c.start()
+        c.wait_healthy(30)
+        start = {p: len(c.log(p)) for p in range(3)}
+        ok(c, 0, "restoredb", str(bk))
+        assert [records(c, p, "big.tdb") for p in range(3)] == [n] * 3
+        ok(c, 2, "stop")
+        c.wait_for(lambda: 2 not in c.status(0)["vnnmap"], 30, what="node 2 out")
+        ok(c, 2, "continue")
+        c.wait_for(lambda: c.status(0)["vnnmap"] == [0, 1, 2]
+                   and c.status(0)["recovery_mode"] == "NORMAL", 60, what="node 2 back")
+        leader = c.status(0)["leader"]
+        c.wait_for(lambda: f"{n} records merged and pushed to [0, 1, 2]" in c.log(leader),
+                   30, what="the recovery of the 100k records")
+        for p in range(3):
+            new = c.log(p)[start[p]:]
+            assert "is DISCONNECTED" not in new and "silent for" not in new, new[-3000:]
+            assert records(c, p, "big.tdb") == n
+            assert ok(c, p, "readkey", "big.tdb", f"key-{p * 33333:06d}").strip() == \
+                f"Data: size:100 ptr:[{'v' * 100}]"
