@@ -47,21 +47,32 @@ def _rec(key, rec):
             "value": _b64(rec.value)}
 
 
+def db_command(server, fn, errors=()):
+    """An API handler calling ``fn(db, **args)`` with ``server``'s database layer;
+    DbError (and the ``(exception class, code)`` pairs of ``errors``) become API errors."""
+    from .layer import DbError
+
+    async def handler(**kw):
+        db = server.db
+        if db is None:
+            raise _api_error("EIO", "this agent runs without the database layer")
+        try:
+            return await fn(db, **kw)
+        except DbError as exc:
+            raise _api_error(exc.code, exc.message) from None
+        except tuple(cls for cls, _code in errors) as exc:
+            code = next(code for cls, code in errors if isinstance(exc, cls))
+            raise _api_error(code, str(exc)) from None
+    handler.__name__ = fn.__name__
+    return handler
+
+
 def commands(server):
     """The database commands for ApiServer ``server`` (its ``db``: a Databases or None)."""
     from .layer import DbError
 
     def wrap(fn):
-        async def handler(**kw):
-            db = server.db
-            if db is None:
-                raise _api_error("EIO", "this agent runs without the database layer")
-            try:
-                return await fn(db, **kw)
-            except DbError as exc:
-                raise _api_error(exc.code, exc.message) from None
-        handler.__name__ = fn.__name__
-        return handler
+        return db_command(server, fn)
 
     async def attach(db, db_name, persistent=False):
         if not int(db.cluster.tunables.get("AllowClientDBAttach")):  # as CTDB (detach)

@@ -10,6 +10,7 @@ import asyncio
 import logging
 
 from .. import registry as R
+from .api import db_command
 
 log = logging.getLogger("pyctdb.registry")
 
@@ -25,18 +26,7 @@ def commands(server):
     lock = asyncio.Lock()  # read-modify-write of this node's requests, one at a time
 
     def wrap(fn):
-        async def handler(**kw):
-            db = server.db
-            if db is None:
-                raise _api_error("EIO", "this agent runs without the database layer")
-            try:
-                return await fn(db, **kw)
-            except R.RegistryError as exc:
-                raise _api_error("EINVAL", str(exc)) from None
-            except DbError as exc:
-                raise _api_error(exc.code, exc.message) from None
-        handler.__name__ = fn.__name__
-        return handler
+        return db_command(server, fn, errors=((R.RegistryError, "EINVAL"),))
 
     async def records(db):
         try:
