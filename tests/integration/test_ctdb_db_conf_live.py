@@ -19,9 +19,7 @@ pytestmark = pytest.mark.timeout(240)
 
 @pytest.fixture(scope="module")
 def local(tmp_path_factory):
-    with LocalCluster(3, base_dir=tmp_path_factory.mktemp("dbconf")) as c:
-        c.start()
-        c.wait_healthy(30)
+    with LocalCluster.healthy_cluster(3, tmp_path_factory.mktemp("dbconf")) as c:
         yield c
 
 

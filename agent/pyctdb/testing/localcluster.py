@@ -21,6 +21,7 @@ in DIR and keeps it running until interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import shutil
@@ -214,6 +215,16 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+    @classmethod
+    @contextlib.contextmanager
+    def healthy_cluster(cls, n, base_dir, timeout=30.0, **kw):
+        """``with LocalCluster.healthy_cluster(3, tmp) as c:`` n agents, started and
+        healthy; all stopped at the end."""
+        with cls(n, base_dir=base_dir, **kw) as c:
+            c.start()
+            c.wait_healthy(timeout)
+            yield c
 
     def __enter__(self):
         return self

@@ -11,9 +11,7 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture
 def c(tmp_path):
-    with LocalCluster(3, base_dir=tmp_path) as c:
-        c.start()
-        c.wait_healthy(30)
+    with LocalCluster.healthy_cluster(3, tmp_path) as c:
         yield c
 
 

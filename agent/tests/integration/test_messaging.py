@@ -20,9 +20,7 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture(scope="module")
 def c(tmp_path_factory):
-    with LocalCluster(3, base_dir=tmp_path_factory.mktemp("msg")) as cl:
-        cl.start()
-        cl.wait_healthy(30)
+    with LocalCluster.healthy_cluster(3, tmp_path_factory.mktemp("msg")) as cl:
         yield cl
 
 

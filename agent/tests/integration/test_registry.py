@@ -34,9 +34,7 @@ def fails(c, pnn, *args):
 
 @pytest.fixture(scope="module")
 def c(tmp_path_factory):
-    with LocalCluster(3, base_dir=tmp_path_factory.mktemp("reg")) as c:
-        c.start()
-        c.wait_healthy(30)
+    with LocalCluster.healthy_cluster(3, tmp_path_factory.mktemp("reg")) as c:
         yield c
 
 
