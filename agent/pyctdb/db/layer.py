@@ -26,10 +26,11 @@ CTL_TIMEOUT = 10.0
 PULL_BYTES = 1 << 20      # per db_pull / db_push frame (frames are limited to 4 MiB)
 GIVE_LOCK_WAIT = 1.0      # a DMASTER waits this long for a locked record, then says busy
 LEASE_SECONDS = 30.0      # a fetch-lock taken through the API is released after this
+CONFLICT = "transaction conflict"  # an expect_seqnum that no longer holds
 
 
 class DbError(Exception):
-    """An error for the API: ``code`` (ENOENT, EINVAL, EAGAIN, EIO, ENOTCONN)."""
+    """An error for the API: ``code`` (ENOENT, EINVAL, EAGAIN, EBUSY, EIO, ENOTCONN)."""
 
     def __init__(self, code, message):
         super().__init__(message)
@@ -462,9 +463,11 @@ class Databases:
             raise DbError("EAGAIN", "no vnn map yet")
         return vm[L.db_id(name) % len(vm)]
 
-    async def commit(self, name, writes, timeout=15.0):
+    async def commit(self, name, writes, timeout=15.0, expect_seqnum=None):
         """Commit ``writes`` ([(key, value or None)]) to persistent database ``name`` on
-        every active node. Returns the new sequence number."""
+        every active node. Returns the new sequence number. ``expect_seqnum``: commit only
+        if the database's sequence number is still that (a read-modify-write that another
+        writer overtook fails with DbError EBUSY instead of undoing the other's change)."""
         await self.ready(timeout)
         st, meta = self.usable(name)
         if not st.persistent:
@@ -480,10 +483,13 @@ class Databases:
         while True:
             try:
                 res = await self.cluster.control(self.coordinator(name), "db_trans_commit",
-                                                 {"db": name, "writes": wire},
+                                                 {"db": name, "writes": wire,
+                                                  "expect_seqnum": expect_seqnum},
                                                  timeout=CTL_TIMEOUT)
                 return res["seqnum"]
             except ControlError as exc:
+                if CONFLICT in exc.message:
+                    raise DbError("EBUSY", f"transaction on {name}: {exc.message}") from None
                 retry = "frozen" in exc.message or "not connected" in exc.message \
                     or "timed out" in exc.message
                 if not retry or time.monotonic() + delay > deadline:
@@ -500,6 +506,10 @@ class Databases:
         await self._commit_locks.acquire(name, CTL_TIMEOUT)
         try:
             self._not_frozen()
+            expect = args.get("expect_seqnum")
+            if expect is not None and st.meta[name]["seqnum"] != expect:
+                raise ControlError(self.pnn, f"{CONFLICT}: sequence number "
+                                             f"{st.meta[name]['seqnum']}, expected {expect}")
             seqnum = st.meta[name]["seqnum"] + 1
             recs = []
             for k, v in args["writes"]:

@@ -24,6 +24,7 @@ def commands(server):
     """The ``conf_*`` commands for ApiServer ``server`` (its ``db``: Databases or None)."""
     from .layer import DbError
     lock = asyncio.Lock()  # read-modify-write of this node's requests, one at a time
+    CONFLICT_RETRIES = 20
 
     def wrap(fn):
         return db_command(server, fn, errors=((R.RegistryError, "EINVAL"),))
@@ -47,8 +48,10 @@ def commands(server):
         except DbError:
             return 0
 
-    async def commit(db, writes):
-        """One transaction: ``writes`` [(key, value bytes or None)]."""
+    async def commit(db, writes, expect):
+        """One transaction: ``writes`` [(key, value bytes or None)], computed from the
+        registry at sequence number ``expect``; DbError EBUSY if another node changed it
+        since."""
         if not writes:
             return seqnum(db)
         try:
@@ -57,7 +60,28 @@ def commands(server):
             if exc.code != "ENOENT":
                 raise
             await db.attach(R.DB_NAME, True)
-        return await db.commit(R.DB_NAME, writes)
+        return await db.commit(R.DB_NAME, writes, expect_seqnum=expect)
+
+    async def read_modify_write(db, change, check=False):
+        """``change(recs)`` -> (writes, result) from the registry's records, committed
+        only if no other writer changed the registry in between; on a conflict it is read
+        and computed again (concurrent edits on several nodes both take effect, the
+        second on top of the first). ``check``: compute, commit nothing. Returns
+        (result, seqnum, writes)."""
+        for attempt in range(CONFLICT_RETRIES):
+            async with lock:
+                seq = seqnum(db)
+                writes, result = change(await records(db))
+                if not writes or check:
+                    return result, seq, writes
+                try:
+                    return result, await commit(db, writes, seq), writes
+                except DbError as exc:
+                    if exc.code != "EBUSY" or attempt == CONFLICT_RETRIES - 1:
+                        raise
+                    log.info("registry: changed by another node meanwhile (%s); again",
+                             exc.message)
+            await asyncio.sleep(0.01 * (attempt + 1))  # our copy catches up meanwhile
 
     def section_writes(recs, old, new):
         """The write that turns section ``old`` into ``new`` (either may be None)."""
@@ -120,20 +144,19 @@ def commands(server):
         if delete is not None and not (isinstance(delete, list) and all(
                 isinstance(p, str) for p in delete)):
             raise R.RegistryError("delete must be a list of parameter names")
-        async with lock:
-            recs, secs = await current(db)
-            old = R.find(secs, section)
+        def change(recs):
+            old = R.find(R.decode(recs), section)
             if delete_section:
                 R.section_name(section)
                 new = None
             else:
                 new = R.update_section(old, section, set, delete, bool(exclusive))
-            writes = section_writes(recs, old, new)
-            seq = seqnum(db)
-            if writes and not check:
-                seq = await commit(db, writes)
-                log.warning("registry: section [%s] %s (seqnum %d)", R.section_name(section),
-                            "deleted" if new is None else "changed", seq)
+            return section_writes(recs, old, new), (old, new)
+
+        (old, new), seq, writes = await read_modify_write(db, change, check)
+        if writes and not check:
+            log.warning("registry: section [%s] %s (seqnum %d)", R.section_name(section),
+                        "deleted" if new is None else "changed", seq)
         return {"changed": bool(writes), "section": R.section_name(section),
                 "before": show(old), "after": show(new), "seqnum": seq}
 
@@ -152,10 +175,10 @@ def commands(server):
         return await conf_update(db, section, delete_section=True)
 
     async def conf_drop(db):
-        async with lock:
-            recs = await records(db)
-            writes = [(k, None) for k, _v in recs if k.startswith(R.PREFIX)]
-            seq = await commit(db, writes)
+        def change(recs):
+            return [(k, None) for k, _v in recs if k.startswith(R.PREFIX)], None
+
+        _none, seq, writes = await read_modify_write(db, change)
         log.warning("registry dropped (%d sections, seqnum %d)", len(writes), seq)
         return {"sections": len(writes), "seqnum": seq}
 
@@ -171,8 +194,7 @@ def commands(server):
                 raise _api_error("ENOENT", f"Share {R.section_name(section)} not found in "
                                            f"file {source}")
             secs = [want]
-        async with lock:
-            recs = await records(db)
+        def change(recs):
             if section is None:
                 writes = {k: None for k, _v in recs if k.startswith(R.PREFIX)}
                 for i, s in enumerate(secs, 1):
@@ -189,9 +211,9 @@ def commands(server):
                     except ValueError as exc:
                         raise R.RegistryError(f"{source}: section {k[len(R.PREFIX):]!r}: "
                                               f"{exc}") from None
-            seq = seqnum(db)
-            if not test and writes:
-                seq = await commit(db, writes)
+            return writes, None
+
+        _none, seq, _writes = await read_modify_write(db, change, bool(test))
         if not test:
             log.warning("registry: imported %d sections from %s (seqnum %d)", len(secs),
                         source, seq)

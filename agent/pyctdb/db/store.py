@@ -144,15 +144,20 @@ class Store:
         return out, False
 
     # -- writes (in the worker thread) -----------------------------------------------
-    async def run(self, fn, *args):
-        """Run ``fn(txn, *args)`` in one write transaction in the worker thread."""
+    async def run(self, fn, *args, after=None):
+        """Run ``fn(txn, *args)`` in one write transaction in the worker thread, then
+        ``after()`` (in the worker, once the transaction is committed: what readers on
+        the loop see, such as ``meta``, never runs ahead of what LMDB readers see)."""
         if self.env is None:
             raise StoreError(self.error or f"{self.kind} databases are not available")
         loop = asyncio.get_running_loop()
 
         def job():
             with self.env.begin(write=True) as txn:
-                return fn(txn, *args)
+                r = fn(txn, *args)
+            if after is not None:
+                after()
+            return r
         self.pending += 1
         try:
             return await loop.run_in_executor(self._exec, job)
@@ -216,8 +221,9 @@ class Store:
                 else:
                     txn.put(key, rec.pack(), db=h)
             self.put_meta(txn, name, meta)
-            self.meta[name] = meta  # (in the worker: done before any later barrier)
-        await self.run(fn)
+        # the new meta (sequence number) once the records are committed, in the worker:
+        # before any later barrier
+        await self.run(fn, after=lambda: self.meta.__setitem__(name, meta))
         if replace and name in self.damaged:
             self.damaged.pop(name, None)
             log.warning("database %s replaced by recovery: served again", name)

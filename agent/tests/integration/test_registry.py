@@ -94,3 +94,25 @@ def test_registry_tunables_apply_on_every_node(c):
     ok(c, 0, "conf", "delparm", "pyctdb:tunables", "MonitorInterval")
     c.wait_for(lambda: all(getvar(c, p, "MonitorInterval") == 15 for p in range(3)),
                timeout=10, what="MonitorInterval back to 15 on every node")
+
+
+def test_concurrent_edits_on_several_nodes_all_take_effect(c):
+    """setparm on every node at once, into the same section: each is a read-modify-write
+    of the whole section, committed only if no other node changed the registry in
+    between (otherwise read again), so no node's parameter is lost (last-writer-wins
+    would drop most of them)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def setparms(pnn):
+        for i in range(8):
+            r = c.call(pnn, "conf_setparm", timeout=30, section="race",
+                       param=f"p{pnn}x{i}", value=str(i))
+            assert r.get("ok", True) is not False, r
+    with ThreadPoolExecutor(3) as ex:
+        list(ex.map(setparms, range(3)))
+    want = {f"p{p}x{i}": str(i) for p in range(3) for i in range(8)}
+    for p in range(3):
+        out = ok(c, p, "conf", "showsection", "race")
+        got = dict(line.strip().split(" = ") for line in out.splitlines()[1:])
+        assert got == want, (p, sorted(set(want) - set(got)))
+    ok(c, 0, "conf", "delsection", "race")
