@@ -73,14 +73,14 @@ class ApiServer:
             "event_status": self.cmd_event_status, "event_run": self.cmd_event_run,
             "event_script": self.cmd_event_script,
         }
+        #: commands whose handler takes the connection (``conn=ApiConnection``)
+        self.conn_commands = set()
         from .db.api import commands as _db_commands  # databases: see db/api.py
         self.commands.update(_db_commands(self))
         from .db.registry_api import commands as _conf_commands  # registry: pyctdb conf
         self.commands.update(_conf_commands(self))
         # `pyctdb -n PNN disable` etc.: the API of one node administers another
         cluster.control_handlers["admin"] = self._ctl_admin
-        #: commands whose handler takes the connection (``conn=ApiConnection``)
-        self.conn_commands = set()
         self._init_messaging()
 
     async def start(self):

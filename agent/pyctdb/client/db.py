@@ -12,20 +12,33 @@
         t.delete(b"b")
     reg.fetch(b"a")                                  # -> b"1"
 
-Everything goes through this node's agent (its local API socket: ``socket=`` or
+Requests go to this node's agent (its local API socket: ``socket=`` or
 ``$PYCTDB_SOCKET``). Keys and values are bytes (str is encoded as UTF-8).
 
-Not yet: reading a record straight from the local LMDB when this node is its DMASTER
-(every call is one round trip to the agent).
+Volatile databases have a fast path, as CTDB's client: the library opens the node's
+volatile LMDB environment itself (the agent says where in its ``attach`` answer), and
+``fetch_locked`` is one LMDB write transaction — the environment's writer lock is the
+record lock — in which it checks the gate (the agent serves, no recovery: see
+``pyctdb/db/gate.py``) and that this node is the record's DMASTER, then reads, and the
+store commits. Only when that does not hold does it ask the agent to migrate the record
+here, and try again. ``fetch`` reads a record this node masters from a read
+transaction. See docs/client.md.
 """
 
 from __future__ import annotations
 
 import base64
+import os
+import threading
+import time
+import weakref
 
 from ..apiclient import ApiCallError, Client
+from ..db.gate import GATE, GATE_DB, GATE_KEY, lease_key
+from ..db.logic import HEADER, MAX_VALUE, REC_DELETED
 
-__all__ = ["attach", "Database", "LockedRecord", "Transaction", "DatabaseError"]
+__all__ = ["attach", "Database", "LocalRecord", "LockedRecord", "Transaction",
+           "DatabaseError"]
 
 
 class DatabaseError(Exception):
@@ -47,13 +60,93 @@ def _unb(s) -> bytes:
     return base64.b64decode(s)
 
 
-def attach(name, persistent=False, socket=None, timeout=30.0):
-    """Attach database ``name`` on every node (creating it if needed) and return it."""
+def attach(name, persistent=False, socket=None, timeout=30.0, local=True):
+    """Attach database ``name`` on every node (creating it if needed) and return it.
+    ``local`` (volatile databases): use this node's LMDB environment directly when
+    possible (the fast path); False: every request goes to the agent."""
     db = Database(name, socket=socket, timeout=timeout)
     res = db._call("attach", db_name=name, persistent=bool(persistent))
     db.db_id = res["db_id"]
     db.persistent = res["persistent"]
+    db.pnn = res.get("pnn")
+    if local and not db.persistent and res.get("volatile_env") and db.pnn is not None:
+        try:
+            db._local = _Local(res["volatile_env"], name, db.pnn)
+        except Exception as exc:  # lmdb.Error, OSError (permissions), ImportError
+            db.local_error = f"{type(exc).__name__}: {exc}"
+        else:
+            _DATABASES.add(db)
     return db
+
+
+# -- the fast path: this node's volatile LMDB environment ----------------------------------
+_HDR = HEADER
+_GATE = GATE
+_monotonic = time.monotonic
+_get_ident = threading.get_ident
+#: API commands that may need this node's volatile writer lock: refused to a thread that
+#: holds a record through the fast path (the agent would wait for it, and it for the agent)
+_WRITERS = frozenset({"readkey", "writekey", "deletekey", "fetch_lock", "fetch_unlock",
+                      "wipedb", "attach", "detach", "restoredb"})
+#: fast-path attempts (each after a migration) before a fetch-lock goes through the agent
+MIGRATE_TRIES = 3
+_ENVS = {}                       # path -> _Env: LMDB allows one per file per process
+_DATABASES = weakref.WeakSet()   # Databases with a fast path (dropped in a forked child)
+
+
+class _Env:
+    """This process's handle on one node's volatile LMDB environment."""
+
+    __slots__ = ("env", "gate", "holder")
+
+    def __init__(self, path):
+        from ..db.store import open_env
+        self.env = open_env(path, persistent=False, create=False)
+        self.gate = self.env.open_db(GATE_DB)
+        self.holder = 0   # the thread holding the writer lock through the fast path
+
+    @classmethod
+    def get(cls, path):
+        e = _ENVS.get(path)
+        if e is None:
+            e = _ENVS[path] = cls(path)
+        return e
+
+
+class _Local:
+    """One database's fast path: its handle in the node's environment."""
+
+    __slots__ = ("e", "env", "begin", "db", "gate", "pnn", "prefix")
+
+    def __init__(self, path, name, pnn):
+        self.e = _Env.get(path)
+        self.env = self.e.env
+        self.begin = self.env.begin
+        self.gate = self.e.gate
+        self.db = self.env.open_db(b"db:" + name.encode(), create=False)
+        self.pnn = pnn
+        self.prefix = lease_key(name, b"")
+
+
+def _forked():
+    # An LMDB environment belongs to the process that opened it: a forked child goes
+    # through the agent (better: attach again in the child).
+    for db in list(_DATABASES):
+        db._local = None
+    _DATABASES.clear()
+    _ENVS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
+
+def _key(key):
+    if isinstance(key, str):
+        return key.encode()
+    if isinstance(key, (bytes, bytearray, memoryview)):
+        return bytes(key)
+    raise TypeError("keys and values are bytes or str")
 
 
 class Database:
@@ -61,9 +154,21 @@ class Database:
         self.name = name
         self.db_id = None
         self.persistent = None
+        self.pnn = None
+        self._local = None       # the fast path (_Local), if this node's LMDB could be opened
+        self.local_error = None  # why not, if it could not
         self._client = Client(socket, timeout=timeout)
 
+    @property
+    def local(self):
+        """Whether this database uses the fast path (this node's LMDB directly)."""
+        return self._local is not None
+
     def _call(self, command, **args):
+        loc = self._local
+        if loc is not None and loc.e.holder == _get_ident() and command in _WRITERS:
+            raise DatabaseError("EDEADLK", f"{command} while this thread holds a record of "
+                                "this node locked (fetch_locked): release it first")
         try:
             return self._client.call(command, **args)
         except ApiCallError as exc:
@@ -79,30 +184,96 @@ class Database:
         self.close()
 
     # -- volatile databases ---------------------------------------------------------------
-    def fetch_locked(self, key, lease=30.0):
+    def fetch_locked(self, key, lease=30.0, _tries=0):
         """Lock record ``key`` on this node (migrating it here). Use as a context
-        manager; the lock is released on exit, and in any case after ``lease`` seconds."""
+        manager; the lock is released on exit (or by ``store``/``delete``).
+
+        Fast path: one LMDB write transaction on this node's volatile environment,
+        without a request to the agent when this node is the record's DMASTER; it holds
+        the node's volatile writer lock until released (keep the block short). Through
+        the agent otherwise: released on exit, when this connection closes, and in any
+        case after ``lease`` seconds."""
+        if key.__class__ is not bytes:
+            key = _key(key)
+        loc = self._local
+        if loc is not None:
+            # (positional arguments: py-lmdb's keyword parsing costs 20% here)
+            try:
+                txn = loc.begin(loc.db, None, True)
+            except Exception as exc:
+                raise self._lmdb_error(exc) from None
+            try:
+                g = txn.get(GATE_KEY, None, loc.gate)
+                if g is not None:
+                    until, leases = _GATE.unpack(g)
+                    if until > _monotonic() and not (
+                            leases and txn.get(loc.prefix + key, None, loc.gate) is not None):
+                        raw = txn.get(key)
+                        if raw is not None:
+                            rsn, dmaster, flags = _HDR.unpack_from(raw)
+                            if dmaster == loc.pnn:
+                                loc.e.holder = _get_ident()
+                                return LocalRecord(txn, loc, key, raw, rsn, flags)
+                txn.abort()
+            except BaseException as exc:
+                txn.abort()
+                if isinstance(exc, Exception) and not isinstance(exc, DatabaseError):
+                    raise self._lmdb_error(exc) from None
+                raise
+            if _tries < MIGRATE_TRIES:
+                # not here, in recovery, or leased through the agent: the agent migrates
+                # the record here (waiting for the recovery or the lease); then again
+                self._call("readkey", db_name=self.name, key=_b(key))
+                return self.fetch_locked(key, lease, _tries + 1)
+            # taken away again each time (a busy record): the agent holds it for us
         res = self._call("fetch_lock", db_name=self.name, key=_b(key), lease=lease)
         return LockedRecord(self, key, res)
 
+    def _lmdb_error(self, exc):
+        if "while another write transaction is active on the same thread" in str(exc):
+            return DatabaseError("EDEADLK", "fetch_locked while this thread holds a "
+                                 "record of this node locked: release it first")
+        return DatabaseError("EIO", f"{self.name}: local LMDB: {exc}")
+
     def fetch(self, key):
-        """The value of ``key`` (None if absent). Volatile: migrates the record here, as
-        CTDB's readkey; persistent: this node's replica."""
+        """The value of ``key`` (None if absent). Volatile: read from this node's LMDB
+        when this node is the record's DMASTER, otherwise migrated here, as CTDB's
+        readkey; persistent: this node's replica."""
         if self.persistent:
             res = self._call("pfetch", db_name=self.name, key=_b(key))
-        else:
-            res = self._call("readkey", db_name=self.name, key=_b(key))
+            return _unb(res["value"]) if res["exists"] else None
+        if key.__class__ is not bytes:
+            key = _key(key)
+        loc = self._local
+        if loc is not None:
+            try:
+                with loc.begin(loc.db) as txn:
+                    g = txn.get(GATE_KEY, None, loc.gate)
+                    raw = txn.get(key)
+            except Exception as exc:
+                raise self._lmdb_error(exc) from None
+            if g is not None and raw is not None and _GATE.unpack(g)[0] > _monotonic():
+                rsn, dmaster, flags = _HDR.unpack_from(raw)
+                if dmaster == loc.pnn:
+                    return None if flags & REC_DELETED else raw[_HDR.size:]
+        res = self._call("readkey", db_name=self.name, key=_b(key))
         return _unb(res["value"]) if res["exists"] else None
 
     def store(self, key, value):
         if self.persistent:
             self._call("pstore", db_name=self.name, key=_b(key), value=_b(value))
+        elif self._local is not None:
+            with self.fetch_locked(key) as rec:
+                rec.store(value)
         else:
             self._call("writekey", db_name=self.name, key=_b(key), value=_b(value))
 
     def delete(self, key):
         if self.persistent:
             self._call("pdelete", db_name=self.name, key=_b(key))
+        elif self._local is not None:
+            with self.fetch_locked(key) as rec:
+                rec.delete()
         else:
             self._call("deletekey", db_name=self.name, key=_b(key))
 
@@ -123,7 +294,79 @@ class Database:
         self._call("wipedb", db_name=self.name)
 
 
+class LocalRecord:
+    """A record held through the fast path: an open LMDB write transaction on this
+    node's volatile environment (its writer lock). ``value`` (None if the record does
+    not exist), ``exists``, ``rsn``; :meth:`store` / :meth:`delete` write it (RSN + 1)
+    and release it, leaving the block (or :meth:`release`) without them releases it
+    unchanged."""
+
+    __slots__ = ("key", "value", "exists", "rsn", "_txn", "_loc")
+
+    def __init__(self, txn, loc, key, raw, rsn, flags):
+        self._txn = txn
+        self._loc = loc
+        self.key = key
+        self.rsn = rsn
+        if flags & REC_DELETED:
+            self.value, self.exists = None, False
+        else:
+            self.value, self.exists = raw[_HDR.size:], True
+
+    def store(self, value):
+        """Store ``value`` (bytes, or str as UTF-8) and release the lock."""
+        if value.__class__ is not bytes:
+            value = _key(value)
+        if len(value) > MAX_VALUE:
+            raise DatabaseError("EINVAL", f"value of {len(value)} bytes is larger than the "
+                                f"limit ({MAX_VALUE} bytes)")
+        self._put(value, 0)
+        self.value, self.exists = value, True
+
+    def delete(self):
+        """Delete the record (it stays as a deleted record: docs/databases.md) and
+        release the lock."""
+        self._put(b"", REC_DELETED)
+        self.value, self.exists = None, False
+
+    def _put(self, value, flags):
+        txn = self._txn
+        if txn is None:
+            raise DatabaseError("EINVAL", "the record was already stored or released")
+        self._txn = None
+        loc = self._loc
+        loc.e.holder = 0
+        try:
+            txn.put(self.key, _HDR.pack(self.rsn + 1, loc.pnn, flags) + value)
+            txn.commit()
+        except BaseException:
+            txn.abort()
+            raise
+        self.rsn += 1
+
+    def release(self):
+        txn = self._txn
+        if txn is not None:
+            self._txn = None
+            self._loc.e.holder = 0
+            txn.abort()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, t, v, tb):
+        if self._txn is not None:
+            self.release()
+
+    def __del__(self):  # never keep the node's writer lock for a forgotten record
+        if self._txn is not None:
+            self.release()
+
+
 class LockedRecord:
+    """A record held through the agent (fetch_lock / fetch_unlock), same interface as
+    :class:`LocalRecord`."""
+
     def __init__(self, db, key, res):
         self.db = db
         self.key = key

@@ -78,7 +78,13 @@ def commands(server):
         if not int(db.cluster.tunables.get("AllowClientDBAttach")):  # as CTDB (detach)
             raise _api_error("EPERM", f"attach of {db_name} refused: AllowClientDBAttach "
                                       f"is 0 on node {db.pnn}")
-        return await db.attach(db_name, bool(persistent))
+        res = await db.attach(db_name, bool(persistent))
+        # for the client library's fast path (docs/client.md): this node's volatile LMDB
+        # environment, which its clients open themselves
+        st = db.stores[False]
+        res.update(pnn=db.pnn, volatile_env=None if st.env is None
+                   else os.path.abspath(st.path))
+        return res
 
     async def getdbmap(db):
         dbs, problems = db.dbmap()
@@ -129,17 +135,32 @@ def commands(server):
             db.unlock(db_name, k)
         return {"existed": not old.deleted, **_rec(k, rec)}
 
-    async def fetch_lock(db, db_name, key, lease=None):
+    owned = {}  # connection -> handles of the fetch-locks it took
+
+    def _closed(conn):
+        for h in owned.pop(conn, ()):
+            server.db._expire(h, "released: its client closed the connection")
+
+    async def fetch_lock(db, db_name, key, lease=None, conn=None):
         _volatile(db, db_name)
         k = _key(key)
         if lease is not None and (isinstance(lease, bool) or not isinstance(
                 lease, (int, float)) or not 0 < lease <= 3600):
             raise _api_error("EINVAL", "lease must be a number of seconds in (0, 3600]")
         handle, rec = await db.lease(db_name, k, lease or 30.0)
+        if conn is not None:  # released when the connection closes, or its lease ends
+            mine = owned.get(conn)
+            if mine is None:
+                mine = owned[conn] = set()
+                conn.on_close.append(lambda: _closed(conn))
+            elif len(mine) > 64:  # forget those that expired
+                mine.intersection_update(db._leases)
+            mine.add(handle)
         return {"handle": handle, "exists": not rec.deleted, **_rec(k, rec)}
 
-    async def fetch_unlock(db, handle, store=False, value=None):
+    async def fetch_unlock(db, handle, store=False, value=None, conn=None):
         v = _value(value) if (store and value is not None) else None
+        owned.get(conn, set()).discard(handle)
         rec = await db.release(handle, bool(store), v)
         return {"stored": rec is not None}
 
@@ -208,6 +229,7 @@ def commands(server):
     async def restoredb(db, file, db_name=None):
         return await db.maint.restore(_path("file", file), db_name)
 
+    server.conn_commands |= {"fetch_lock", "fetch_unlock"}
     cmds = {f.__name__: wrap(f) for f in (
         attach, getdbmap, catdb, readkey, writekey, deletekey, fetch_lock, fetch_unlock,
         pfetch, pstore, pdelete, ptrans, getdbseqnum, wipedb,

@@ -18,6 +18,7 @@ import time
 from .. import flags as F
 from ..cluster import ControlError
 from . import logic as L
+from .gate import Gate
 from .store import Store, StoreError
 
 log = logging.getLogger("pyctdb.db")
@@ -115,6 +116,20 @@ async def from_wire(wires, out):
     return out
 
 
+def handover(to, pnn, must_hold=False):
+    """For :meth:`Store.modify`: the record given to node ``to`` (RSN + 1). Read in the
+    write transaction: a client of this node may have stored it since it was read on
+    the loop. ``must_hold``: refuse unless node ``pnn`` (this one) is its DMASTER."""
+    def fn(rec):
+        if must_hold and (rec is None or rec.dmaster != pnn):
+            raise RuntimeError(f"node {pnn} is not the dmaster")
+        if rec is None:
+            rec = L.Record(0, pnn, L.REC_DELETED, b"")
+        return rec.replace(rsn=rec.rsn + 1, dmaster=to,
+                           flags=rec.flags | L.REC_MIGRATED_WITH_DATA)
+    return fn
+
+
 class KeyLocks:
     """asyncio locks by key, dropped when nobody holds or waits for them."""
 
@@ -156,6 +171,8 @@ class Databases:
                        True: Store(config.persistent_db_dir, True)}
         self.frozen = False
         self.epoch = 0
+        #: whether this node's clients may write its volatile records themselves (gate.py)
+        self.gate = Gate(self.stores[False])
         self._freeze_gen = None
         self._thawed = asyncio.Event()
         self._thawed.set()
@@ -360,9 +377,8 @@ class Databases:
                     except asyncio.TimeoutError:
                         raise RuntimeError("record is locked on its dmaster") from None
                 try:
-                    rec = rec.replace(rsn=rec.rsn + 1, dmaster=to,
-                                      flags=rec.flags | L.REC_MIGRATED_WITH_DATA)
-                    await st.store(name, key, rec, check=self._check_epoch(epoch))
+                    rec = await st.modify(name, key, handover(to, self.pnn),
+                                          check=self._check_epoch(epoch))
                 finally:
                     if own:
                         self._client_locks.release((name, key))
@@ -394,12 +410,8 @@ class Databases:
         except asyncio.TimeoutError:
             raise RuntimeError("record is locked on its dmaster") from None
         try:
-            rec = st.get(name, key)
-            if rec is None or rec.dmaster != self.pnn:
-                raise RuntimeError(f"node {self.pnn} is not the dmaster")
-            rec = rec.replace(rsn=rec.rsn + 1, dmaster=to,
-                              flags=rec.flags | L.REC_MIGRATED_WITH_DATA)
-            await st.store(name, key, rec, check=self._check_epoch(epoch))
+            rec = await st.modify(name, key, handover(to, self.pnn, must_hold=True),
+                                  check=self._check_epoch(epoch))
             return rec_to_wire(key, rec)
         finally:
             self._client_locks.release((name, key))
@@ -416,32 +428,52 @@ class Databases:
         st, _ = self.usable(name)
         if value is not None:
             L.check_value(value)
-        rec = st.get(name, key)
-        if rec is None or rec.dmaster != self.pnn or self.epoch != epoch:
-            raise DbError("EAGAIN", "a recovery took the record away: fetch it again")
-        new = L.Record(rec.rsn + 1, self.pnn,
-                       L.REC_DELETED if value is None else 0, value or b"")
+
+        def fn(rec):  # the stored record (a client of this node may have changed it)
+            if rec is None or rec.dmaster != self.pnn:
+                raise Retry("not the dmaster any more")
+            return L.Record(rec.rsn + 1, self.pnn,
+                            L.REC_DELETED if value is None else 0, value or b"")
         try:
-            await st.store(name, key, new, check=self._check_epoch(epoch))
+            return await st.modify(name, key, fn, check=self._check_epoch(epoch))
         except Retry:
             raise DbError("EAGAIN", "a recovery took the record away: fetch it again") \
                 from None
-        return new
 
     # -- leases: fetch-lock through the API ---------------------------------------------
     async def lease(self, name, key, seconds=LEASE_SECONDS):
+        """Lock record ``key`` for a client that reads and stores it through the API:
+        marked in the gate, so clients writing this node's LMDB leave it alone.
+        Returns (handle, the record as stored once marked)."""
         rec, epoch = await self.lock(name, key)
+        try:
+            await self.gate.hold(name, key)
+            st, _ = self.usable(name)
+            rec = st.get(name, key)
+            if rec is None or rec.dmaster != self.pnn or self.epoch != epoch:
+                raise DbError("EAGAIN", "a recovery took the record away: try again")
+        except BaseException:
+            await self._unhold(name, key)
+            raise
         handle = secrets.token_hex(8)
         timer = asyncio.get_running_loop().call_later(seconds, self._expire, handle)
         self._leases[handle] = (name, key, epoch, timer)
         return handle, rec
 
-    def _expire(self, handle):
+    async def _unhold(self, name, key):
+        try:
+            await self.gate.unhold(name, key)
+        except Exception as exc:
+            log.error("cannot clear the lease of %r in %s: %s", key, name, exc)
+        finally:
+            self.unlock(name, key)
+
+    def _expire(self, handle, why="not released within its lease"):
         entry = self._leases.pop(handle, None)
         if entry:
-            log.warning("fetch-lock of %r in %s not released within its lease: released",
-                        entry[1], entry[0])
-            self.unlock(entry[0], entry[1])
+            log.warning("fetch-lock of %r in %s %s: released", entry[1], entry[0], why)
+            entry[3].cancel()
+            asyncio.ensure_future(self._unhold(entry[0], entry[1]))
 
     async def release(self, handle, store=False, value=None):
         entry = self._leases.pop(handle, None) if isinstance(handle, str) else None
@@ -454,7 +486,7 @@ class Databases:
                 return await self.store_locked(name, key, epoch, value)
             return None
         finally:
-            self.unlock(name, key)
+            await self._unhold(name, key)
 
     # -- persistent transactions -----------------------------------------------------------
     def coordinator(self, name):
@@ -604,7 +636,10 @@ class Databases:
             self._thawed.clear()
             self._freeze_gen = self.cluster.generation
         self.epoch += 1
-        for st in self.stores.values():  # writes queued before the freeze are done
+        # no client writes from now (a client holding a record delays this), and writes
+        # queued before the freeze are done
+        await self.gate.close()
+        for st in self.stores.values():
             await st.barrier()
         dbs, problems = self.dbmap()
         return {"dbs": [{k: d[k] for k in ("name", "db_id", "persistent", "seqnum",
@@ -661,6 +696,8 @@ class Databases:
             self._thaw()
         if self._members is not None and c.members == self._members:
             self._members = None  # the cluster layer has caught up
+        self.gate.tick(F.is_active(c.my_flags) and not self.frozen and c.is_joined()
+                       and bool(c.vnnmap))
         # An inactive node's volatile copies are stale (the cluster went on without it):
         # drop them, so they can never come back in a later recovery.
         if not F.is_active(c.my_flags):

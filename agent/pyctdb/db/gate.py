@@ -1,0 +1,109 @@
+"""The gate of a node's volatile LMDB environment: whether clients of this node may write
+its records directly (the client library's fetch-lock fast path, docs/client.md).
+
+CTDB's client takes a record's tdb chain lock itself, checks that the record's header
+names this node as DMASTER and only asks the daemon to migrate the record otherwise.
+pyctdb's client does the same with LMDB: it opens the node's volatile environment, and a
+fetch-lock is one LMDB write transaction (the environment's writer lock is the record
+lock: process-shared, and released by the kernel if the client dies). Inside it, the
+client reads the gate record of the sub-database ``__gate__`` and writes only if the
+gate is open, the record's DMASTER is this node, and no API lease holds the record.
+
+The gate record (``gate``) is ``GATE``: ``open_until`` (CLOCK_MONOTONIC seconds, system
+wide; 0: closed) and ``leases`` (how many API fetch-locks are held on this node; when
+not 0 the client also looks for ``lease_key(db, key)``). The agent renews it every
+``RENEW`` seconds while it serves database requests (active, joined, not frozen), and
+closes it when it stops serving; a freeze waits until the closing is committed. As LMDB
+write transactions are serialised, a client's transaction either commits before the
+freeze or sees the gate closed — so no client writes during a recovery. An agent that
+dies or hangs stops renewing: its clients stop writing within ``TTL`` seconds.
+
+Every gate write runs in the store's worker thread (it waits there for the writer lock
+while a client holds a record; the event loop never does), and the set of leases is only
+touched there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+
+log = logging.getLogger("pyctdb.db")
+
+GATE_DB = b"__gate__"
+GATE_KEY = b"gate"
+GATE = struct.Struct("=dI")   # open_until, leases
+TTL = 3.0
+RENEW = 1.0
+
+
+def lease_key(name: str, key: bytes) -> bytes:
+    return b"lease:" + name.encode() + b"\0" + key
+
+
+class Gate:
+    """The agent's side, for one (volatile) :class:`~.store.Store`."""
+
+    def __init__(self, store):
+        self.store = store
+        self.want_open = False
+        self._leases = set()       # lease keys (touched in the worker thread only)
+        self._last = 0.0           # when the last renewal was queued
+        self._inflight = False
+
+    def _write(self, txn, extra=None):
+        """In the worker: write the gate record (and apply ``extra(txn)`` first)."""
+        h = self.store.handle_in(txn, GATE_DB)
+        if extra is not None:
+            extra(txn, h)
+        until = time.monotonic() + TTL if self.want_open else 0.0
+        txn.put(GATE_KEY, GATE.pack(until, len(self._leases)), db=h)
+
+    async def close(self):
+        """Close the gate; returns once no client can write any more (the closing is
+        committed: client transactions begun before it are finished)."""
+        self.want_open = False
+        if self.store.env is not None:
+            await self.store.run(self._write)
+
+    def tick(self, should_open):
+        """On each cycle: open, renew or close the gate (in the background)."""
+        now = time.monotonic()
+        if should_open == self.want_open and (not should_open or self._inflight
+                                              or now - self._last < RENEW):
+            return
+        if self.store.env is None:
+            return
+        self.want_open = should_open
+        self._last = now
+        self._inflight = True
+        asyncio.ensure_future(self._renew())
+
+    async def _renew(self):
+        try:
+            await self.store.run(self._write)
+        except Exception as exc:
+            log.error("cannot write the gate of the volatile databases: %s", exc)
+        finally:
+            self._inflight = False
+
+    # -- API leases (a fetch-lock held through the API) ------------------------------------
+    async def hold(self, name, key):
+        """Mark record ``key`` of ``name`` leased: clients of this node leave it alone
+        (committed when this returns)."""
+        lk = lease_key(name, key)
+
+        def extra(txn, h):
+            self._leases.add(lk)
+            txn.put(lk, b"", db=h)
+        await self.store.run(self._write, extra)
+
+    async def unhold(self, name, key):
+        lk = lease_key(name, key)
+
+        def extra(txn, h):
+            self._leases.discard(lk)
+            txn.delete(lk, db=h)
+        await self.store.run(self._write, extra)
