@@ -58,6 +58,24 @@ def _sort_key(addr):
 
 
 # -- the record of hosted addresses --------------------------------------------------------
+def interface_moves(assigned, configured, up):
+    """Which hosted addresses must change interface, as CTDB's ``updateip``:
+    ``assigned`` {address: interface it is on}, ``configured`` {address: PublicAddress},
+    ``up`` the interfaces that are up. An address whose interface is no longer listed for
+    it, or is down while another listed one is up, moves to the first listed interface
+    that is up. Returns [(address, old interface, new interface)] in address order."""
+    moves = []
+    for addr in sorted(assigned, key=_sort_key):
+        pa = configured.get(addr)
+        old = assigned[addr]
+        if pa is None or (old in pa.interfaces and old in up):
+            continue
+        new = next((i for i in pa.interfaces if i in up), None)
+        if new is not None and new != old:
+            moves.append((addr, old, new))
+    return moves
+
+
 def hosted_ips_path(socket_path):
     """The state file for an agent serving ``socket_path``: in the socket's directory (a
     runtime directory: it survives the agent, not a reboot), named after the socket, so
@@ -595,13 +613,16 @@ class Failover:
         if args.get("check") or not (added or removed or changed):
             return res
         for a in changed:
-            if a in self.assigned:
+            # another prefix: released, taken again as the file now says; other
+            # interfaces only: it stays on this node and moves interface (updateip)
+            if a in self.assigned and new[a].prefix != self.configured[a].prefix:
                 await self._ctl_release_ip(self.cluster.pnn, {"address": a})
         for a in removed:
             self._forget(a)
         self.configured = dict(new)
         for a in new:
             self._removed.pop(a, None)
+        await self._update_interfaces()
         self._changed_list("reloaded the public_addresses file: "
                            + ", ".join(f"{k} {v}" for k, v in
                                        (("added", added), ("removed", removed),
@@ -668,6 +689,41 @@ class Failover:
                         and addr not in present:
                     await self._record(addr, None)
             self._startup_cleaned = True
+        await self._update_interfaces()
+
+    async def _update_interfaces(self):
+        """Move hosted addresses whose interface went down or is no longer listed to
+        another listed interface that is up (:func:`interface_moves`), then run CTDB's
+        ``updateip OLD-IFACE NEW-IFACE IP MASKBITS`` event for each."""
+        from . import netops
+        moved = []
+        async with self._netlock:
+            ifaces = {i for a in self.assigned if a in self.configured
+                      for i in self.configured[a].interfaces} | set(self.assigned.values())
+            up = set()
+            for i in ifaces:
+                if await self._net(netops.iface_is_up, i):
+                    up.add(i)
+            for addr, old, new in interface_moves(self.assigned, self.configured, up):
+                pa = self.configured[addr]
+                try:
+                    await self._record(addr, (pa.prefix, new))
+                    await self._net(netops.add_address, new, addr, pa.prefix)
+                except netops.NetError as exc:
+                    await self._record(addr, (pa.prefix, old))
+                    log.error("cannot move %s from %s to %s: %s", addr, old, new, exc)
+                    continue
+                try:
+                    await self._net(netops.del_address, old, addr, pa.prefix)
+                except netops.NetError as exc:
+                    log.warning("moving %s to %s: not removed from %s: %s", addr, new,
+                                old, exc)
+                self.assigned[addr] = new
+                await self._net(netops.announce, new, addr)
+                moved.append((addr, old, new, pa.prefix))
+        for addr, old, new, prefix in moved:
+            log.warning("updateip: %s moved from %s to %s", addr, old, new)
+            await self._event("updateip", old, new, addr, prefix)
 
     async def _scan_connections(self):
         from . import netops

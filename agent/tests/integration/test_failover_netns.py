@@ -504,3 +504,56 @@ def test_moveip_runs_ip_events_in_ctdb_order(lab_cluster, tmp_path):
     assert ev[dst] == ["startipreallocate", f"takeip eth0 {addr} 24", "ipreallocated"]
     third = 3 - src - dst
     assert ev[third] == ["startipreallocate", "ipreallocated"]
+
+
+def test_interface_change_is_an_updateip(lab_cluster, tmp_path):
+    """An address that must change interface on the node hosting it stays there and
+    moves interface with CTDB's updateip event (no release, no take): after reloadips
+    lists another interface for it, and when its interface goes down while another
+    listed one is up."""
+    c, lab = lab_cluster
+    where = wait_all_hosted(c, lab)
+    addr = next(a for a, h in where.items() if h == 0)
+    ns = lab.host_ns(0)
+    log = tmp_path / "ev-0"
+    c.event_script(0, "90.log", f"[ \"$1\" = monitor ] || echo \"$@\" >> {log}\nexit 0\n")
+    # a second interface on host 0 (a veth pair inside its namespace: no dummy module)
+    subprocess.run(["ip", "-n", ns, "link", "add", "eth1", "type", "veth", "peer", "name",
+                    "eth1p"], check=True)
+    for i in ("eth1", "eth1p"):
+        subprocess.run(["ip", "-n", ns, "link", "set", i, "up"], check=True)
+
+    def on(iface):
+        out = subprocess.run(["ip", "-n", ns, "-4", "-o", "addr", "show", "dev", iface],
+                             capture_output=True, text=True, check=True).stdout
+        return [line.split()[3].split("/")[0] for line in out.splitlines()]
+
+    def listing(ifaces):
+        pub = "".join(f"{lab.public_address(j)}/24 "
+                      f"{ifaces if lab.public_address(j) == addr else 'eth0'}\n"
+                      for j in range(NPUB))
+        with open(os.path.join(c.config_dir(0), "public_addresses"), "w") as f:
+            f.write(pub)
+        r = c.cli(0, "reloadips", "0")
+        assert r.returncode == 0, r.stderr
+
+    listing("eth1")
+    c.wait_for(lambda: addr in on("eth1") and addr not in on("eth0"), 10,
+               what=f"{addr} moved to eth1")
+    c.wait_for(lambda: log.exists() and "updateip" in log.read_text(), 10, what="updateip")
+    lines = log.read_text().splitlines()
+    assert f"updateip eth0 eth1 {addr} 24" in lines, lines
+    assert not any(x.startswith(("releaseip", "takeip")) and f" {addr} " in x
+                   for x in lines), lines
+    assert hosts_of(lab).get(addr, []) == []  # (hosts_of reads eth0 only) on no eth0
+    log.unlink()
+
+    # its interface goes down while another listed one is up: back on eth0
+    listing("eth1,eth0")
+    subprocess.run(["ip", "-n", ns, "link", "set", "eth1", "down"], check=True)
+    c.wait_for(lambda: addr in on("eth0") and addr not in on("eth1"), 10,
+               what=f"{addr} back on eth0")
+    c.wait_for(lambda: log.exists() and "updateip" in log.read_text(), 10, what="updateip")
+    assert f"updateip eth1 eth0 {addr} 24" in log.read_text().splitlines()
+    assert hosts_of(lab)[addr] == [0]
+    assert ask(lab, addr) == "host0"
