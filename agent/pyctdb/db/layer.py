@@ -17,6 +17,7 @@ import time
 
 from .. import flags as F
 from ..cluster import ControlError
+from . import chunk as C
 from . import logic as L
 from .gate import Gate
 from .store import Store, StoreError
@@ -25,6 +26,7 @@ log = logging.getLogger("pyctdb.db")
 
 CTL_TIMEOUT = 10.0
 PULL_BYTES = 1 << 20      # per db_pull / db_push frame (frames are limited to 4 MiB)
+CHUNK_BYTES = 2 << 20     # records per binary chunk (db_pull/db_push): 2.7 MiB of base64
 GIVE_LOCK_WAIT = 1.0      # a DMASTER waits this long for a locked record, then says busy
 LEASE_SECONDS = 30.0      # a fetch-lock taken through the API is released after this
 CONFLICT = "transaction conflict"  # an expect_seqnum that no longer holds
@@ -107,6 +109,19 @@ async def wire_frames(items, limit=PULL_BYTES):
     return out
 
 
+async def chunk_frames(items, limit=CHUNK_BYTES):
+    """[(key, stored record)] as binary chunks (:mod:`.chunk`), encoded once for every
+    receiver: [(first, last, chunk, its base64)], with a turn of the event loop after
+    each."""
+    parts = C.split(items, limit)
+    out = []
+    for i, part in enumerate(parts):
+        blob = C.encode(part)
+        out.append((i == 0, i == len(parts) - 1, blob, C.to_wire(blob, False)))
+        await asyncio.sleep(0)
+    return out
+
+
 async def from_wire(wires, out):
     """Append the records of ``wires`` to ``out``, in pieces (see STEP_RECORDS)."""
     for i in range(0, len(wires), STEP_RECORDS):
@@ -128,6 +143,20 @@ def handover(to, pnn, must_hold=False):
         return rec.replace(rsn=rec.rsn + 1, dmaster=to,
                            flags=rec.flags | L.REC_MIGRATED_WITH_DATA)
     return fn
+
+
+async def stored_records(msg, name, src):
+    """The records of a db_pull reply or db_push request, [(key, stored record)]: its
+    binary ``chunk``, or the JSON ``records`` of an agent from before the chunks. A
+    damaged chunk is logged and raises RuntimeError: nothing of it may be stored."""
+    try:
+        if "chunk" in msg:
+            return C.decode_wire(msg["chunk"])
+        return [(k, r.pack()) for k, r in await from_wire(msg["records"], [])]
+    except (C.ChunkError, ValueError, TypeError, KeyError) as exc:
+        log.error("recovery: damaged records of %s from node %d rejected (%s): the "
+                  "recovery fails, no copy is changed", name, src, exc)
+        raise RuntimeError(str(exc)) from None
 
 
 class KeyLocks:
@@ -651,12 +680,22 @@ class Databases:
         name = args["db"]
         st, _ = self.usable_ctl(name)
         after = unb64(args["after"]) if args.get("after") else None
-        recs, more = st.page(name, after, PULL_BYTES)
+        raw = bool(args.get("chunk"))  # a binary chunk instead of JSON records
+        recs, more = st.page(name, after, CHUNK_BYTES if raw else PULL_BYTES, raw=raw)
         last = b64(recs[-1][0]) if recs else None
         if args.get("dmaster_only"):  # a traverse: the live records this node masters
-            recs = [(k, r) for k, r in recs if r.dmaster == self.pnn and not r.deleted]
-        return {"records": [rec_to_wire(k, r) for k, r in recs], "more": more, "last": last,
-                "seqnum": st.meta[name]["seqnum"]}
+            if raw:
+                me = self.pnn.to_bytes(4, "big")
+                recs = [(k, d) for k, d in recs
+                        if d[8:12] == me and not d[L.HEADER_SIZE - 1] & L.REC_DELETED]
+            else:
+                recs = [(k, r) for k, r in recs if r.dmaster == self.pnn and not r.deleted]
+        res = {"more": more, "last": last, "seqnum": st.meta[name]["seqnum"]}
+        if raw:
+            res["chunk"] = C.to_wire(C.encode(recs), local=src == self.pnn)
+        else:
+            res["records"] = [rec_to_wire(k, r) for k, r in recs]
+        return res
 
     async def _ctl_push(self, src, args):
         name, persistent = args["db"], bool(args["persistent"])
@@ -670,11 +709,18 @@ class Databases:
                 log.error("recovery: database %s not taken from the leader: %s", name, exc)
                 return {"skipped": str(exc)}
             self._staged[name] = []
-        staged = self._staged.setdefault(name, [])
-        await from_wire(args["records"], staged)
+        staged = self._staged.get(name)
+        if staged is None:
+            raise RuntimeError(f"recovery push of {name}: a chunk without its first one, or "
+                               "after a rejected one: nothing stored")
+        try:
+            staged.extend(await stored_records(args, name, src))
+        except RuntimeError as exc:
+            self._staged[name] = None  # the rest of this push is refused too
+            raise RuntimeError(f"recovery push of {name} rejected: {exc}") from None
         if args.get("last"):
-            recs = self._staged.pop(name, [])
-            await st.apply(name, recs, seqnum=args.get("seqnum"), replace=True)
+            recs = self._staged.pop(name)
+            await st.replace_raw(name, recs, seqnum=args.get("seqnum"))
             return {"records": len(recs)}
         return {}
 
@@ -746,14 +792,14 @@ class Databases:
             else:
                 copies = await asyncio.gather(*(self._pull(m, name) for m in e["nodes"]))
                 merged = {}
-                await cooperative(L.merge_volatile_steps(
+                await cooperative(L.merge_stored_steps(
                     list(zip(e["nodes"], copies)), self.pnn, merged, STEP_RECORDS))
                 del copies
-                records = list(merged.items())
+                records = sorted(merged.items())
                 del merged
                 seqnum = None
             total += len(records)
-            frames = await wire_frames(records)
+            frames = await chunk_frames(records)
             del records
             await asyncio.gather(*(self._push(m, name, e, frames, seqnum) for m in members))
         self.last_recovery = {"time": time.time(), "databases": len(dbs), "records": total,
@@ -763,12 +809,14 @@ class Databases:
                     len(dbs), total, members, self.last_recovery["duration_ms"])
 
     async def _pull(self, pnn, name, dmaster_only=False):
+        """Every record of ``name`` on node ``pnn``: [(key, stored record)]."""
         out, after = [], None
         while True:
             res = await self.cluster.control(pnn, "db_pull", {
-                "db": name, "after": after, "dmaster_only": dmaster_only},
+                "db": name, "after": after, "dmaster_only": dmaster_only, "chunk": True},
                 timeout=CTL_TIMEOUT)
-            await from_wire(res["records"], out)
+            out.extend(await stored_records(res, name, pnn))
+            await asyncio.sleep(0)
             if not res["more"] or not res["last"]:
                 return out
             after = res["last"]
@@ -789,22 +837,23 @@ class Databases:
             raise DbError("EAGAIN", f"traverse of {name} failed: {exc}") from None
         best = {}
 
-        def merge():
+        def merge():  # the highest RSN (the header's first 8 bytes, big-endian) wins
             for part in parts:
-                for i, (k, r) in enumerate(part):
-                    if k not in best or r.rsn > best[k].rsn:
-                        best[k] = r
+                for i, (k, d) in enumerate(part):
+                    if k not in best or d[:8] > best[k][:8]:
+                        best[k] = d
                     if i % STEP_RECORDS == STEP_RECORDS - 1:
                         yield
         await cooperative(merge())
-        return sorted(best.items())
+        return [(k, L.unpack(best[k])) for k in sorted(best)]
 
     async def _push(self, pnn, name, e, frames, seqnum):
-        """Push the merged database (:func:`wire_frames`) to node ``pnn``."""
-        for first, last, chunk in frames:
+        """Push the merged database (:func:`chunk_frames`) to node ``pnn``."""
+        for first, last, blob, text in frames:
             await self.cluster.control(pnn, "db_push", {
                 "db": name, "db_id": e["db_id"], "persistent": e["persistent"],
-                "records": chunk, "first": first, "last": last, "seqnum": seqnum},
+                "chunk": blob if pnn == self.pnn else text, "first": first, "last": last,
+                "seqnum": seqnum},
                 timeout=CTL_TIMEOUT)
 
     async def _recovered(self, cluster, members):

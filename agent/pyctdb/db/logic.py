@@ -183,18 +183,43 @@ def merge_volatile_steps(copies, new_dmaster: int, out: dict, step: int = 5000):
     """:func:`merge_volatile` as a generator filling ``out``: it yields after about every
     ``step`` records, so that a caller on the event loop can give the loop a turn
     between pieces (a merge of 100k-record copies takes a second of CPU)."""
+    stored = {}
+    yield from merge_stored_steps(
+        [(pnn, [(k, r.pack()) for k, r in (recs.items() if isinstance(recs, dict) else recs)])
+         for pnn, recs in copies], new_dmaster, stored, step)
+    out.update((k, unpack(d)) for k, d in stored.items())
+
+
+def merge_stored_steps(copies, new_dmaster: int, out: dict, step: int = 5000):
+    """The merge of :func:`merge_volatile_steps` on records as stored (header + value;
+    what a recovery pulls): ``copies`` is ``[(pnn, [(key, data)])]``, ``out`` gets
+    ``{key: data}``. :func:`better` is decided on the headers' bytes: a big-endian RSN
+    compares as its bytes do, and two identical copies give the same result whichever
+    wins."""
     best = {}
     n = 0
     for pnn, records in copies:
-        for key, rec in (records.items() if isinstance(records, dict) else records):
+        me = pnn.to_bytes(4, "big")
+        for key, data in records:
             cur = best.get(key)
-            if cur is None or better(rec, pnn, cur[1], cur[0]):
-                best[key] = (pnn, rec)
             n += 1
+            if cur is None:
+                best[key] = (pnn, me, data)
+            elif cur[2] != data:
+                old = cur[2]
+                if data[:8] != old[:8]:
+                    win = data[:8] > old[:8]
+                else:
+                    new_auth, old_auth = data[8:12] == me, old[8:12] == cur[1]
+                    win = new_auth if new_auth != old_auth else pnn < cur[0]
+                if win:
+                    best[key] = (pnn, me, data)
             if n % step == 0:
                 yield
-    for key, (_pnn, r) in best.items():
-        out[key] = Record(r.rsn, new_dmaster, r.flags | REC_MIGRATED_WITH_DATA, r.value)
+    pack, unpack_from = HEADER.pack, HEADER.unpack_from
+    for key, (_pnn, _me, data) in best.items():
+        rsn, _dm, flags = unpack_from(data)
+        out[key] = pack(rsn, new_dmaster, flags | REC_MIGRATED_WITH_DATA) + data[HEADER_SIZE:]
         n += 1
         if n % step == 0:
             yield

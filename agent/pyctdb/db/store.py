@@ -159,8 +159,9 @@ class Store:
         with self.env.begin(db=self.handle(name)) as txn:
             return [(bytes(k), L.unpack(v)) for k, v in txn.cursor()]
 
-    def page(self, name, after=None, limit_bytes=1 << 20):
-        """Records after key ``after`` up to about ``limit_bytes``: (list, more)."""
+    def page(self, name, after=None, limit_bytes=1 << 20, raw=False):
+        """Records after key ``after`` up to about ``limit_bytes``: (list, more); with
+        ``raw``, each record as stored (header + value) instead of a Record."""
         self.usable(name)
         out, size = [], 0
         with self.env.begin(db=self.handle(name)) as txn:
@@ -172,7 +173,7 @@ class Store:
                 k, v = bytes(cur.key()), bytes(cur.value())
                 if out and size + len(k) + len(v) > limit_bytes:
                     return out, True
-                out.append((k, L.unpack(v)))
+                out.append((k, v if raw else L.unpack(v)))
                 size += len(k) + len(v)
                 ok = cur.next()
         return out, False
@@ -277,6 +278,29 @@ class Store:
         # before any later barrier
         await self.run(fn, after=lambda: self.meta.__setitem__(name, meta))
         if replace and name in self.damaged:
+            self.damaged.pop(name, None)
+            log.warning("database %s replaced by recovery: served again", name)
+
+    async def replace_raw(self, name, items, seqnum=None):
+        """Replace database ``name`` with ``items`` ([(key, stored record)], checked by
+        the caller, e.g. :func:`.chunk.decode`) in one transaction (a recovery push);
+        ``seqnum``: the new database sequence number."""
+        if self.env is None:
+            raise StoreError(self.error or f"{self.kind} databases are not available")
+        h = self.handle(name)
+        meta = dict(self.meta[name])
+        if seqnum is not None:
+            meta["seqnum"] = seqnum
+        if self.persistent:  # no tombstones in a persistent database (see apply)
+            items = [(k, d) for k, d in items if not d[L.HEADER_SIZE - 1] & L.REC_DELETED]
+
+        def fn(txn):
+            txn.drop(h, delete=False)
+            txn.cursor(db=h).putmulti(items)
+            self.put_meta(txn, name, meta)
+            self.meta[name] = meta
+        await self.run(fn)
+        if name in self.damaged:
             self.damaged.pop(name, None)
             log.warning("database %s replaced by recovery: served again", name)
 
