@@ -94,6 +94,7 @@ class Cluster:
         self.on_joined = []  # callables run once, when this node first joins
 
         self._kick = asyncio.Event()
+        self._links_changed = asyncio.Event()  # a link went down (the recovery watch)
         self._running = False
         self._decision = None
         self._campaign_task = None
@@ -101,6 +102,7 @@ class Cluster:
         self._lock_check_task = None
         self._last_lock_check = clock()
         self._waiting_since = None
+        self._settled_latch = False
         self._minority_since = clock()
         self._led_with_quorum = False
         self._last_lock_msg = (None, None, -1e9)
@@ -189,6 +191,7 @@ class Cluster:
         if was:
             log.warning("node %d (%s) is DISCONNECTED: %s", pnn, peer.address, reason)
         self._fail_pending(pnn, f"node {pnn} disconnected")
+        self._links_changed.set()
         self.kick()
 
     def _on_frame(self, pnn, frame):
@@ -291,13 +294,7 @@ class Cluster:
     async def _cycle(self):
         now = self.clock()
         self._expire_ban(now)
-        for peer in self.peers.values():
-            if peer.link_up and now - peer.last_heard > self.keepalive_window:
-                log.warning("node %d (%s) silent for %.1fs (KeepaliveInterval %s x "
-                            "KeepaliveLimit %s): dropping it", peer.pnn, peer.address,
-                            now - peer.last_heard, self.tunables.get("KeepaliveInterval"),
-                            self.tunables.get("KeepaliveLimit"))
-                self.transport.drop(peer.pnn, "keepalive timeout")
+        self._drop_silent(now)
         await self._elect(now)
         if self.am_leader:
             await self._lead(now)
@@ -311,6 +308,17 @@ class Cluster:
                 log.exception("cycle hook failed")
         self._broadcast_state(now)
 
+    def _drop_silent(self, now):
+        """Drop the peers silent for KeepaliveInterval x KeepaliveLimit (the cycle, and
+        the leader's watch while a recovery blocks the cycle)."""
+        for peer in self.peers.values():
+            if peer.link_up and now - peer.last_heard > self.keepalive_window:
+                log.warning("node %d (%s) silent for %.1fs (KeepaliveInterval %s x "
+                            "KeepaliveLimit %s): dropping it", peer.pnn, peer.address,
+                            now - peer.last_heard, self.tunables.get("KeepaliveInterval"),
+                            self.tunables.get("KeepaliveLimit"))
+                self.transport.drop(peer.pnn, "keepalive timeout")
+
     def peer_flags(self, peer) -> int:
         if not peer.link_up:
             return F.DISCONNECTED
@@ -319,9 +327,14 @@ class Cluster:
         return int(peer.state["flags"])
 
     def _settled(self, now) -> bool:
-        if now - self.start_mono >= 2 * self.keepalive_interval:
-            return True
-        return all(p.link_up and p.state is not None for p in self.peers.values())
+        """The start-up grace is over: ``2 x KeepaliveInterval`` after start, or once every
+        peer has been heard or this node has joined. Once over, it stays over: a node that
+        has heard its peers must not wait again when one of them (the leader) dies."""
+        if not self._settled_latch and (
+                now - self.start_mono >= 2 * self.keepalive_interval or self.is_joined()
+                or all(p.link_up and p.state is not None for p in self.peers.values())):
+            self._settled_latch = True
+        return self._settled_latch
 
     def election_input(self, now) -> election.ElectionInput:
         views = []
@@ -449,7 +462,8 @@ class Cluster:
                 self._last_lock_check = now
                 self._lock_check_task = asyncio.create_task(self._check_lock())
         members = self._active_members()
-        if members == self.members and self.generation is not None:
+        if members == self.members and self.generation is not None \
+                and self.recmode == RECMODE_NORMAL:
             log.debug("leader: generation %d unchanged, members %s", self.generation, members)
             return
         await self._recover(members)
@@ -469,16 +483,13 @@ class Cluster:
         self.last_recovery_started = time.time()
         t0 = time.monotonic()
         self._broadcast_state(self.clock(), force=True)
-        # The cycle waits here for the hooks (the databases' recovery: seconds for a
-        # large one): keep the keepalive going meanwhile, or the other nodes drop the
-        # leader after KeepaliveInterval x KeepaliveLimit.
-        keepalive = asyncio.create_task(self._keepalive_while_busy(),
-                                        name="recovery-keepalive")
-        try:
-            for hook in self.recovery_hooks:
-                await hook(self, members)
-        finally:
-            keepalive.cancel()
+        aborted = await self._while_watched(self._run_hooks(self.recovery_hooks, members),
+                                            members)
+        if aborted is not None:
+            log.warning("leader: recovery aborted after %.1f ms: %s; starting again",
+                        (time.monotonic() - t0) * 1000, aborted)
+            self.kick()
+            return
         gen = self.generation
         while gen in (None, 0, INVALID_GENERATION, self.generation):
             gen = random.randint(2, 2 ** 31 - 1)
@@ -500,14 +511,54 @@ class Cluster:
                     (time.monotonic() - t0) * 1000, gen, members,
                     f" ({', '.join(why)})" if why else "")
         self._broadcast_state(self.clock(), force=True)
-        for hook in self.recovered_hooks:
+        failed = await self._while_watched(self._run_hooks(self.recovered_hooks, members))
+        if failed is not None:
+            log.warning("leader: after the recovery: %s", failed)
+
+    async def _run_hooks(self, hooks, members):
+        for hook in hooks:
             await hook(self, members)
 
-    async def _keepalive_while_busy(self):
+    async def _while_watched(self, coro, abort_unless=None):
+        """Run ``coro`` (the recovery hooks, which the cycle waits for: seconds for a
+        large database) while keeping up what the blocked cycle would do: the keepalive
+        (or the other nodes drop this leader), and dropping silent peers (or a control to
+        a dead member waits for its timeout). ``abort_unless``: members that must stay
+        connected; when one is lost, ``coro`` is cancelled and the reason returned
+        (None: it ran to its end). A ControlError from ``coro`` (a member that failed or
+        went away) is returned as a reason too; anything else is raised."""
+        task = asyncio.create_task(coro, name="recovery")
         tick = min(self.keepalive_interval / 2, 0.25)
-        while True:
-            await asyncio.sleep(tick)
-            self._broadcast_state(self.clock())  # sends when a keepalive is due
+        reason = None
+        try:
+            while not task.done():
+                now = self.clock()
+                self._drop_silent(now)
+                self._broadcast_state(now)  # sends when a keepalive is due
+                if abort_unless is not None:
+                    connected = {p.pnn for p in self.peers.values() if p.link_up}
+                    reason = election.recovery_abort(abort_unless, self.pnn, connected)
+                    if reason is not None:
+                        task.cancel()
+                        break
+                self._links_changed.clear()
+                waiter = asyncio.ensure_future(self._links_changed.wait())
+                try:
+                    await asyncio.wait({task, waiter}, timeout=tick,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        try:
+            await task
+        except asyncio.CancelledError:
+            if reason is None:
+                raise
+        except ControlError as exc:
+            return f"{exc}"
+        return reason
 
     def _follow(self):
         if self.leader is None:

@@ -146,3 +146,15 @@ def decide(inp: ElectionInput) -> Decision:
 def vnnmap_for(members, lmaster_capable) -> list:
     """The vnn map: active members that can be location masters, by PNN."""
     return sorted(p for p in members if lmaster_capable.get(p, True))
+
+
+def recovery_abort(members, me, connected):
+    """Why the leader's recovery for ``members`` must stop and start again, or None: a
+    member other than this node (``me``) is no longer connected (``connected``: the
+    PNNs with a link up). Waiting for its controls to time out would hold up the whole
+    cluster, and the recovery's result would not include it anyway."""
+    lost = sorted(m for m in members if m != me and m not in connected)
+    if not lost:
+        return None
+    return (f"lost member{'s' if len(lost) > 1 else ''} {lost} during the recovery of "
+            f"{sorted(members)}")

@@ -1,5 +1,6 @@
 from pyctdb import flags as F
-from pyctdb.election import Decision, ElectionInput, PeerView, decide, vnnmap_for
+from pyctdb.election import (Decision, ElectionInput, PeerView, decide, recovery_abort,
+                             vnnmap_for)
 
 
 def peers(*specs):
@@ -130,3 +131,12 @@ def test_majority_side_campaigns_at_once():
     inp = ElectionInput(me=1, lock_configured=True, quorum=True,
                         peers=peers((0, False, F.DISCONNECTED, True), (2, True, 0, False)))
     assert decide(inp).action == "campaign"
+
+
+def test_recovery_aborts_when_a_member_is_lost():
+    assert recovery_abort([0, 1, 2], 0, {1, 2}) is None
+    assert recovery_abort([0, 1, 2], 0, {1, 2, 3}) is None
+    assert recovery_abort([0, 2], 0, {1}) == "lost member [2] during the recovery of [0, 2]"
+    assert recovery_abort([2, 0, 1], 0, set()) == \
+        "lost members [1, 2] during the recovery of [0, 1, 2]"
+    assert recovery_abort([1], 1, set()) is None  # this node alone

@@ -145,6 +145,51 @@ def test_leader_lost_new_leader_takes_the_lock(cluster3):
     assert c.status(old)["leader"] == new
 
 
+def test_leader_killed_just_after_start_is_replaced_without_the_start_up_grace(tmp_path):
+    # The start-up grace (2 x KeepaliveInterval, 10 s here) is over once every peer has
+    # been heard: it must not come back when the leader then dies.
+    with LocalCluster.healthy_cluster(3, tmp_path, tunables={"KeepaliveInterval": "5"}) as c:
+        old = c.status(0)["leader"]
+        others = [p for p in range(3) if p != old]
+        t0 = time.monotonic()
+        c.kill(old)
+        c.wait_for(lambda: {c.status(p)["leader"] for p in others} not in ({old}, {None})
+                   and len({c.status(p)["leader"] for p in others}) == 1, 15,
+                   what="a new leader")
+        assert time.monotonic() - t0 < 3.0
+
+
+def test_member_silent_during_a_recovery_aborts_it_at_once(tmp_path):
+    # A member goes silent while the leader's recovery waits for it (its startrecovery
+    # event script sleeps): the leader drops it after the keepalive limit and starts
+    # again without it, instead of waiting for the controls' timeouts (2 s for the
+    # event, then 10 s for the database freeze).
+    with LocalCluster.healthy_cluster(
+            3, tmp_path, tunables={"KeepaliveInterval": "0.2", "KeepaliveLimit": "3"}) as c:
+        leader = c.status(0)["leader"]
+        victim, third = [p for p in range(3) if p != leader]
+        started = tmp_path / "startrecovery-started"
+        c.event_script(victim, "50.slow", f"""[ "$1" = startrecovery ] || exit 0
+touch {started}; sleep 1.5; exit 0
+""")
+        gen = c.status(leader)["generation"]
+        c.cli(third, "stop", check=True)  # a recovery (third leaves the generation)
+        c.wait_for(started.exists, 10, what="the victim's startrecovery event")
+        c.pause(victim)
+        t0 = time.monotonic()
+        try:
+            c.wait_for(lambda: (st := c.status(leader))["recovery_mode"] == "NORMAL"
+                       and st["generation"] != gen and victim not in st["vnnmap"], 20,
+                       what="a recovery without the silent victim")
+            elapsed = time.monotonic() - t0
+        finally:
+            c.resume(victim)
+        assert elapsed < 4.0, elapsed
+        assert "leader: recovery aborted" in c.log(leader)
+        c.cli(third, "continue", check=True)
+        c.wait_healthy(30)
+
+
 def test_silent_node_dropped_after_keepalive_limit(tmp_path):
     with LocalCluster(3, base_dir=tmp_path,
                       tunables={"KeepaliveInterval": "0.2", "KeepaliveLimit": "3"}) as c:
