@@ -175,9 +175,10 @@ class Failover:
             "ipreallocate": self._ctl_ipreallocate,
         })
         cluster.cycle_hooks.append(self.on_cycle)
-        # CTDB's startrecovery / recovered events, on every member, around each recovery
-        cluster.recovery_hooks.append(
-            lambda c, members: self._recovery_event(c, members, "startrecovery"))
+        # CTDB's startrecovery / recovered events, on every member, around each recovery;
+        # the takeover run of a recovery starts after startrecovery, beside the databases'
+        # recovery (the hooks after this one)
+        cluster.recovery_hooks.append(self._start_recovery)
         cluster.recovered_hooks.append(
             lambda c, members: self._recovery_event(c, members, "recovered"))
 
@@ -499,6 +500,17 @@ class Failover:
 
     async def _recovery_event(self, cluster, members, event):
         await self.event_on(members, event)
+
+    async def _start_recovery(self, cluster, members):
+        """The leader's first recovery hook: ``startrecovery`` on every member, then a
+        takeover run in the background. Public addresses do not depend on the databases,
+        so the addresses of a node that left move while the databases recover (the
+        recovery hooks that follow this one) instead of after them."""
+        await self.event_on(members, "startrecovery")
+        if not self.disabled and cluster.am_leader:
+            self._last_takeover = cluster.clock()
+            self._takeover_task = self._spawn(
+                self.takeover_run(f"recovery of {sorted(members)}"), "takeover")
 
     async def _ctl_run_event(self, src, args):
         res = await self._event(args["event"], *args.get("args", []))

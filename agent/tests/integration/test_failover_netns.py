@@ -6,6 +6,7 @@ addresses over TCP. Needs root and iproute2 (the CI machine has both).
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -557,3 +558,56 @@ def test_interface_change_is_an_updateip(lab_cluster, tmp_path):
     assert f"updateip eth1 eth0 {addr} 24" in log.read_text().splitlines()
     assert hosts_of(lab)[addr] == [0]
     assert ask(lab, addr) == "host0"
+
+
+def test_addresses_move_while_the_databases_recover(lab_cluster, tmp_path):
+    """A recovery's takeover run starts right after startrecovery, beside the databases'
+    recovery: a killed node's addresses are taken before a slow database recovery ends.
+    Events on every node: startrecovery, then startipreallocate, takeip, ipreallocated,
+    and recovered after the databases."""
+    from pyctdb.db import backup as B
+    from pyctdb.db import logic as L
+    c, lab = lab_cluster
+    bak = tmp_path / "big.tdb.bak"  # a volatile database the leader takes a while to merge
+    B.write(str(bak), "big.tdb", False, 0,
+            [(f"key-{i:08d}".encode(), L.Record(1, 0, 0, b"v" * 100)) for i in range(50000)])
+    r = c.cli(0, "restoredb", str(bak))
+    assert r.returncode == 0, r.stderr
+    logs = [tmp_path / f"ev-{p}" for p in range(3)]
+    for p in range(3):
+        c.event_script(p, "90.log",
+                       f"[ \"$1\" = monitor ] || echo \"$@\" >> {logs[p]}\nexit 0\n")
+    where = wait_all_hosted(c, lab)
+    leader = c.status(0)["leader"]
+    assert c.cli(leader, "ipreallocate").returncode == 0  # no run under way any more
+    victim = next(p for p in sorted(set(where.values())) if p != leader)
+    moved = sorted(a for a, h in where.items() if h == victim)
+    for log in logs:
+        if log.exists():
+            log.unlink()
+    c.kill(victim)
+    drop_public_ips(c, lab, victim)
+    others = [p for p in range(3) if p != victim]
+    c.wait_for(lambda: all(logs[p].exists() and "recovered" in (t := logs[p].read_text())
+                           and "ipreallocated" in t for p in others), 30,
+               what="recovered and ipreallocated on the survivors")
+    after = wait_all_hosted(c, lab, exclude=(victim,))
+    assert all(after[a] != victim for a in moved)
+    m = re.findall(r"recovery: \d+ databases, (\d+) records merged and pushed to "
+                   r"\[[\d, ]+\] in ([\d.]+) ms", c.log(leader))
+    assert int(m[-1][0]) == 50000
+    for p in others:
+        ev = [line.split()[0] for line in logs[p].read_text().splitlines()]
+        assert ev[0] == "startrecovery", ev
+        assert ev.index("startipreallocate") < ev.index("ipreallocated"), ev
+        assert ev.index("recovered") > ev.index("startrecovery"), ev
+        takes = [i for i, e in enumerate(ev) if e == "takeip"]
+        assert all(ev.index("startipreallocate") < i < ev.index("ipreallocated")
+                   for i in takes), ev
+    # the addresses moved before the databases were recovered
+    takers = {after[a] for a in moved}
+    for p in takers:
+        ev = [line.split()[0] for line in logs[p].read_text().splitlines()]
+        assert ev.index("takeip") < ev.index("recovered"), (ev, float(m[-1][1]))
+    c.start_node(victim)
+    c.wait_healthy(30)
