@@ -14,11 +14,16 @@ import socket
 import struct
 
 from . import API_VERSION, PROTOCOL_VERSION, __version__
+from . import messaging as M
 
 log = logging.getLogger("pyctdb.api")
 
 MAX_LINE = 1024 * 1024
 DEFAULT_SOCKET = "/run/pyctdb/pyctdbd.socket"
+
+
+#: a handler's result for a request that gets no answer (``message_send`` with ``quiet``)
+NO_ANSWER = object()
 
 
 class ApiError(Exception):
@@ -155,9 +160,11 @@ class ApiServer:
                 # e.g. messaging's send(wait=False)), answer them in one write.
                 if len(out) < 256 and b"\n" in getattr(reader, "_buffer", b""):
                     continue
-                writer.write(b"".join(out) if len(out) > 1 else out[0])
+                data = b"".join(out) if len(out) > 1 else out[0]
                 out.clear()
-                await writer.drain()
+                if data:  # (nothing when every request was a quiet message_send)
+                    writer.write(data)
+                    await writer.drain()
         except (ConnectionError, OSError):
             pass
         except Exception:
@@ -210,6 +217,8 @@ class ApiServer:
         except Exception as exc:
             log.exception("API command %s failed", cmd)
             return self._error(req_id, "EIO", f"{cmd} failed: {exc}")
+        if result is NO_ANSWER:
+            return b""
         return self._encode({"version": API_VERSION, "id": req_id, "ok": True,
                              "result": result})
 
@@ -509,14 +518,12 @@ class ApiServer:
 
     @staticmethod
     def _msg_call(fn, *args):
-        from .messaging import MessagingError
         try:
             return fn(*args)
-        except MessagingError as exc:
+        except M.MessagingError as exc:
             raise ApiError(exc.code, exc.message) from None
 
     def cmd_message_register(self, conn, srvid):
-        from . import messaging as M
         m = self._msg()
         self._msg_call(M.check_srvid, srvid)
         if not m.is_client(conn):
@@ -524,22 +531,27 @@ class ApiServer:
         return {"srvid": srvid, "changed": m.register(conn, conn.writer, srvid)}
 
     def cmd_message_deregister(self, conn, srvid):
-        from . import messaging as M
         m = self._msg()
         self._msg_call(M.check_srvid, srvid)
         if not m.deregister(conn, srvid):
             raise ApiError("ENOENT", f"srvid {srvid} is not registered on this connection")
         return {"srvid": srvid, "changed": True}
 
-    def cmd_message_send(self, pnn, srvid, data=""):
-        from . import messaging as M
+    def cmd_message_send(self, pnn, srvid, data="", quiet=False):
         m = self._msg()
-        self._msg_call(M.check_srvid, srvid)
-        self._msg_call(M.check_data, data)
-        return {"pnns": self._msg_call(m.send, pnn, srvid, data), "srvid": srvid}
+        if not isinstance(quiet, bool):
+            raise ApiError("EINVAL", "quiet must be true or false")
+        try:
+            M.check_srvid(srvid)
+            M.check_data(data)
+            pnns = m.send(pnn, srvid, data)
+        except M.MessagingError as exc:
+            raise ApiError(exc.code, exc.message) from None
+        if quiet:  # answered only when it fails
+            return NO_ANSWER
+        return {"pnns": pnns, "srvid": srvid}
 
     def cmd_message_check(self, srvids):
-        from . import messaging as M
         m = self._msg()
         if not isinstance(srvids, list):
             raise ApiError("EINVAL", "srvids must be a list of srvids")

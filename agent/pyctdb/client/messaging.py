@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import collections
 import itertools
 import json
+import re
 import socket
 import time
 from typing import NamedTuple
@@ -53,15 +55,31 @@ class Message(NamedTuple):
         return self.data.decode("utf-8", "backslashreplace")
 
 
-def _b64(data) -> str:
+def _b64bytes(data) -> bytes:
     if isinstance(data, str):
         data = data.encode("utf-8")
-    return base64.b64encode(bytes(data)).decode("ascii")
+    return base64.b64encode(data if isinstance(data, bytes) else bytes(data))
+
+
+def _b64(data) -> str:
+    return _b64bytes(data).decode("ascii")
 
 
 def _message(obj) -> Message:
     m = obj["message"]
     return Message(m["srvid"], m["src"], base64.b64decode(m["data"]), m.get("dropped", 0))
+
+
+# A message line exactly as the agent writes it (messaging.py): parsed without json.
+_MESSAGE_LINE = re.compile(
+    rb'\{"message":\{"srvid":(\d+),"src":(\d+),"data":"([A-Za-z0-9+/=]*)"\}\}')
+
+
+def _message_line(line: bytes) -> Message:
+    m = _MESSAGE_LINE.fullmatch(line)
+    if m is None:  # e.g. with "dropped"
+        return _message(json.loads(line))
+    return Message(int(m[1]), int(m[2]), binascii.a2b_base64(m[3]))
 
 
 def _check_result(resp):
@@ -86,7 +104,7 @@ class Messenger:
         self._pnn = None
         self._out = []  # requests not written yet (send(wait=False))
         self._out_size = 0
-        self._unanswered = 0  # requests written whose answers nobody waits for
+        self._call_id = None  # the id of the request call() waits for
         #: errors answered to send(wait=False), oldest first (at most 1000 kept)
         self.send_errors = collections.deque(maxlen=1000)
         self.srvids = set()
@@ -112,7 +130,8 @@ class Messenger:
             self._sock = None
         self._buf = b""
         self._out.clear()
-        self._out_size = self._unanswered = 0
+        self._out_size = 0
+        self._call_id = None
         self.srvids.clear()
 
     def __enter__(self):
@@ -159,21 +178,20 @@ class Messenger:
         others = []
         for line in lines:
             if line.startswith(b'{"message":'):
-                self._queue.append(_message(json.loads(line)))
+                self._queue.append(_message_line(line))
             elif line.strip():
                 resp = json.loads(line)
-                if self._unanswered:  # the answer to a send(wait=False)
-                    self._unanswered -= 1
-                    if not resp.get("ok"):
-                        err = resp.get("error") or {}
-                        self.send_errors.append(ApiCallError(err.get("code", "EIO"),
-                                                             err.get("message", "")))
-                else:
+                if self._call_id is not None and resp.get("id") == self._call_id:
                     others.append(resp)
+                elif not resp.get("ok"):  # a send(wait=False) failed
+                    err = resp.get("error") or {}
+                    self.send_errors.append(ApiCallError(err.get("code", "EIO"),
+                                                         err.get("message", "")))
         return others
 
     def _request(self, command, args) -> bytes:
-        return (json.dumps({"version": API_VERSION, "id": next(self._ids),
+        self._last_id = next(self._ids)
+        return (json.dumps({"version": API_VERSION, "id": self._last_id,
                             "command": command, "args": args}, separators=(",", ":"))
                 + "\n").encode()
 
@@ -193,16 +211,20 @@ class Messenger:
         """One request to the agent; messages that arrive meanwhile are kept."""
         self.connect()
         self._out.append(self._request(command, args))
-        self.flush()
-        deadline = time.monotonic() + self.timeout
-        while True:
-            answers = self._lines()
-            if answers:
-                if len(answers) > 1:  # only one request is ever outstanding
-                    self._lost("unexpected answers from the agent")
-                return _check_result(answers[0])
-            if not self._fill(deadline):
-                self._lost(f"no answer to {command} within {self.timeout}s")
+        self._call_id = self._last_id
+        try:
+            self.flush()
+            deadline = time.monotonic() + self.timeout
+            while True:
+                answers = self._lines()
+                if answers:
+                    if len(answers) > 1:  # only one request is ever outstanding
+                        self._lost("unexpected answers from the agent")
+                    return _check_result(answers[0])
+                if not self._fill(deadline):
+                    self._lost(f"no answer to {command} within {self.timeout}s")
+        finally:
+            self._call_id = None
 
     @property
     def pnn(self) -> int:
@@ -230,14 +252,20 @@ class Messenger:
         ``wait=False``: do not wait for the agent's answer (returns None). The request is
         buffered and written with the next ones (at the latest by the next blocking
         call: receive, any request, or :meth:`flush`), which is much faster for many
-        messages; errors are collected in :attr:`send_errors`."""
+        messages. It is a ``quiet`` request: the agent answers only if it fails, and
+        those errors are collected in :attr:`send_errors`."""
         if not wait:
             self.connect()
-            req = self._request("message_send", {"pnn": pnn, "srvid": srvid,
-                                                 "data": _b64(data)})
+            if isinstance(pnn, int) and not isinstance(pnn, bool) and \
+                    isinstance(srvid, int) and not isinstance(srvid, bool):
+                req = (b'{"version":%d,"id":%d,"command":"message_send","args":{"pnn":%d,'
+                       b'"srvid":%d,"data":"%s","quiet":true}}\n'
+                       % (API_VERSION, next(self._ids), pnn, srvid, _b64bytes(data)))
+            else:
+                req = self._request("message_send", {"pnn": pnn, "srvid": srvid,
+                                                     "data": _b64(data), "quiet": True})
             self._out.append(req)
             self._out_size += len(req)
-            self._unanswered += 1
             if self._out_size > 65536:
                 self.flush()
             return None

@@ -113,6 +113,30 @@ def test_bad_requests(c, args, code):
     assert ei.value.code == "EINVAL"
 
 
+def test_quiet_sends_are_answered_only_when_they_fail(c):
+    with Messenger(c.socket(1)) as rx, Messenger(c.socket(0)) as tx:
+        rx.register(56)
+        for i in range(100):
+            tx.send(1, 56, b"%d" % i, wait=False)
+        tx.send(9, 56, b"nowhere", wait=False)          # no node 9: ENOENT
+        tx.send(1, 56, b"last", wait=False)
+        assert tx.call("pnn") == {"pnn": 0}  # its answer is told apart from the error's
+        assert [e.code for e in tx.send_errors] == ["ENOENT"]
+        got = [rx.receive(5).data for _ in range(101)]
+        assert got == [b"%d" % i for i in range(100)] + [b"last"]
+    # on the socket: a quiet send that worked gets no line at all
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(c.socket(0))
+        s.sendall(b'{"version":1,"id":1,"command":"message_send","args":{"pnn":1,"srvid":56,'
+                  b'"data":"","quiet":true}}\n{"version":1,"id":2,"command":"pnn"}\n'
+                  b'{"version":1,"id":3,"command":"message_send","args":{"pnn":1,"srvid":56,'
+                  b'"quiet":1}}\n')
+        f = s.makefile("rb")
+        assert json.loads(f.readline())["id"] == 2
+        bad = json.loads(f.readline())
+        assert (bad["id"], bad["error"]["code"]) == (3, "EINVAL")
+
+
 def test_slow_client_gets_drops_counted_not_unbounded_memory(c):
     slow = Messenger(c.socket(1)).connect()
     slow.register(55)
