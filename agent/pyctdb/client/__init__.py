@@ -4,4 +4,5 @@ See docs/client.md."""
 
 from .messaging import (AsyncMessenger, BROADCAST_ALL, BROADCAST_CONNECTED,  # noqa: F401
                         Message, Messenger)
-from .db import Database, DatabaseError, LockedRecord, Transaction, attach  # noqa: F401
+from .db import (Database, DatabaseError, LocalRecord, LockedRecord,  # noqa: F401
+                 Transaction, attach)

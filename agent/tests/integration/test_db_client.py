@@ -5,7 +5,6 @@ record lock (it excludes other processes, dies with its holder), clients never w
 while the node is frozen, API fetch-locks exclude fast-path clients and end with their
 connection, and increments from two nodes are never lost."""
 
-import os
 import subprocess
 import sys
 import threading
@@ -61,7 +60,7 @@ def incr(rec):
 
 
 CHILD = r"""
-import os, sys, time
+import sys, time
 sys.path.insert(0, {agent!r})
 from pyctdb.client.db import attach
 db = attach({db!r}, socket=sys.argv[1])
