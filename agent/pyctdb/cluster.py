@@ -31,6 +31,7 @@ log = logging.getLogger("pyctdb.cluster")
 RECMODE_NORMAL = 0
 RECMODE_ACTIVE = 1
 INVALID_GENERATION = 1  # as CTDB: never handed out
+CAMPAIGN_RETRY = 0.1  # seconds between two tries to take a contended cluster lock
 
 
 def nodes_digest(nodes) -> str:
@@ -277,9 +278,8 @@ class Cluster:
     # -- the cycle -----------------------------------------------------------------------
     async def _run(self):
         while self._running:
-            tick = min(self.keepalive_interval / 2, 0.25)
             try:
-                await asyncio.wait_for(self._kick.wait(), tick)
+                await asyncio.wait_for(self._kick.wait(), self._next_wake(self.clock()))
             except asyncio.TimeoutError:
                 pass
             self._kick.clear()
@@ -307,6 +307,16 @@ class Cluster:
             except Exception:
                 log.exception("cycle hook failed")
         self._broadcast_state(now)
+
+    def _next_wake(self, now) -> float:
+        """Seconds until the cycle must run anyway: the tick, min(KeepaliveInterval/2,
+        0.25), or just after the first connected peer would count as silent, so that a
+        silent peer is dropped as soon as it is, not up to a tick later."""
+        tick = min(self.keepalive_interval / 2, 0.25)
+        heard = [p.last_heard for p in self.peers.values() if p.link_up]
+        if not heard:
+            return tick
+        return max(0.001, min(tick, min(heard) + self.keepalive_window + 0.002 - now))
 
     def _drop_silent(self, now):
         """Drop the peers silent for KeepaliveInterval x KeepaliveLimit (the cycle, and
@@ -402,8 +412,7 @@ class Cluster:
     def _maybe_campaign(self, now, reason):
         if self._campaign_task is not None and not self._campaign_task.done():
             return
-        retry = min(0.1, self.keepalive_interval)
-        if now - self._last_campaign < retry:
+        if now - self._last_campaign < min(CAMPAIGN_RETRY, self.keepalive_interval):
             return
         self._last_campaign = now
         self._campaign_task = asyncio.create_task(self._campaign(reason), name="campaign")
@@ -417,6 +426,9 @@ class Cluster:
                 if (detail, lvl) != self._last_lock_msg[:2] or now - self._last_lock_msg[2] > 30:
                     log.log(lvl, "not leading: cannot take the cluster lock: %s", detail)
                     self._last_lock_msg = (detail, lvl, now)
+                if result == CONTENDED:  # try again soon, not a whole tick later: a
+                    # leader that lost the majority lets go of it about now
+                    asyncio.get_running_loop().call_later(CAMPAIGN_RETRY, self.kick)
                 return
             # The world may have changed while we waited for the lock.
             d = election.decide(self.election_input(self.clock()))
@@ -528,7 +540,6 @@ class Cluster:
         (None: it ran to its end). A ControlError from ``coro`` (a member that failed or
         went away) is returned as a reason too; anything else is raised."""
         task = asyncio.create_task(coro, name="recovery")
-        tick = min(self.keepalive_interval / 2, 0.25)
         reason = None
         try:
             while not task.done():
@@ -544,7 +555,7 @@ class Cluster:
                 self._links_changed.clear()
                 waiter = asyncio.ensure_future(self._links_changed.wait())
                 try:
-                    await asyncio.wait({task, waiter}, timeout=tick,
+                    await asyncio.wait({task, waiter}, timeout=self._next_wake(now),
                                        return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     waiter.cancel()
