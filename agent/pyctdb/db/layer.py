@@ -208,6 +208,7 @@ class Databases:
         self._client_locks = KeyLocks()   # held by a client (or a migration it waits for)
         self._lmaster_locks = KeyLocks()  # serialises migrations at the LMASTER
         self._commit_locks = KeyLocks()   # serialises transactions at the coordinator
+        self._commit_queue = {}           # name -> transactions waiting for a commit round
         self._leases = {}                 # handle -> (name, key, epoch, timer)
         self._staged = {}                 # name -> records pushed so far in a recovery
         self._inactive_wiped = False
@@ -561,40 +562,83 @@ class Databases:
                 await self.ready(max(0.1, deadline - time.monotonic()))
 
     async def _ctl_trans_commit(self, src, args):
+        """Queue the transaction for the database's next commit round: the transactions
+        that arrive while a round is applied go together in the next one (one
+        ``db_trans_apply``, one fsync per node, for all of them)."""
         self._not_frozen()
         name = args["db"]
-        st, meta = self.usable_ctl(name)
-        await self._commit_locks.acquire(name, CTL_TIMEOUT)
+        self.usable_ctl(name)
+        writes = [(unb64(k), None if v is None else unb64(v)) for k, v in args["writes"]]
+        fut = asyncio.get_running_loop().create_future()
+        queue = self._commit_queue.get(name)
+        if queue is None:
+            queue = self._commit_queue[name] = []
+            asyncio.ensure_future(self._commit_rounds(name, queue))
+        queue.append((args.get("expect_seqnum"), writes, fut))
+        return await fut
+
+    async def _commit_rounds(self, name, queue):
+        """Commit the queued transactions of ``name`` in rounds, in their order, until
+        none is left; each gets its own sequence number, and the answer only once every
+        member has applied its round."""
         try:
-            self._not_frozen()
-            expect = args.get("expect_seqnum")
-            if expect is not None and st.meta[name]["seqnum"] != expect:
-                raise ControlError(self.pnn, f"{CONFLICT}: sequence number "
-                                             f"{st.meta[name]['seqnum']}, expected {expect}")
-            seqnum = st.meta[name]["seqnum"] + 1
-            recs = []
-            for k, v in args["writes"]:
-                key = unb64(k)
-                old = st.get(name, key)
-                rsn = (old.rsn if old else 0) + 1
-                recs.append(rec_to_wire(key, L.Record(
-                    rsn, self.pnn, L.REC_DELETED if v is None else 0,
-                    b"" if v is None else unb64(v))))
-            members = self.members()
-            if self.pnn not in members:
-                raise RuntimeError("the coordinator is not a member of the generation")
-            res = await asyncio.gather(*(self.cluster.control(
-                m, "db_trans_apply", {"db": name, "db_id": meta["db_id"], "seqnum": seqnum,
-                                      "records": recs}, timeout=CTL_TIMEOUT)
-                for m in members), return_exceptions=True)
-            failed = {m: str(r) for m, r in zip(members, res) if isinstance(r, Exception)}
-            if failed:
-                log.error("transaction on %s (seqnum %d) not applied on %s: a recovery "
-                          "decides (the highest sequence number wins)", name, seqnum, failed)
-                raise RuntimeError(f"not applied on nodes {sorted(failed)}: {failed}")
-            return {"seqnum": seqnum, "nodes": members}
+            await self._commit_locks.acquire(name, CTL_TIMEOUT)
+        except BaseException as exc:
+            self._commit_queue.pop(name, None)
+            for _e, _w, fut in queue:
+                if not fut.done():
+                    fut.set_exception(RuntimeError(f"transaction coordinator busy: {exc!r}"))
+            raise
+        try:
+            while queue:
+                batch = queue[:]
+                del queue[:]
+                try:
+                    await self._commit_round(name, batch)
+                except Exception as exc:
+                    for _e, _w, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
         finally:
+            self._commit_queue.pop(name, None)
             self._commit_locks.release(name)
+
+    async def _commit_round(self, name, batch):
+        self._not_frozen()
+        st, meta = self.usable_ctl(name)
+        seqnum = st.meta[name]["seqnum"]
+        pending = {}   # key -> Record: the round's writes, later ones replacing earlier
+        done = []      # (future, its sequence number)
+        for expect, writes, fut in batch:
+            if expect is not None and seqnum != expect:
+                fut.set_exception(ControlError(self.pnn, f"{CONFLICT}: sequence number "
+                                                         f"{seqnum}, expected {expect}"))
+                continue
+            seqnum += 1
+            for key, value in writes:
+                old = pending.get(key) or st.get(name, key)
+                pending[key] = L.Record((old.rsn if old else 0) + 1, self.pnn,
+                                        L.REC_DELETED if value is None else 0, value or b"")
+            done.append((fut, seqnum))
+        if not done:
+            return
+        members = self.members()
+        if self.pnn not in members:
+            raise RuntimeError("the coordinator is not a member of the generation")
+        recs = [rec_to_wire(k, r) for k, r in pending.items()]
+        res = await asyncio.gather(*(self.cluster.control(
+            m, "db_trans_apply", {"db": name, "db_id": meta["db_id"], "seqnum": seqnum,
+                                  "records": recs}, timeout=CTL_TIMEOUT)
+            for m in members), return_exceptions=True)
+        failed = {m: str(r) for m, r in zip(members, res) if isinstance(r, Exception)}
+        if failed:
+            log.error("transactions on %s (seqnum %d to %d) not applied on %s: a recovery "
+                      "decides (the highest sequence number wins)", name,
+                      done[0][1], seqnum, failed)
+            raise RuntimeError(f"not applied on nodes {sorted(failed)}: {failed}")
+        for fut, n in done:
+            if not fut.done():
+                fut.set_result({"seqnum": n, "nodes": members})
 
     async def _ctl_trans_apply(self, src, args):
         self._not_frozen()
