@@ -91,6 +91,7 @@ _WRITERS = frozenset({"readkey", "writekey", "deletekey", "fetch_lock", "fetch_u
 #: fast-path attempts (each after a migration) before a fetch-lock goes through the agent
 MIGRATE_TRIES = 3
 _ENVS = {}                       # path -> _Env: LMDB allows one per file per process
+_ENVS_LOCK = threading.Lock()
 _DATABASES = weakref.WeakSet()   # Databases with a fast path (dropped in a forked child)
 
 
@@ -107,10 +108,11 @@ class _Env:
 
     @classmethod
     def get(cls, path):
-        e = _ENVS.get(path)
-        if e is None:
-            e = _ENVS[path] = cls(path)
-        return e
+        with _ENVS_LOCK:
+            e = _ENVS.get(path)
+            if e is None:
+                e = _ENVS[path] = cls(path)
+            return e
 
 
 class _Local:
@@ -131,10 +133,12 @@ class _Local:
 def _forked():
     # An LMDB environment belongs to the process that opened it: a forked child goes
     # through the agent (better: attach again in the child).
+    global _ENVS_LOCK
     for db in list(_DATABASES):
         db._local = None
     _DATABASES.clear()
     _ENVS.clear()
+    _ENVS_LOCK = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):

@@ -37,6 +37,7 @@ GATE_KEY = b"gate"
 GATE = struct.Struct("=dI")   # open_until, leases
 TTL = 3.0
 RENEW = 1.0
+HELD_WARN = 5.0   # a renewal waiting this long for the writer lock is logged
 
 
 def lease_key(name: str, key: bytes) -> bytes:
@@ -52,6 +53,7 @@ class Gate:
         self._leases = set()       # lease keys (touched in the worker thread only)
         self._last = 0.0           # when the last renewal was queued
         self._inflight = False
+        self._warned = False
 
     def _write(self, txn, extra=None):
         """In the worker: write the gate record (and apply ``extra(txn)`` first)."""
@@ -71,6 +73,11 @@ class Gate:
     def tick(self, should_open):
         """On each cycle: open, renew or close the gate (in the background)."""
         now = time.monotonic()
+        if self._inflight and now - self._last > HELD_WARN and not self._warned:
+            self._warned = True
+            log.warning("the volatile databases' LMDB writer lock has been held for %.0f s "
+                        "(a client of this node inside fetch_locked?): this node's "
+                        "volatile writes and recoveries wait for it", now - self._last)
         if should_open == self.want_open and (not should_open or self._inflight
                                               or now - self._last < RENEW):
             return
@@ -88,6 +95,9 @@ class Gate:
             log.error("cannot write the gate of the volatile databases: %s", exc)
         finally:
             self._inflight = False
+            if self._warned:
+                self._warned = False
+                log.warning("the volatile databases' LMDB writer lock is free again")
 
     # -- API leases (a fetch-lock held through the API) ------------------------------------
     async def hold(self, name, key):
