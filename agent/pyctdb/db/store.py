@@ -10,7 +10,11 @@ the same LMDB transaction as the records.
 
 Reads run on the event loop (LMDB readers never block); every write runs in the store's
 single worker thread, so a write transaction (and its fsync) never blocks the loop and
-write transactions never wait for each other's lock on the loop.
+write transactions never wait for each other's lock on the loop. The volatile
+environment is written by the node's clients too (the client library's fast path, see
+:mod:`.gate`): the worker may wait for the writer lock while a client holds a record, and
+a write that depends on a record's current value reads it in its own transaction
+(:meth:`Store.modify`).
 """
 
 from __future__ import annotations
