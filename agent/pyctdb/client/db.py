@@ -35,7 +35,7 @@ import weakref
 
 from ..apiclient import ApiCallError, Client
 from ..db.gate import GATE, GATE_DB, GATE_KEY, lease_key
-from ..db.logic import HEADER, MAX_VALUE, REC_DELETED
+from ..db.logic import HEADER, MAX_KEY, MAX_VALUE, REC_DELETED
 
 __all__ = ["attach", "Database", "LocalRecord", "LockedRecord", "Transaction",
            "DatabaseError"]
@@ -118,7 +118,7 @@ class _Env:
 class _Local:
     """One database's fast path: its handle in the node's environment."""
 
-    __slots__ = ("e", "env", "begin", "db", "gate", "pnn", "prefix")
+    __slots__ = ("e", "env", "begin", "db", "gate", "pnn")
 
     def __init__(self, path, name, pnn):
         self.e = _Env.get(path)
@@ -127,7 +127,6 @@ class _Local:
         self.gate = self.e.gate
         self.db = self.env.open_db(b"db:" + name.encode(), create=False)
         self.pnn = pnn
-        self.prefix = lease_key(name, b"")
 
 
 def _forked():
@@ -211,7 +210,8 @@ class Database:
                 if g is not None:
                     until, leases = _GATE.unpack(g)
                     if until > _monotonic() and not (
-                            leases and txn.get(loc.prefix + key, None, loc.gate) is not None):
+                            leases and txn.get(lease_key(self.name, key), None,
+                                               loc.gate) is not None):
                         raw = txn.get(key)
                         if raw is not None:
                             rsn, dmaster, flags = _HDR.unpack_from(raw)
@@ -234,9 +234,12 @@ class Database:
         return LockedRecord(self, key, res)
 
     def _lmdb_error(self, exc):
+        import lmdb
         if "while another write transaction is active on the same thread" in str(exc):
             return DatabaseError("EDEADLK", "fetch_locked while this thread holds a "
                                  "record of this node locked: release it first")
+        if isinstance(exc, lmdb.BadValsizeError):
+            return DatabaseError("EINVAL", f"key must be 1 to {MAX_KEY} bytes")
         return DatabaseError("EIO", f"{self.name}: local LMDB: {exc}")
 
     def fetch(self, key):

@@ -26,6 +26,7 @@ touched there.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import struct
 import time
@@ -41,7 +42,9 @@ HELD_WARN = 5.0   # a renewal waiting this long for the writer lock is logged
 
 
 def lease_key(name: str, key: bytes) -> bytes:
-    return b"lease:" + name.encode() + b"\0" + key
+    """The gate's key marking record ``key`` of ``name`` leased (a digest: a name and a
+    key together may be longer than LMDB's key limit)."""
+    return b"lease:" + hashlib.blake2b(name.encode() + b"\0" + key, digest_size=20).digest()
 
 
 class Gate:

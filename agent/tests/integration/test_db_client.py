@@ -5,6 +5,7 @@ record lock (it excludes other processes, dies with its holder), clients never w
 while the node is frozen, API fetch-locks exclude fast-path clients and end with their
 connection, and increments from two nodes are never lost."""
 
+import base64
 import subprocess
 import sys
 import threading
@@ -13,7 +14,7 @@ import time
 import pytest
 
 from pyctdb.apiclient import Client
-from pyctdb.client.db import LocalRecord, LockedRecord, attach
+from pyctdb.client.db import DatabaseError, LocalRecord, LockedRecord, attach
 from pyctdb.db import gate as G
 from pyctdb.db import logic as L
 from pyctdb.testing.localcluster import AGENT_DIR, LocalCluster
@@ -259,6 +260,18 @@ def test_api_locks_exclude_fast_path_clients_and_end_with_their_connection(c):
     api.call("fetch_unlock", handle=res["handle"], store=True, value="YXBp")  # b"api"
     t.join(15)
     assert got["value"] == b"api" and db.fetch(b"k") == b"api+fast"
+
+    # a lease of a key of the largest size; meanwhile other records go on locally
+    long = b"L" * L.MAX_KEY
+    db.store(long, b"v")
+    res = api.call("fetch_lock", db_name=DB, key=base64.b64encode(long).decode())
+    with db.fetch_locked(b"other") as rec:
+        assert isinstance(rec, LocalRecord)
+        rec.store(b"o")
+    api.call("fetch_unlock", handle=res["handle"])
+    with pytest.raises(DatabaseError) as exc:
+        db.fetch_locked(b"")
+    assert exc.value.code == "EINVAL"
 
     # a fetch-lock taken through the API ends when its connection closes, not after its
     # lease (60 s)
