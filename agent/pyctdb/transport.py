@@ -30,6 +30,7 @@ CONNECT_TIMEOUT = 2.0
 MAX_WRITE_BUFFER = 8 * 1024 * 1024
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 1.0
+READ_SIZE = 256 * 1024  # bytes asked of one read of an incoming connection
 
 
 def _norm(addr: str) -> str:
@@ -267,15 +268,7 @@ class Transport:
                 self._up.discard(pnn)
                 self._on_link_down(pnn, "peer reconnected")
             self._update(pnn)
-            while self._running:
-                frame = await P.read_frame(reader, self.max_payload)
-                self.stats["frames_in"] += 1
-                P.validate(frame)
-                if frame.payload.get("pnn") != pnn:
-                    raise P.ProtocolError(
-                        f"frame claims PNN {frame.payload.get('pnn')} on node {pnn}'s "
-                        "connection")
-                self._on_frame(pnn, frame)
+            await self._read_frames(reader, pnn)
         except P.ProtocolError as exc:
             self.stats["dropped_bad_frames"] += 1
             log.warning("dropping connection from node %s (%s): %s",
@@ -292,6 +285,34 @@ class Transport:
             if pnn is not None and self._in.get(pnn, (None,))[0] is writer:
                 del self._in[pnn]
                 self._update(pnn, "connection closed")
+
+    async def _read_frames(self, reader, pnn):
+        """Read, check and hand over the frames of node ``pnn``'s connection until EOF.
+        Whatever one read brings is decoded in one go (many small frames, e.g.
+        messages, per system call); the rest of a large frame is read at once."""
+        hsize, decode_header, decode_body = P.HEADER_SIZE, P.decode_header, P.decode_body
+        buf = b""
+        while self._running:
+            data = await reader.read(READ_SIZE)
+            if not data:
+                return
+            buf = buf + data if buf else data
+            pos, n = 0, len(buf)
+            while n - pos >= hsize:
+                version, mtype, length = decode_header(buf[pos:pos + hsize], self.max_payload)
+                end = pos + hsize + length
+                if end > n:
+                    buf = buf[pos:] + await reader.readexactly(end - n)
+                    pos, end = 0, end - pos
+                    n = end
+                payload = decode_body(mtype, buf[pos + hsize:end])
+                pos = end
+                self.stats["frames_in"] += 1
+                if payload.get("pnn") != pnn:
+                    raise P.ProtocolError(f"frame claims PNN {payload.get('pnn')} on node "
+                                          f"{pnn}'s connection")
+                self._on_frame(pnn, P.Frame(version, mtype, payload))
+            buf = buf[pos:]
 
     def _check_hello(self, hello, src) -> int:
         pnn = hello["pnn"]
