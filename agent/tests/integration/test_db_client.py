@@ -6,6 +6,7 @@ while the node is frozen, API fetch-locks exclude fast-path clients and end with
 connection, and increments from two nodes are never lost."""
 
 import base64
+import os
 import subprocess
 import sys
 import threading
@@ -13,7 +14,7 @@ import time
 
 import pytest
 
-from pyctdb.apiclient import Client
+from pyctdb.apiclient import AgentUnavailable, Client
 from pyctdb.client.db import DatabaseError, LocalRecord, LockedRecord, attach
 from pyctdb.db import gate as G
 from pyctdb.db import logic as L
@@ -299,4 +300,30 @@ def test_no_lost_updates_from_two_nodes(c):
     assert db.fetch(b"n") == str(2 * n).encode()
     assert sum(local) > 0  # some increments found the record here
     assert catdb(c, 0, "n")[1] == str(2 * n)
+    db.close()
+
+
+def test_clients_of_a_dead_agent_stop_writing_and_a_restart_empties_in_place(c):
+    db = attach(DB, socket=c.socket(1))
+    db.store(b"k", b"0")
+    data = os.path.join(c.node_dir(1), "db", "volatile", "data.mdb")
+    ino = os.stat(data).st_ino
+    c.kill(1)
+    # the gate is not renewed any more: local writes stop within its TTL (3 s)
+    t0 = time.monotonic()
+    with pytest.raises((DatabaseError, AgentUnavailable)):
+        while time.monotonic() - t0 < 10:
+            with db.fetch_locked(b"k") as rec:
+                rec.store(b"after")
+    assert time.monotonic() - t0 < G.TTL + 1.5
+    # a new agent empties the environment the client still has open (not new files)
+    c.start_node(1)
+    c.wait_healthy(30)
+    assert os.stat(data).st_ino == ino
+    assert stored(db, b"k") is None
+    assert db.fetch(b"k") is None  # (the record went with the node, as in CTDB)
+    with db.fetch_locked(b"k") as rec:
+        assert isinstance(rec, LocalRecord) and rec.value is None
+        rec.store(b"new")
+    assert catdb(c, 0, "k") == (1, "new")
     db.close()
