@@ -39,6 +39,7 @@ GATE = struct.Struct("=dI")   # open_until, leases
 TTL = 3.0
 RENEW = 1.0
 HELD_WARN = 5.0   # a renewal waiting this long for the writer lock is logged
+READER_CHECK = 10.0  # how often reader slots left by dead clients are freed
 
 
 def lease_key(name: str, key: bytes) -> bytes:
@@ -57,6 +58,7 @@ class Gate:
         self._last = 0.0           # when the last renewal was queued
         self._inflight = False
         self._warned = False
+        self._checked = time.monotonic()
 
     def _write(self, txn, extra=None):
         """In the worker: write the gate record (and apply ``extra(txn)`` first)."""
@@ -76,6 +78,19 @@ class Gate:
     def tick(self, should_open):
         """On each cycle: open, renew or close the gate (in the background)."""
         now = time.monotonic()
+        if now - self._checked > READER_CHECK and self.store.env is not None:
+            # a client killed inside a read transaction leaves its reader slot, which
+            # keeps LMDB from reusing pages (the file grows): free those of dead processes
+            # (the reader table's own mutex, never the writer lock)
+            self._checked = now
+            try:
+                freed = self.store.env.reader_check()
+            except Exception as exc:
+                log.error("volatile databases: reader check failed: %s", exc)
+            else:
+                if freed:
+                    log.info("volatile databases: %d reader slots of dead clients freed",
+                             freed)
         if self._inflight and now - self._last > HELD_WARN and not self._warned:
             self._warned = True
             log.warning("the volatile databases' LMDB writer lock has been held for %.0f s "

@@ -62,7 +62,7 @@ def incr(rec):
 
 
 CHILD = r"""
-import sys, time
+import os, sys, time
 sys.path.insert(0, {agent!r})
 from pyctdb.client.db import attach
 db = attach({db!r}, socket=sys.argv[1])
@@ -73,6 +73,11 @@ if mode == "hold":          # take the record, say so, then wait for a line or d
     line = sys.stdin.readline().strip()
     rec.store(line.encode())
     print("stored", flush=True)
+elif mode == "read":        # inside a read transaction (of the fast path's env) until killed
+    txn = db._local.env.begin()
+    txn.get(key, db=db._local.db)
+    print(os.getpid(), flush=True)
+    sys.stdin.readline()
 elif mode == "incr":        # n increments of the record, from the line "go" on
     print("ready", flush=True)
     assert sys.stdin.readline().strip() == "go"
@@ -198,6 +203,16 @@ def test_the_lock_excludes_other_processes_and_dies_with_its_holder(c):
     # the agent writes too (a migration away and back)
     assert c.cli(1, "writekey", DB, "k", "100").returncode == 0
     assert db.fetch(b"k") == b"100"
+
+    # a reader killed inside its transaction: the agent frees its slot (else LMDB could
+    # not reuse the pages it might read, and the file would grow)
+    p = child(c, 0, "read", "k")
+    pid = p.stdout.readline().strip()
+    assert f" {pid} " in db._local.env.readers()
+    p.kill()
+    p.wait()
+    c.wait_for(lambda: f" {pid} " not in db._local.env.readers(), 20,
+               what="the dead reader's slot freed")
     db.close()
 
 
