@@ -166,10 +166,12 @@ class KeyLocks:
         self._locks = {}
 
     async def acquire(self, k, timeout=None):
-        entry = self._locks.setdefault(k, [asyncio.Lock(), 0])
+        entry = self._locks.get(k)
+        if entry is None:
+            entry = self._locks[k] = [asyncio.Lock(), 0]
         entry[1] += 1
         try:
-            if timeout is None:
+            if timeout is None or entry[1] == 1:  # (nobody else holds or waits: at once)
                 await entry[0].acquire()
             else:
                 await asyncio.wait_for(entry[0].acquire(), timeout)
@@ -366,12 +368,12 @@ class Databases:
                 return rec, epoch
             lm = L.lmaster(key, self.cluster.vnnmap)
             try:
-                if lm == self.pnn:
+                if lm == self.pnn:  # stored here by the migration, as this node's
                     got = await self._lmaster_migrate(st, name, key, self.pnn, self_locked=True)
-                else:
-                    w = await self.cluster.control(lm, "db_migrate", {
-                        "db": name, "key": b64(key), "to": self.pnn}, timeout=CTL_TIMEOUT)
-                    got = rec_from_wire(w)[1]
+                    return got, epoch
+                w = await self.cluster.control(lm, "db_migrate", {
+                    "db": name, "key": b64(key), "to": self.pnn}, timeout=CTL_TIMEOUT)
+                got = rec_from_wire(w)[1]
                 cur = st.get(name, key)
                 if cur is not None and cur.rsn > got.rsn:
                     got = cur.replace(rsn=cur.rsn)  # our copy is newer: keep its data
@@ -391,6 +393,7 @@ class Databases:
         self._not_frozen()
         epoch = self.epoch
         await self._lmaster_locks.acquire((name, key), CTL_TIMEOUT)
+        held = True
         try:
             rec = st.get(name, key)
             dm = rec.dmaster if rec is not None else self.pnn
@@ -416,10 +419,24 @@ class Databases:
             w = await self.cluster.control(dm, "db_give", {"db": name, "key": b64(key),
                                                            "to": to}, timeout=CTL_TIMEOUT)
             rec = rec_from_wire(w)[1]
-            await st.store(name, key, rec, check=self._check_epoch(epoch))
+            if to == self.pnn:
+                await st.store(name, key, rec, check=self._check_epoch(epoch))
+                return rec
+            # The requester need not wait for this node's note of the new DMASTER: it is
+            # written with the key's migration lock still held, released once it is done.
+            note = asyncio.ensure_future(st.store(name, key, rec,
+                                                  check=self._check_epoch(epoch)))
+            note.add_done_callback(lambda f: self._noted(name, key, f))
+            held = False
             return rec
         finally:
-            self._lmaster_locks.release((name, key))
+            if held:
+                self._lmaster_locks.release((name, key))
+
+    def _noted(self, name, key, fut):
+        self._lmaster_locks.release((name, key))
+        if not fut.cancelled() and fut.exception() is not None:
+            log.debug("note of the new dmaster of %r in %s: %s", key, name, fut.exception())
 
     async def _ctl_migrate(self, src, args):
         self._not_frozen()
