@@ -73,6 +73,9 @@ class Transport:
         self._out = {}  # pnn -> StreamWriter of our outgoing connection
         self._in = {}  # pnn -> (StreamWriter of their incoming connection, hello)
         self._up = set()
+        #: pnn -> Event set when that node connects to us while we have no connection
+        #: to it: it is up, so the outgoing loop tries now instead of after its backoff
+        self._wake = {}
         self._pending = {}  # pnn -> [encoded frames] of send_bytes, written by _flush
         self._tasks = []
         self._in_tasks = set()
@@ -205,7 +208,7 @@ class Transport:
                 self._complain(logging.INFO, ("connect", pnn),
                                "cannot connect to node %d (%s:%d): %s", pnn, addr, self.port,
                                exc or "timeout")
-                await asyncio.sleep(backoff)
+                await self._backoff(pnn, backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
             sock = writer.get_extra_info("socket")
@@ -231,8 +234,16 @@ class Transport:
                     self._update(pnn, "connection closed")
             if time.monotonic() - connected_at > 1.0:
                 backoff = BACKOFF_MIN
-            await asyncio.sleep(backoff)
+            await self._backoff(pnn, backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _backoff(self, pnn, seconds):
+        wake = self._wake.setdefault(pnn, asyncio.Event())
+        try:
+            await asyncio.wait_for(wake.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+        wake.clear()
 
     # -- incoming ------------------------------------------------------------------------
     async def _handle_inbound(self, reader, writer):
@@ -263,6 +274,8 @@ class Transport:
             if old is not None:
                 old[0].close()
             self._in[pnn] = (writer, hello)
+            if pnn not in self._out:
+                self._wake.setdefault(pnn, asyncio.Event()).set()
             if pnn in self._up:
                 # A new process instance replaced an old one: report down then up.
                 self._up.discard(pnn)
