@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import struct
+import time
 
 from . import API_VERSION, PROTOCOL_VERSION, __version__
 from . import messaging as M
@@ -75,6 +76,7 @@ class ApiServer:
             "ip": self.cmd_ip, "moveip": self.cmd_moveip,
             "addip": self.cmd_addip, "delip": self.cmd_delip,
             "reloadips": self.cmd_reloadips, "ipreallocate": self.cmd_ipreallocate,
+            "recover": self.cmd_recover,
             "event_status": self.cmd_event_status, "event_run": self.cmd_event_run,
             "event_script": self.cmd_event_script,
         }
@@ -365,6 +367,23 @@ class ApiServer:
         if "error" in res:
             raise ApiError("EIO", res["error"])
         return res
+
+    async def cmd_recover(self):
+        """CTDB's ``ctdb recover``: the leader runs a recovery now; returns once the
+        cluster has a new generation."""
+        from .cluster import ControlError
+        c = self.cluster
+        before = c.generation
+        try:
+            leader = await c.ask_recovery("pyctdb recover")
+        except ControlError as exc:
+            raise ApiError("EAGAIN", exc.message) from None
+        deadline = time.monotonic() + 30.0
+        while c.generation in (before, None) or c.recmode != 0:
+            if time.monotonic() > deadline:
+                raise ApiError("ETIMEDOUT", "no new generation within 30 s")
+            await asyncio.sleep(0.05)
+        return {"leader": leader, "generation": c.generation}
 
     async def cmd_addip(self, address, prefix, interfaces, pnn=None, check=False):
         target = self._target(pnn)

@@ -316,6 +316,11 @@ def cmd_reloadips(c, a):
     return (res if a.json else None), rc
 
 
+def cmd_recover(c, a):
+    res = c.call("recover")
+    return (res if a.json else None), 0
+
+
 def cmd_ipreallocate(c, a):
     res = c.call("ipreallocate")
     return (res if a.json else None), 0
@@ -422,6 +427,8 @@ COMMANDS = {
                                  "'all', or PNN,PNN) and apply the difference"),
     "ipreallocate": (cmd_ipreallocate, "ask the leader for a takeover run now and wait "
                                        "for it"),
+    "recover": (cmd_recover, "ask the leader for a database recovery now and wait for "
+                             "the new generation"),
     "event": (cmd_event, "event scripts: status [EVENT], run [TIMEOUT] EVENT [ARGS], "
                          "script list|enable|disable [SCRIPT]"),
     "ping": (cmd_ping, "check that this node (or node PNN, through the cluster) answers"),

@@ -111,7 +111,8 @@ class Cluster:
         self._last_sent_at = -1e9
         self._main_task = None
         #: op -> async handler(src_pnn, args) -> result (JSON-able); see control()
-        self.control_handlers = {"ping": self._ctl_ping}
+        self.control_handlers = {"ping": self._ctl_ping, "recover": self._ctl_recover}
+        self._recovery_wanted = None  # why a recovery was asked for (request_recovery)
         self._req_ids = iter(range(1, 2 ** 62))
         self._pending = {}  # req_id -> (pnn, Future)
         self._control_tasks = set()
@@ -271,6 +272,30 @@ class Cluster:
             log.exception("control %s from node %d failed", p["op"], pnn)
             reply.update(ok=False, error=f"{type(exc).__name__}: {exc}")
         self.transport.send(pnn, P.MsgType.REPLY, reply)
+
+    def request_recovery(self, reason):
+        """On the leader: run a recovery at the next cycle even if nothing changed
+        (CTDB's ``ctdb recover``; the database layer after a transaction that some
+        member failed to apply)."""
+        self._recovery_wanted = reason
+        log.warning("leader: recovery asked for: %s", reason)
+        self.kick()
+
+    async def ask_recovery(self, reason):
+        """Ask the leader (this node or another) for a recovery; returns its PNN."""
+        if self.am_leader:
+            self.request_recovery(reason)
+            return self.pnn
+        if self.leader is None:
+            raise ControlError(self.pnn, "no leader: a recovery runs once one is elected")
+        res = await self.control(self.leader, "recover", {"reason": reason})
+        return res["leader"]
+
+    async def _ctl_recover(self, src, args):
+        if not self.am_leader:
+            raise ControlError(self.pnn, "this node is not the leader")
+        self.request_recovery(f"{args.get('reason') or 'recover'} (from node {src})")
+        return {"leader": self.pnn}
 
     async def _ctl_ping(self, src, args):
         return {"pnn": self.pnn, "time": time.time()}
@@ -475,7 +500,7 @@ class Cluster:
                 self._lock_check_task = asyncio.create_task(self._check_lock())
         members = self._active_members()
         if members == self.members and self.generation is not None \
-                and self.recmode == RECMODE_NORMAL:
+                and self.recmode == RECMODE_NORMAL and self._recovery_wanted is None:
             log.debug("leader: generation %d unchanged, members %s", self.generation, members)
             return
         await self._recover(members)
@@ -491,6 +516,7 @@ class Cluster:
         old = set(self.members)
         joined = sorted(set(members) - old)
         left = sorted(old - set(members))
+        asked, self._recovery_wanted = self._recovery_wanted, None
         self.recmode = RECMODE_ACTIVE
         self.last_recovery_started = time.time()
         t0 = time.monotonic()
@@ -519,6 +545,8 @@ class Cluster:
             why.append(f"joined {joined}")
         if left:
             why.append(f"left {left}")
+        if asked:
+            why.append(f"asked for: {asked}")
         log.warning("leader: recovery done in %.1f ms: generation %d, members %s%s",
                     (time.monotonic() - t0) * 1000, gen, members,
                     f" ({', '.join(why)})" if why else "")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import secrets
 import time
@@ -30,6 +31,12 @@ CHUNK_BYTES = 2 << 20     # records per binary chunk (db_pull/db_push): 2.7 MiB 
 GIVE_LOCK_WAIT = 1.0      # a DMASTER waits this long for a locked record, then says busy
 LEASE_SECONDS = 30.0      # a fetch-lock taken through the API is released after this
 CONFLICT = "transaction conflict"  # an expect_seqnum that no longer holds
+AMBIGUOUS = "transaction in doubt"  # applied on some members only: a recovery decides
+#: A persistent database's record of its last transactions ({"txids": [[txid, seqnum]]}),
+#: replicated with it, so that after a failed commit the recovered copy tells whether the
+#: transaction is in it (CTDB's ``__db_sequence_number__`` record plays this part).
+TXIDS_KEY = b"__pyctdb_txids__"
+TXIDS_KEPT = 64
 
 
 class DbError(Exception):
@@ -211,6 +218,9 @@ class Databases:
         self._lmaster_locks = KeyLocks()  # serialises migrations at the LMASTER
         self._commit_locks = KeyLocks()   # serialises transactions at the coordinator
         self._commit_queue = {}           # name -> transactions waiting for a commit round
+        #: name -> the generation in which a commit round failed on some member: no more
+        #: rounds of that database until a recovery has made its copies agree again
+        self._trans_blocked = {}
         self._leases = {}                 # handle -> (name, key, epoch, timer)
         self._staged = {}                 # name -> records pushed so far in a recovery
         self._inactive_wiped = False
@@ -556,27 +566,65 @@ class Databases:
             L.check_key(k)
             if v is not None:
                 L.check_value(v)
+        if any(k == TXIDS_KEY for k, _v in writes):
+            raise DbError("EINVAL", f"key {TXIDS_KEY.decode()} is reserved")
         wire = [[b64(k), None if v is None else b64(v)] for k, v in writes]
+        txid = secrets.token_hex(8)
         deadline = time.monotonic() + timeout
         delay = 0.02
+        doubt = False  # an earlier attempt may have been applied
         while True:
+            if doubt:
+                done = self.txid_seqnum(name, txid)
+                if done is not None:
+                    return done
+            gen = self.cluster.generation
             try:
                 res = await self.cluster.control(self.coordinator(name), "db_trans_commit",
-                                                 {"db": name, "writes": wire,
+                                                 {"db": name, "writes": wire, "txid": txid,
                                                   "expect_seqnum": expect_seqnum},
                                                  timeout=CTL_TIMEOUT)
                 return res["seqnum"]
             except ControlError as exc:
                 if CONFLICT in exc.message:
+                    if doubt and self.txid_seqnum(name, txid) is not None:
+                        return self.txid_seqnum(name, txid)
                     raise DbError("EBUSY", f"transaction on {name}: {exc.message}") from None
+                if AMBIGUOUS in exc.message:
+                    # applied on some members only: the recovery that follows keeps it
+                    # (a member that applied it survives) or not; wait for it and look
+                    doubt = True
+                    log.warning("transaction %s on %s: %s; waiting for the recovery",
+                                txid, name, exc.message)
+                    await self._new_generation(gen, deadline)
+                    continue
                 retry = "frozen" in exc.message or "not connected" in exc.message \
                     or "timed out" in exc.message
+                doubt = doubt or "timed out" in exc.message or "not connected" in exc.message
                 if not retry or time.monotonic() + delay > deadline:
                     raise DbError("EAGAIN" if retry else "EIO",
                                   f"transaction on {name} failed: {exc}") from None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.3)
                 await self.ready(max(0.1, deadline - time.monotonic()))
+
+    def txid_seqnum(self, name, txid):
+        """The sequence number of transaction ``txid`` if this node's copy of
+        ``name`` has it (among its last TXIDS_KEPT), else None."""
+        rec = self.stores[True].get(name, TXIDS_KEY)
+        if rec is None or rec.deleted:
+            return None
+        try:
+            return dict(json.loads(rec.value)["txids"]).get(txid)
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    async def _new_generation(self, gen, deadline):
+        """Wait (until ``deadline``) for a generation other than ``gen``, then until
+        this node serves again."""
+        while self.cluster.generation in (gen, None) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await self.ready(max(0.1, deadline - time.monotonic()))
 
     async def _ctl_trans_commit(self, src, args):
         """Queue the transaction for the database's next commit round: the transactions
@@ -591,7 +639,7 @@ class Databases:
         if queue is None:
             queue = self._commit_queue[name] = []
             asyncio.ensure_future(self._commit_rounds(name, queue))
-        queue.append((args.get("expect_seqnum"), writes, fut))
+        queue.append((args.get("expect_seqnum"), writes, fut, args.get("txid")))
         return await fut
 
     async def _commit_rounds(self, name, queue):
@@ -602,7 +650,7 @@ class Databases:
             await self._commit_locks.acquire(name, CTL_TIMEOUT)
         except BaseException as exc:
             self._commit_queue.pop(name, None)
-            for _e, _w, fut in queue:
+            for _e, _w, fut, _t in queue:
                 if not fut.done():
                     fut.set_exception(RuntimeError(f"transaction coordinator busy: {exc!r}"))
             raise
@@ -613,7 +661,7 @@ class Databases:
                 try:
                     await self._commit_round(name, batch)
                 except Exception as exc:
-                    for _e, _w, fut in batch:
+                    for _e, _w, fut, _t in batch:
                         if not fut.done():
                             fut.set_exception(exc)
         finally:
@@ -622,11 +670,17 @@ class Databases:
 
     async def _commit_round(self, name, batch):
         self._not_frozen()
+        if name in self._trans_blocked:
+            if self._trans_blocked[name] == self.cluster.generation:
+                raise RuntimeError(f"database {name} frozen until the recovery that follows "
+                                   "a failed transaction")
+            del self._trans_blocked[name]
         st, meta = self.usable_ctl(name)
         seqnum = st.meta[name]["seqnum"]
         pending = {}   # key -> Record: the round's writes, later ones replacing earlier
         done = []      # (future, its sequence number)
-        for expect, writes, fut in batch:
+        txids = []     # [txid, seqnum] of the round's transactions
+        for expect, writes, fut, txid in batch:
             if expect is not None and seqnum != expect:
                 fut.set_exception(ControlError(self.pnn, f"{CONFLICT}: sequence number "
                                                          f"{seqnum}, expected {expect}"))
@@ -637,8 +691,21 @@ class Databases:
                 pending[key] = L.Record((old.rsn if old else 0) + 1, self.pnn,
                                         L.REC_DELETED if value is None else 0, value or b"")
             done.append((fut, seqnum))
+            if txid:
+                txids.append([str(txid), seqnum])
         if not done:
             return
+        if txids:
+            old = pending.get(TXIDS_KEY) or st.get(name, TXIDS_KEY)
+            kept = []
+            if old is not None and not old.deleted:
+                try:
+                    kept = list(json.loads(old.value)["txids"])
+                except (ValueError, KeyError, TypeError):
+                    kept = []
+            pending[TXIDS_KEY] = L.Record(
+                (old.rsn if old else 0) + 1, self.pnn, 0,
+                json.dumps({"txids": (kept + txids)[-TXIDS_KEPT:]}).encode())
         members = self.members()
         if self.pnn not in members:
             raise RuntimeError("the coordinator is not a member of the generation")
@@ -649,13 +716,27 @@ class Databases:
             for m in members), return_exceptions=True)
         failed = {m: str(r) for m, r in zip(members, res) if isinstance(r, Exception)}
         if failed:
-            log.error("transactions on %s (seqnum %d to %d) not applied on %s: a recovery "
-                      "decides (the highest sequence number wins)", name,
+            # Some members have the round, some not: no more rounds until a recovery has
+            # made the copies agree (the highest sequence number wins, so the round is
+            # kept if a member that applied it is still there). The requesters wait for
+            # that recovery and look for their transaction in the result.
+            self._trans_blocked[name] = self.cluster.generation
+            log.error("transactions on %s (seqnum %d to %d) not applied on %s: asking for "
+                      "a recovery, which decides (the highest sequence number wins)", name,
                       done[0][1], seqnum, failed)
-            raise RuntimeError(f"not applied on nodes {sorted(failed)}: {failed}")
+            asyncio.ensure_future(self._ask_recovery(
+                f"transaction on {name} not applied on {sorted(failed)}"))
+            raise ControlError(self.pnn, f"{AMBIGUOUS}: not applied on nodes "
+                                         f"{sorted(failed)}: {failed}")
         for fut, n in done:
             if not fut.done():
                 fut.set_result({"seqnum": n, "nodes": members})
+
+    async def _ask_recovery(self, reason):
+        try:
+            await self.cluster.ask_recovery(reason)
+        except ControlError as exc:  # no leader, or it went away: a recovery follows anyway
+            log.warning("could not ask for a recovery (%s): %s", reason, exc.message)
 
     async def _ctl_trans_apply(self, src, args):
         self._not_frozen()
@@ -888,8 +969,8 @@ class Databases:
         persistent one, this node's replica. A list of (key, Record), sorted by key."""
         await self.ready()
         st, _ = self.usable(name)
-        if st.persistent:
-            return [(k, r) for k, r in st.items(name) if not r.deleted]
+        if st.persistent:  # (without the transactions' own record)
+            return [(k, r) for k, r in st.items(name) if not r.deleted and k != TXIDS_KEY]
         members = self.members()
         try:
             parts = await asyncio.gather(*(self._pull(m, name, dmaster_only=True)
