@@ -867,6 +867,15 @@ class Databases:
         return {}
 
     async def _ctl_thaw(self, src, args):
+        gen = args.get("if_generation")
+        if gen is not None:
+            # a restoredb's thaw: never in the middle of a recovery (whose own thaw
+            # comes at its end), nor after one (which thawed already)
+            c = self.cluster
+            if c.generation != gen or c.recmode != 0:
+                return {"skipped": "a recovery is under way or ran meanwhile"}
+            self._thaw(self._members)
+            return {}
         self._thaw(args.get("members"))
         return {}
 

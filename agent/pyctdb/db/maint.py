@@ -171,17 +171,38 @@ class Maintenance:
         del recs
         members = dbs.members()
         token = secrets.token_hex(8)
-        res = await asyncio.gather(*(self._push(m, target, bk.persistent, frames, seqnum,
-                                                token) for m in members),
-                                   return_exceptions=True)
-        failed = {m: str(r) for m, r in zip(members, res) if isinstance(r, Exception)}
-        if failed:
-            raise self._error("EIO", f"restore of {target} failed on {failed}")
+        # As CTDB's restoredb: the cluster's databases are frozen while the database is
+        # replaced, so no write lands on a node between the old copy and the restored one
+        # (it waits, then goes to the restored copy). A recovery meanwhile (a node lost)
+        # makes the restore fail: run it again.
+        gen = c.generation
+        log.warning("restoredb %s: freezing the databases on %s for %d records", target,
+                    members, n)
+        res = await self._on_members(members, "db_freeze", {})
+        try:
+            if not res:
+                res = await asyncio.gather(*(self._push(m, target, bk.persistent, frames,
+                                                        seqnum, token) for m in members),
+                                           return_exceptions=True)
+                res = {m: str(r) for m, r in zip(members, res) if isinstance(r, Exception)}
+        finally:
+            await self._on_members(members, "db_thaw", {"if_generation": gen})
+        if res:
+            raise self._error("EIO", f"restore of {target} failed on {res}")
+        if c.generation != gen:
+            raise self._error("EAGAIN", f"a recovery ran during the restore of {target}: "
+                                        "run the restore again")
         log.warning("database %s restored from %s: %d records on %s", target, path,
                     n, members)
         return {"db_name": target, "file": path, "records": n,
                 "persistent": bk.persistent, "seqnum": seqnum if seqnum is not None else 0,
                 "backup_time": bk.time, "nodes": members}
+
+    async def _on_members(self, members, op, args):
+        """Control ``op`` on every member; {pnn: error} of those that failed."""
+        res = await asyncio.gather(*(self.cluster.control(m, op, args, timeout=30.0)
+                                     for m in members), return_exceptions=True)
+        return {m: str(r) for m, r in zip(members, res) if isinstance(r, Exception)}
 
     async def _push(self, pnn, name, persistent, frames, seqnum, token):
         for first, last, chunk in frames:
@@ -190,7 +211,7 @@ class Maintenance:
                 "last": last, "seqnum": seqnum, "token": token}, timeout=30.0)
 
     async def _ctl_restore(self, src, args):
-        self.dbs._not_frozen()
+        # (the restoring node froze the databases; it is the one writer meanwhile)
         name, persistent = args["db"], bool(args["persistent"])
         key = (src, args["token"])
         if args.get("first"):

@@ -252,12 +252,19 @@ class LocalCluster:
         st = self.try_status(pnn)
         return st["leader"] if st else None
 
-    def cli(self, pnn, *args, check=False):
+    def cli_env(self):
         env = dict(os.environ)
         env["PYTHONPATH"] = AGENT_DIR + (os.pathsep + env["PYTHONPATH"]
                                          if env.get("PYTHONPATH") else "")
-        return subprocess.run([self.python, "-m", "pyctdb.cli", "--socket", self.socket(pnn),
-                               *args], capture_output=True, text=True, env=env, check=check)
+        return env
+
+    def cli_argv(self, pnn, *args):
+        """The command line of ``pyctdb ARGS`` on node ``pnn`` (for a Popen)."""
+        return [self.python, "-m", "pyctdb.cli", "--socket", self.socket(pnn), *args]
+
+    def cli(self, pnn, *args, check=False):
+        return subprocess.run(self.cli_argv(pnn, *args), capture_output=True, text=True,
+                              env=self.cli_env(), check=check)
 
     def log(self, pnn):
         try:

@@ -207,3 +207,30 @@ def test_large_restore_and_recovery_keep_every_node_connected(tmp_path):
             assert records(c, p, "big.tdb") == n
             assert ok(c, p, "readkey", "big.tdb", f"key-{p * 33333:06d}").strip() == \
                 f"Data: size:100 ptr:[{'v' * 100}]"
+
+
+def test_restore_freezes_the_cluster(tmp_path):
+    """As CTDB's restoredb, the databases are frozen while a restore runs: a write made
+    on another node meanwhile waits and lands on the restored copy (without the freeze
+    the restore's push would overwrite it on some or all nodes)."""
+    from pyctdb.db import backup as B
+    from pyctdb.db import logic as L
+    n = 60_000
+    bk = tmp_path / "big.bak"
+    B.write(str(bk), "preg.tdb", True, 5,
+            [(f"key-{i:06d}".encode(), L.Record(1, 0, 0, b"old" * 30)) for i in range(n)])
+    with LocalCluster.healthy_cluster(3, tmp_path / "c", tunables={"VacuumInterval": 0}) as c:
+        ok(c, 0, "attach", "preg.tdb", "persistent")
+        mark = len(c.log(0))
+        restore = subprocess.Popen(c.cli_argv(0, "restoredb", str(bk)), env=c.cli_env(),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        c.wait_for(lambda: "restoredb preg.tdb: freezing" in c.log(0)[mark:], 30,
+                   interval=0.005, what="the restore's freeze")
+        ok(c, 2, "pstore", "preg.tdb", "key-000007", "written during the restore")
+        out, err = restore.communicate(timeout=60)
+        assert restore.returncode == 0, (out, err)
+        for p in range(3):
+            assert ok(c, p, "pfetch", "preg.tdb", "key-000007") == \
+                "written during the restore\n"
+            assert ok(c, p, "pfetch", "preg.tdb", "key-000008") == "old" * 30 + "\n"
+            assert records(c, p, "preg.tdb") >= n
