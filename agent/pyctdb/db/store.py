@@ -173,13 +173,11 @@ class Store:
             ok = cur.set_range(after) if after is not None else cur.first()
             if ok and after is not None and cur.key() == after:
                 ok = cur.next()
-            while ok:
-                k, v = bytes(cur.key()), bytes(cur.value())
+            for k, v in (cur.iternext() if ok else ()):  # (bytes: the txn's default)
                 if out and size + len(k) + len(v) > limit_bytes:
                     return out, True
                 out.append((k, v if raw else L.unpack(v)))
                 size += len(k) + len(v)
-                ok = cur.next()
         return out, False
 
     # -- writes (in the worker thread) -----------------------------------------------
