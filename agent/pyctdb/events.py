@@ -125,13 +125,13 @@ class EventRunner:
                 r.update(rc=rc, status="OK" if rc == 0 else "ERROR",
                          output=out.decode(errors="replace")[-OUTPUT_LIMIT:])
             except asyncio.TimeoutError:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                _kill_group(proc)
                 await proc.wait()
                 r.update(rc=None, status="TIMEDOUT",
                          output=f"killed after the event's {timeout:g}s timeout")
+            except asyncio.CancelledError:  # e.g. the leader aborted its recovery
+                _kill_group(proc)
+                raise
             r["duration"] = time.monotonic() - m0
             if r["status"] != "OK":
                 status = r["status"]
@@ -145,6 +145,14 @@ class EventRunner:
                       f" (exit {bad['rc']})" if bad["rc"] is not None else "",
                       bad["output"].strip().splitlines()[-1] if bad["output"].strip() else "")
         return res
+
+
+def _kill_group(proc):
+    """SIGKILL an event script and its children (it runs in a session of its own)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 class Monitor:

@@ -285,6 +285,36 @@ def test_isolated_leader_lets_go_and_majority_takes_over(lab_cluster):
     c.wait_healthy(30)
 
 
+def test_leader_cut_off_during_a_slow_recovery_lets_go_at_once(lab_cluster, tmp_path):
+    """The leader is cut off while its recovery waits (its startrecovery script sleeps):
+    it drops the silent members, aborts the recovery and lets go of the cluster lock at
+    once, instead of holding it until the recovery's controls time out (bench/failover's
+    13.7 s linkdown-leader outlier)."""
+    c, lab = lab_cluster
+    leader = c.status(0)["leader"]
+    a, b = [p for p in range(3) if p != leader]
+    started = tmp_path / "startrecovery-started"
+    c.event_script(leader, "50.slow", f"""[ "$1" = startrecovery ] || exit 0
+touch {started}; sleep 8; exit 0
+""")
+    c.cli(b, "stop", check=True)  # a recovery: b leaves the generation
+    c.wait_for(started.exists, 10, what="the leader's startrecovery event")
+    t0 = time.monotonic()
+    lab.link(leader, up=False)
+    try:
+        c.wait_for(lambda: c.status(a)["leader"] == a
+                   and c.status(a)["recovery_mode"] == "NORMAL", 30,
+                   what=f"node {a} leading")
+        elapsed = time.monotonic() - t0
+        assert not c.status(leader)["cluster_lock"]["held"]
+    finally:
+        lab.link(leader, up=True)
+    assert elapsed < 5.0, elapsed
+    assert "leader: recovery aborted" in c.log(leader)
+    c.cli(b, "continue", check=True)
+    c.wait_healthy(30)
+
+
 def test_node_without_leader_drops_its_addresses(tmp_path):
     """A node left without a leader for RecoveryDropAllIPs seconds releases its
     addresses, and takes them again once it leads again."""
