@@ -76,7 +76,7 @@ class ApiServer:
             "ip": self.cmd_ip, "moveip": self.cmd_moveip,
             "addip": self.cmd_addip, "delip": self.cmd_delip,
             "reloadips": self.cmd_reloadips, "ipreallocate": self.cmd_ipreallocate,
-            "recover": self.cmd_recover,
+            "recover": self.cmd_recover, "reloadnodes": self.cmd_reloadnodes,
             "event_status": self.cmd_event_status, "event_run": self.cmd_event_run,
             "event_script": self.cmd_event_script,
         }
@@ -367,6 +367,45 @@ class ApiServer:
         if "error" in res:
             raise ApiError("EIO", res["error"])
         return res
+
+    async def cmd_reloadnodes(self, check=False):
+        """CTDB's ``ctdb reloadnodes``: read this node's nodes list again and have every
+        connected node apply it (each checks that its own file says the same). Nodes are
+        added at the end and deleted by commenting them out; a node must be disconnected
+        (its agent stopped) before it is deleted."""
+        from .cluster import nodes_digest
+        from .config import ConfigError, nodes_changes, read_nodes
+        c = self.cluster
+        try:
+            new = read_nodes(c.config)
+        except ConfigError as exc:
+            raise ApiError("EINVAL", str(exc)) from None
+        changes, errors = nodes_changes(c.nodes, new)
+        for pnn, what in changes:
+            if what != "DELETED":
+                continue
+            if pnn == c.pnn:
+                errors.append(f"this node ({pnn}) is deleted in the new list: run "
+                              "reloadnodes on a node that stays")
+            elif c.peers.get(pnn) is not None and c.peers[pnn].link_up:
+                errors.append(f"node {pnn} is still connected: stop its agent before "
+                              "deleting it")
+        if errors:
+            raise ApiError("EINVAL", "; ".join(errors))
+        nodes = [{"pnn": p, "change": w} for p, w in changes]
+        digest = nodes_digest(new)
+        if digest == c.digest or check:
+            return {"changed": digest != c.digest, "nodes": nodes, "reloaded": [],
+                    "failed": {}}
+        targets = [c.pnn] + sorted(p.pnn for p in c.peers.values() if p.link_up)
+        res = await asyncio.gather(*(c.control(p, "reload_nodes", {"digest": digest},
+                                               timeout=10.0) for p in targets),
+                                   return_exceptions=True)
+        failed = {str(p): (r.message if hasattr(r, "message") else str(r))
+                  for p, r in zip(targets, res) if isinstance(r, Exception)}
+        return {"changed": True, "nodes": nodes,
+                "reloaded": [p for p, r in zip(targets, res) if not isinstance(r, Exception)],
+                "failed": failed}
 
     async def cmd_recover(self):
         """CTDB's ``ctdb recover``: the leader runs a recovery now; returns once the

@@ -316,6 +316,23 @@ def cmd_reloadips(c, a):
     return (res if a.json else None), rc
 
 
+def cmd_reloadnodes(c, a):
+    """CTDB's output: Node N is unchanged/NEW/DELETED, Reloading nodes file on node N."""
+    res = c.call("reloadnodes")
+    if a.json:
+        return res, 1 if res["failed"] else 0
+    if not res["changed"]:
+        print("No change in nodes file, skipping unnecessary reload")
+        return None, 0
+    for n in res["nodes"]:
+        print(f"Node {n['pnn']} is {n['change']}")
+    for p in res["reloaded"]:
+        print(f"Reloading nodes file on node {p}")
+    for p, err in res["failed"].items():
+        print(f"Failed to reload nodes file on node {p}: {err}", file=sys.stderr)
+    return None, 1 if res["failed"] else 0
+
+
 def cmd_recover(c, a):
     res = c.call("recover")
     return (res if a.json else None), 0
@@ -427,6 +444,8 @@ COMMANDS = {
                                  "'all', or PNN,PNN) and apply the difference"),
     "ipreallocate": (cmd_ipreallocate, "ask the leader for a takeover run now and wait "
                                        "for it"),
+    "reloadnodes": (cmd_reloadnodes, "read the nodes file again on every node (nodes added "
+                                     "at the end or deleted with #) without a restart"),
     "recover": (cmd_recover, "ask the leader for a database recovery now and wait for "
                              "the new generation"),
     "event": (cmd_event, "event scripts: status [EVENT], run [TIMEOUT] EVENT [ARGS], "

@@ -111,7 +111,8 @@ class Cluster:
         self._last_sent_at = -1e9
         self._main_task = None
         #: op -> async handler(src_pnn, args) -> result (JSON-able); see control()
-        self.control_handlers = {"ping": self._ctl_ping, "recover": self._ctl_recover}
+        self.control_handlers = {"ping": self._ctl_ping, "recover": self._ctl_recover,
+                                 "reload_nodes": self._ctl_reload_nodes}
         self._recovery_wanted = None  # why a recovery was asked for (request_recovery)
         self._req_ids = iter(range(1, 2 ** 62))
         self._pending = {}  # req_id -> (pnn, Future)
@@ -175,7 +176,9 @@ class Cluster:
                 "nodes_digest": self.digest, "agent_version": __version__}
 
     def _on_link_up(self, pnn, hello):
-        peer = self.peers[pnn]
+        peer = self.peers.get(pnn)
+        if peer is None:  # deleted by reloadnodes meanwhile
+            return
         peer.link_up = True
         peer.instance = hello["instance"]
         peer.state = None
@@ -185,7 +188,9 @@ class Cluster:
         self.kick()
 
     def _on_link_down(self, pnn, reason):
-        peer = self.peers[pnn]
+        peer = self.peers.get(pnn)
+        if peer is None:  # deleted by reloadnodes meanwhile
+            return
         was = peer.link_up
         peer.link_up = False
         peer.state = None
@@ -197,7 +202,9 @@ class Cluster:
         self.kick()
 
     def _on_frame(self, pnn, frame):
-        peer = self.peers[pnn]
+        peer = self.peers.get(pnn)
+        if peer is None:  # deleted by reloadnodes meanwhile
+            return
         peer.last_heard = self.clock()
         p = frame.payload
         if p.get("instance") != peer.instance:
@@ -273,6 +280,33 @@ class Cluster:
             reply.update(ok=False, error=f"{type(exc).__name__}: {exc}")
         self.transport.send(pnn, P.MsgType.REPLY, reply)
 
+    def reload_nodes(self, new_nodes):
+        """Apply a new nodes list (``reloadnodes``, CTDB's rules: nodes.changes). New
+        nodes are connected to and join as any returning node does; deleted ones are
+        disconnected and forgotten. Returns [(pnn, change)]; ValueError (nothing
+        changed) if the change is not allowed."""
+        from .config import nodes_changes
+        changes, errors = nodes_changes(self.nodes, new_nodes)
+        if not errors and (self.pnn, "DELETED") in changes:
+            errors = [f"this node ({self.pnn}) is deleted in the new nodes list: stop it "
+                      "instead"]
+        if errors:
+            raise ValueError("; ".join(errors))
+        self.nodes = list(new_nodes)
+        self.digest = nodes_digest(self.nodes)
+        for n in self.nodes:
+            if not n.deleted and n.pnn != self.pnn and n.pnn not in self.peers:
+                self.peers[n.pnn] = Peer(n.pnn, n.address)
+        self.transport.set_nodes({n.pnn: n.address for n in self.nodes if not n.deleted})
+        for pnn, what in changes:
+            if what == "DELETED":
+                self.peers.pop(pnn, None)
+        done = [f"{p} {w}" for p, w in changes if w != "unchanged"]
+        log.warning("nodes list reloaded: %d nodes%s", len(self.nodes),
+                    f" ({', '.join(done)})" if done else ", no change")
+        self.kick()
+        return changes
+
     def request_recovery(self, reason):
         """On the leader: run a recovery at the next cycle even if nothing changed
         (CTDB's ``ctdb recover``; the database layer after a transaction that some
@@ -290,6 +324,24 @@ class Cluster:
             raise ControlError(self.pnn, "no leader: a recovery runs once one is elected")
         res = await self.control(self.leader, "recover", {"reason": reason})
         return res["leader"]
+
+    async def _ctl_reload_nodes(self, src, args):
+        """reloadnodes on this node: read the nodes list again; it must be the one the
+        asking node read (``digest``), so that every node moves to the same list."""
+        from .config import ConfigError, read_nodes
+        try:
+            new = read_nodes(self.config)
+        except ConfigError as exc:
+            raise ControlError(self.pnn, str(exc)) from None
+        if nodes_digest(new) != args["digest"]:
+            raise ControlError(self.pnn, f"the nodes list on node {self.pnn} "
+                               f"({self.config.nodes_source}) differs from node {src}'s: "
+                               "copy the same file to every node first")
+        try:
+            changes = self.reload_nodes(new)
+        except ValueError as exc:
+            raise ControlError(self.pnn, str(exc)) from None
+        return {"changes": changes}
 
     async def _ctl_recover(self, src, args):
         if not self.am_leader:

@@ -567,6 +567,40 @@ def _run_nodes_command(command: str, conf_path: str, line):
                           "UTF-8") from None
 
 
+def read_nodes(config: Config) -> list:
+    """Read the nodes list again from where ``config`` took it (``reloadnodes``)."""
+    source = config.nodes_source
+    if source.startswith("!"):
+        return parse_nodes(_run_nodes_command(source, config.conf_path, None), source)
+    text = _read(source, optional=False, missing_message="nodes file not found")
+    return parse_nodes(text, source)
+
+
+def nodes_changes(old, new):
+    """What ``reloadnodes`` would do going from nodes list ``old`` to ``new`` (both
+    ``[NodeEntry]``), with CTDB's rules: nodes are added at the end and deleted by
+    commenting them out (``#``), so that no node changes PNN; a node keeps its address.
+    Returns ``(changes, errors)``: changes ``[(pnn, "unchanged"|"NEW"|"DELETED")]`` for
+    every PNN of ``new``, errors a list of messages (empty when the change is allowed)."""
+    changes, errors = [], []
+    if len(new) < len(old):
+        return [], [f"the new nodes list has {len(new)} entries, the running one "
+                    f"{len(old)}: delete a node by commenting it out (#), so that the "
+                    "nodes after it keep their PNNs"]
+    for n in new:
+        o = old[n.pnn] if n.pnn < len(old) else None
+        if o is None or o.deleted:
+            changes.append((n.pnn, "unchanged" if n.deleted else "NEW"))
+        elif n.deleted:
+            changes.append((n.pnn, "DELETED"))
+        elif n.address != o.address:
+            errors.append(f"node {n.pnn} changed its address from {o.address} to "
+                          f"{n.address}: delete the node and add the new address at the end")
+        else:
+            changes.append((n.pnn, "unchanged"))
+    return changes, errors
+
+
 def load_config(config_dir: str = DEFAULT_CONFIG_DIR) -> Config:
     """Read and check every file of ``config_dir``; a :class:`Config` or ConfigError."""
     conf_path = os.path.join(config_dir, CONF_FILE)

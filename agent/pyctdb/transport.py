@@ -78,6 +78,7 @@ class Transport:
         self._wake = {}
         self._pending = {}  # pnn -> [encoded frames] of send_bytes, written by _flush
         self._tasks = []
+        self._loops = {}  # pnn -> its outgoing loop's task
         self._in_tasks = set()
         self._running = False
         self._complain = _RateLimitedLog()
@@ -91,8 +92,29 @@ class Transport:
             limit=2 ** 16)
         for pnn in self.nodes:
             if pnn != self.pnn:
-                self._tasks.append(asyncio.create_task(self._outbound_loop(pnn),
-                                                       name=f"outbound-{pnn}"))
+                self._start_loop(pnn)
+
+    def _start_loop(self, pnn):
+        task = asyncio.create_task(self._outbound_loop(pnn), name=f"outbound-{pnn}")
+        self._tasks.append(task)
+        self._loops[pnn] = task
+
+    def set_nodes(self, nodes):
+        """A new nodes list (``reloadnodes``): {pnn: address} of every non-deleted
+        node. Nodes no longer listed are disconnected and never reconnected; new ones are
+        connected to. A listed node's address does not change."""
+        new = {p: _norm(a) for p, a in nodes.items()}
+        for pnn in [p for p in self.nodes if p not in new and p != self.pnn]:
+            task = self._loops.pop(pnn, None)
+            if task is not None:
+                task.cancel()
+                self._tasks.remove(task)
+            self.drop(pnn, "deleted from the nodes list")
+        added = [p for p in new if p not in self.nodes and p != self.pnn]
+        self.nodes = new
+        if self._running:
+            for pnn in added:
+                self._start_loop(pnn)
 
     async def stop(self, bye_payload=None):
         self._running = False

@@ -626,3 +626,26 @@ def test_resolve_with_loaded_config(tmp_path):
     write(tmp_path, "pyctdb.conf", "[cluster]\nnode address = 127.0.0.12\n")
     c = load_config(str(tmp_path))
     assert resolve_node_address(c) == NodeEntry(1, "127.0.0.12", False)
+
+
+def test_nodes_changes_as_ctdb_reloadnodes():
+    from pyctdb.config import nodes_changes, parse_nodes
+
+    def nodes(text):
+        return parse_nodes(text, "nodes")
+    old = nodes("10.0.0.1\n10.0.0.2\n10.0.0.3\n")
+    assert nodes_changes(old, old) == ([(0, "unchanged"), (1, "unchanged"),
+                                        (2, "unchanged")], [])
+    assert nodes_changes(old, nodes("10.0.0.1\n10.0.0.2\n10.0.0.3\n10.0.0.4\n"))[0][3] == \
+        (3, "NEW")
+    ch, err = nodes_changes(old, nodes("10.0.0.1\n#10.0.0.2\n10.0.0.3\n"))
+    assert (ch, err) == ([(0, "unchanged"), (1, "DELETED"), (2, "unchanged")], [])
+    # a deleted node stays deleted; its slot may take a node again (NEW)
+    gone = nodes("10.0.0.1\n#10.0.0.2\n10.0.0.3\n")
+    assert nodes_changes(gone, gone)[0][1] == (1, "unchanged")
+    assert nodes_changes(gone, nodes("10.0.0.1\n10.0.0.9\n10.0.0.3\n"))[0][1] == (1, "NEW")
+    _ch, err = nodes_changes(old, nodes("10.0.0.1\n10.0.0.3\n"))
+    assert len(err) == 1 and "commenting it out" in err[0]
+    _ch, err = nodes_changes(old, nodes("10.0.0.1\n10.0.0.5\n10.0.0.3\n"))
+    assert err == ["node 1 changed its address from 10.0.0.2 to 10.0.0.5: delete the node "
+                   "and add the new address at the end"]

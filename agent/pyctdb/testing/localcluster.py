@@ -266,6 +266,12 @@ class LocalCluster:
         return subprocess.run(self.cli_argv(pnn, *args), capture_output=True, text=True,
                               env=self.cli_env(), check=check)
 
+    def cli_ok(self, pnn, *args):
+        """``pyctdb ARGS`` on node ``pnn``, which must succeed; its standard output."""
+        r = self.cli(pnn, *args)
+        assert r.returncode == 0, (args, r.stdout, r.stderr, self.log(pnn)[-3000:])
+        return r.stdout
+
     def log(self, pnn):
         try:
             with open(self.log_file(pnn)) as f:

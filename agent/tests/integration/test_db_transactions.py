@@ -16,9 +16,7 @@ pytestmark = pytest.mark.timeout(150)
 
 
 def ok(c, pnn, *args):
-    r = c.cli(pnn, *args)
-    assert r.returncode == 0, (args, r.stdout, r.stderr, c.log(pnn)[-3000:])
-    return r.stdout
+    return c.cli_ok(pnn, *args)
 
 
 @pytest.fixture
