@@ -28,13 +28,14 @@ transaction. See docs/client.md.
 from __future__ import annotations
 
 import base64
+import mmap
 import os
 import threading
 import time
 import weakref
 
 from ..apiclient import ApiCallError, Client
-from ..db.gate import GATE, GATE_DB, GATE_KEY, lease_key
+from ..db.gate import GATE, GATE_DB, GATE_KEY, WAIT_FILE, WAIT_SIZE, defer, lease_key
 from ..db.logic import HEADER, MAX_KEY, MAX_VALUE, REC_DELETED
 
 __all__ = ["attach", "Database", "LocalRecord", "LockedRecord", "Transaction",
@@ -90,6 +91,7 @@ _WRITERS = frozenset({"readkey", "writekey", "deletekey", "fetch_lock", "fetch_u
                       "wipedb", "attach", "detach", "restoredb"})
 #: fast-path attempts (each after a migration) before a fetch-lock goes through the agent
 MIGRATE_TRIES = 3
+_NO_WAIT = bytes(WAIT_SIZE)      # no agent.wait: the agent never waits
 _ENVS = {}                       # path -> _Env: LMDB allows one per file per process
 _ENVS_LOCK = threading.Lock()
 _DATABASES = weakref.WeakSet()   # Databases with a fast path (dropped in a forked child)
@@ -98,13 +100,19 @@ _DATABASES = weakref.WeakSet()   # Databases with a fast path (dropped in a fork
 class _Env:
     """This process's handle on one node's volatile LMDB environment."""
 
-    __slots__ = ("env", "gate", "holder")
+    __slots__ = ("env", "gate", "holder", "wait")
 
     def __init__(self, path):
         from ..db.store import open_env
         self.env = open_env(path, persistent=False, create=False)
         self.gate = self.env.open_db(GATE_DB)
         self.holder = 0   # the thread holding the writer lock through the fast path
+        self.wait = _NO_WAIT  # the agent waits for the writer lock (gate.WaitFlag)
+        try:
+            with open(os.path.join(path, WAIT_FILE), "rb") as f:
+                self.wait = mmap.mmap(f.fileno(), WAIT_SIZE, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):  # an agent from before the flag
+            pass
 
     @classmethod
     def get(cls, path):
@@ -118,11 +126,12 @@ class _Env:
 class _Local:
     """One database's fast path: its handle in the node's environment."""
 
-    __slots__ = ("e", "env", "begin", "db", "gate", "pnn")
+    __slots__ = ("e", "env", "begin", "db", "gate", "pnn", "wait")
 
     def __init__(self, path, name, pnn):
         self.e = _Env.get(path)
         self.env = self.e.env
+        self.wait = self.e.wait
         self.begin = self.env.begin
         self.gate = self.e.gate
         self.db = self.env.open_db(b"db:" + name.encode(), create=False)
@@ -200,6 +209,8 @@ class Database:
             key = _key(key)
         loc = self._local
         if loc is not None:
+            if loc.wait[0]:  # the agent waits for the writer lock: it goes first
+                defer(loc.wait)
             # (positional arguments: py-lmdb's keyword parsing costs 20% here)
             try:
                 txn = loc.begin(loc.db, None, True)

@@ -21,6 +21,19 @@ dies or hangs stops renewing: its clients stop writing within ``TTL`` seconds.
 Every gate write runs in the store's worker thread (it waits there for the writer lock
 while a client holds a record; the event loop never does), and the set of leases is only
 touched there.
+
+The writer lock is a pthread mutex, and not a fair one: a client in a tight fetch-lock
+loop takes it again right after its commit, before the woken agent thread runs, and the
+agent's writes (migrations, the gate, a freeze) starve. So the agent says when it waits:
+:class:`WaitFlag`, the file ``agent.wait`` in the environment's directory (16 bytes,
+memory-mapped by the agent and its clients): byte 0 is 1 while the store's worker waits
+for the writer lock (set before it begins a write transaction, cleared once it has it),
+bytes 8-16 the CLOCK_MONOTONIC time it began waiting (f64, native). A client about to
+begin a fetch-lock that sees the flag defers (``defer``: yields its CPU, then sleeps
+50 us at a time) until it is cleared, for at most ``DEFER_MAX`` seconds each time, and
+not at all when the flag is older than ``TTL``: an agent that died or hangs while
+waiting leaves it set, but its gate is closed by then (a waiting worker renews
+nothing).
 """
 
 from __future__ import annotations
@@ -28,6 +41,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import mmap
+import os
 import struct
 import time
 
@@ -40,12 +55,60 @@ TTL = 3.0
 RENEW = 1.0
 HELD_WARN = 5.0   # a renewal waiting this long for the writer lock is logged
 READER_CHECK = 10.0  # how often reader slots left by dead clients are freed
+WAIT_FILE = "agent.wait"  # the agent waits for the writer lock (WaitFlag)
+WAIT_SINCE = struct.Struct("=d")  # at offset 8: since when
+WAIT_SIZE = 16
+DEFER_MAX = 0.005  # the longest a client defers to a waiting agent, each fetch-lock
 
 
 def lease_key(name: str, key: bytes) -> bytes:
     """The gate's key marking record ``key`` of ``name`` leased (a digest: a name and a
     key together may be longer than LMDB's key limit)."""
     return b"lease:" + hashlib.blake2b(name.encode() + b"\0" + key, digest_size=20).digest()
+
+
+class WaitFlag:
+    """The agent's side of ``agent.wait``: raised by the store's worker while it waits for
+    the volatile writer lock, so that clients let it have the lock next."""
+
+    def __init__(self, path):
+        fd = os.open(os.path.join(path, WAIT_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.ftruncate(fd, WAIT_SIZE)
+            self.mm = mmap.mmap(fd, WAIT_SIZE)
+        finally:
+            os.close(fd)
+        self.mm[:] = bytes(WAIT_SIZE)  # (a flag left by an agent that died: lowered)
+
+    def raise_(self):
+        self.mm[8:16] = WAIT_SINCE.pack(time.monotonic())  # (seen stale or not at
+        self.mm[0] = 1                                      # worst: DEFER_MAX bounds it)
+
+    def lower(self):
+        self.mm[0] = 0
+
+    def close(self):
+        self.mm[0] = 0
+        self.mm.close()
+
+
+def defer(w, _yield=os.sched_yield, _sleep=time.sleep, _now=time.monotonic):
+    """The client's side: the agent waits for the writer lock (``w[0]``, ``w`` the mapped
+    ``agent.wait``): let it have the lock first — return when it has it (the flag is
+    lowered), after ``DEFER_MAX`` seconds, or at once if the flag is stale."""
+    now = _now()
+    if now - WAIT_SINCE.unpack_from(w, 8)[0] > TTL:
+        return
+    end = now + DEFER_MAX
+    n = 0
+    while w[0]:
+        if n < 8:
+            _yield()   # its thread is woken already (this one released the lock)
+        else:
+            _sleep(50e-6)
+            if _now() > end:
+                return
+        n += 1
 
 
 class Gate:

@@ -64,6 +64,7 @@ class Store:
         self._handles = {}
         self._dbmap = None
         self.pending = 0  # writes queued or running in the worker
+        self.wait_flag = None  # volatile: tells its clients the worker waits (gate.WaitFlag)
         self._exec = ThreadPoolExecutor(1, thread_name_prefix=f"lmdb-{self.kind}")
 
     # -- opening ---------------------------------------------------------------------
@@ -73,6 +74,9 @@ class Store:
         try:
             os.makedirs(self.path, mode=0o700, exist_ok=True)
             self.env = self._open_wiped() if wipe else open_env(self.path, self.persistent)
+            if not self.persistent:
+                from .gate import WaitFlag
+                self.wait_flag = WaitFlag(self.path)
             self._dbmap = self.env.open_db(DBMAP)
             with self.env.begin(db=self._dbmap) as txn:
                 for name, raw in txn.cursor():
@@ -126,6 +130,9 @@ class Store:
 
     def close(self):
         self._exec.shutdown(wait=True)
+        if self.wait_flag is not None:
+            self.wait_flag.close()
+            self.wait_flag = None
         if self.env is not None:
             self.env.close()
             self.env = None
@@ -190,7 +197,16 @@ class Store:
         loop = asyncio.get_running_loop()
 
         def job():
-            with self.env.begin(write=True) as txn:
+            w = self.wait_flag
+            if w is None:
+                txn = self.env.begin(write=True)
+            else:  # clients in a fetch-lock loop let this worker have the lock next
+                w.raise_()
+                try:
+                    txn = self.env.begin(write=True)
+                finally:
+                    w.lower()
+            with txn:
                 r = fn(txn, *args)
             if after is not None:
                 after()

@@ -88,6 +88,17 @@ elif mode == "incr":        # n increments of the record, from the line "go" on
             rec.store(str(int(rec.value or b"0") + 1).encode())
         time.sleep(0.002)  # both run for a while: the record moves back and forth
     print(local, flush=True)
+elif mode == "loop":        # fetch-lock + store in a tight loop until stdin closes
+    import threading
+    stop = []
+    threading.Thread(target=lambda: (sys.stdin.read(), stop.append(1)), daemon=True).start()
+    print("ready", flush=True)
+    n = 0
+    while not stop:
+        with db.fetch_locked(key) as rec:
+            rec.store(str(int(rec.value or b"0") + 1).encode())
+        n += 1
+    print(n, flush=True)
 """
 
 
@@ -342,3 +353,69 @@ def test_clients_of_a_dead_agent_stop_writing_and_a_restart_empties_in_place(c):
         rec.store(b"new")
     assert catdb(c, 0, "k") == (1, "new")
     db.close()
+
+
+def wait_flag(c, pnn):
+    """Node ``pnn``'s ``agent.wait`` (gate.WaitFlag), as its clients map it."""
+    import mmap
+    with open(os.path.join(c.node_dir(pnn), "db", "volatile", G.WAIT_FILE), "rb") as f:
+        return mmap.mmap(f.fileno(), G.WAIT_SIZE, access=mmap.ACCESS_READ)
+
+
+def test_the_agent_says_when_it_waits_for_the_writer_lock(c):
+    db = attach(DB, socket=c.socket(0))
+    db.store(b"k", b"0")
+    w = wait_flag(c, 0)
+    assert w[0] == 0
+    with db.fetch_locked(b"k") as rec:
+        assert isinstance(rec, LocalRecord)
+        # the next gate renewal (every second) waits for this record's lock: flagged
+        c.wait_for(lambda: w[0] == 1, G.RENEW + 2, what="the agent's wait flagged")
+        rec.store(b"1")
+    c.wait_for(lambda: w[0] == 0, 5, what="the flag lowered once the agent has the lock")
+    db.close()
+
+
+def test_looping_clients_do_not_starve_migrations_or_a_freeze(c):
+    """Clients of node 0 take one record in a tight loop; node 1 takes it now and then
+    (each time a migration, whose handover on node 0 is a write of node 0's agent), and
+    a recovery freezes node 0 meanwhile: both go through promptly."""
+    leader = c.status(0)["leader"]
+    a = next(p for p in (0, 1, 2) if p != leader)  # the loops' node
+    b = next(p for p in (0, 1, 2) if p not in (a, leader))
+    db_a = attach(DB, socket=c.socket(a))
+    db_a.store(b"hot", b"0")
+    loops = [child(c, a, "loop", "hot") for _ in range(2)]
+    try:
+        for p in loops:
+            assert p.stdout.readline().strip() == "ready"
+        db_b = attach(DB, socket=c.socket(b))
+        n, moved, last = 60, 0, None
+        t0 = time.monotonic()
+        for _ in range(n):
+            with db_b.fetch_locked(b"hot") as rec:
+                v = int(rec.value)
+                moved += v != last  # the loops had it meanwhile: it migrated here
+                last = v + 1
+                rec.store(str(v + 1).encode())
+            time.sleep(0.005)
+        rate = n / (time.monotonic() - t0)
+        assert moved >= n // 2, moved
+        assert rate > 10, rate  # (~100/s on a loaded 2-core VM; a starved agent: a few)
+        # a recovery (its freeze waits for node a's writer lock) while the loops go on
+        before = c.status(leader)["generation"]
+        t0 = time.monotonic()
+        assert c.cli(leader, "recover").returncode == 0
+        c.wait_for(lambda: c.status(leader)["generation"] != before
+                   and c.status(leader)["recovery_mode"] == "NORMAL", 20, what="recovery")
+        assert time.monotonic() - t0 < 8
+        db_b.close()
+    finally:
+        for p in loops:
+            p.stdin.close()
+        counts = [int(p.stdout.read().strip() or 0) for p in loops]
+        for p in loops:
+            p.wait(30)
+    assert all(p.returncode == 0 for p in loops) and all(counts), counts
+    assert db_a.fetch(b"hot") == str(sum(counts) + n).encode()
+    db_a.close()
