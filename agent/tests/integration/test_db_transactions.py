@@ -21,9 +21,9 @@ def ok(c, pnn, *args):
 
 @pytest.fixture
 def c(tmp_path):
-    # a 3 s keepalive window: a paused member is dropped while the round waits for it
+    # a 6 s keepalive window: a paused member is dropped while the round waits for it
     with LocalCluster.healthy_cluster(3, tmp_path, tunables={
-            "KeepaliveInterval": "1", "KeepaliveLimit": "3"}) as c:
+            "KeepaliveInterval": "2", "KeepaliveLimit": "3"}) as c:
         yield c
 
 
