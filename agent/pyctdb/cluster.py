@@ -95,7 +95,8 @@ class Cluster:
         self.on_joined = []  # callables run once, when this node first joins
 
         self._kick = asyncio.Event()
-        self._links_changed = asyncio.Event()  # a link went down (the recovery watch)
+        #: a link went down or this node stepped down: wakes the leader's recovery watch
+        self._watch_wake = asyncio.Event()
         self._running = False
         self._decision = None
         self._campaign_task = None
@@ -198,7 +199,7 @@ class Cluster:
         if was:
             log.warning("node %d (%s) is DISCONNECTED: %s", pnn, peer.address, reason)
         self._fail_pending(pnn, f"node {pnn} disconnected")
-        self._links_changed.set()
+        self._watch_wake.set()
         self.kick()
 
     def _on_frame(self, pnn, frame):
@@ -527,6 +528,7 @@ class Cluster:
         if not self.am_leader:
             return
         self.am_leader = False
+        self._watch_wake.set()
         self._led_with_quorum = False
         self.generation = None
         self.recmode = RECMODE_ACTIVE
@@ -576,8 +578,9 @@ class Cluster:
         aborted = await self._while_watched(self._run_hooks(self.recovery_hooks, members),
                                             members)
         if aborted is not None:
-            log.warning("leader: recovery aborted after %.1f ms: %s; starting again",
-                        (time.monotonic() - t0) * 1000, aborted)
+            log.warning("leader: recovery aborted after %.1f ms: %s%s",
+                        (time.monotonic() - t0) * 1000, aborted,
+                        "; starting again" if self.am_leader else "")
             self.kick()
             return
         gen = self.generation
@@ -628,12 +631,13 @@ class Cluster:
                 self._broadcast_state(now)  # sends when a keepalive is due
                 if abort_unless is not None:
                     connected = {p.pnn for p in self.peers.values() if p.link_up}
-                    reason = election.recovery_abort(abort_unless, self.pnn, connected)
+                    reason = election.recovery_abort(abort_unless, self.pnn, connected,
+                                                     self.am_leader)
                     if reason is not None:
                         task.cancel()
                         break
-                self._links_changed.clear()
-                waiter = asyncio.ensure_future(self._links_changed.wait())
+                self._watch_wake.clear()
+                waiter = asyncio.ensure_future(self._watch_wake.wait())
                 try:
                     await asyncio.wait({task, waiter}, timeout=self._next_wake(now),
                                        return_when=asyncio.FIRST_COMPLETED)

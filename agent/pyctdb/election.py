@@ -148,11 +148,15 @@ def vnnmap_for(members, lmaster_capable) -> list:
     return sorted(p for p in members if lmaster_capable.get(p, True))
 
 
-def recovery_abort(members, me, connected):
+def recovery_abort(members, me, connected, leading=True):
     """Why the leader's recovery for ``members`` must stop and start again, or None: a
     member other than this node (``me``) is no longer connected (``connected``: the
     PNNs with a link up). Waiting for its controls to time out would hold up the whole
-    cluster, and the recovery's result would not include it anyway."""
+    cluster, and the recovery's result would not include it anyway. Or this node no
+    longer leads (``leading`` false: it lost the cluster lock): another leader's
+    recovery must not meet this one's pushes."""
+    if not leading:
+        return "this node is no longer the leader"
     lost = sorted(m for m in members if m != me and m not in connected)
     if not lost:
         return None

@@ -140,3 +140,4 @@ def test_recovery_aborts_when_a_member_is_lost():
     assert recovery_abort([2, 0, 1], 0, set()) == \
         "lost members [1, 2] during the recovery of [0, 1, 2]"
     assert recovery_abort([1], 1, set()) is None  # this node alone
+    assert recovery_abort([0, 1], 0, {1}, leading=False) == "this node is no longer the leader"
