@@ -75,8 +75,7 @@ class Store:
             os.makedirs(self.path, mode=0o700, exist_ok=True)
             self.env = self._open_wiped() if wipe else open_env(self.path, self.persistent)
             if not self.persistent:
-                from .gate import WaitFlag
-                self.wait_flag = WaitFlag(self.path)
+                self.wait_flag = self._wait_flag()
             self._dbmap = self.env.open_db(DBMAP)
             with self.env.begin(db=self._dbmap) as txn:
                 for name, raw in txn.cursor():
@@ -89,6 +88,17 @@ class Store:
             return
         for name in list(self.meta):
             self.verify(name)
+
+    def _wait_flag(self):
+        """The volatile environment's ``agent.wait`` (gate.WaitFlag), or None if it cannot
+        be made (the databases work without it; a looping client may delay the agent)."""
+        from .gate import WaitFlag
+        try:
+            return WaitFlag(self.path)
+        except (OSError, ValueError) as exc:
+            log.warning("%s: no wait flag for the clients (%s): a client in a fetch-lock "
+                        "loop may delay this agent's volatile writes", self.path, exc)
+            return None
 
     def _open_wiped(self):
         """The environment emptied in place (every sub-database dropped), so that a
