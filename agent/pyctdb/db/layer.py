@@ -236,7 +236,9 @@ class Databases:
             "db_push": self._ctl_push, "db_thaw": self._ctl_thaw,
         })
         cluster.recovery_hooks.append(self._recovery)
-        cluster.recovered_hooks.append(self._recovered)
+        # first: the `recovered` event (failover's hook) comes once the databases are
+        # thawed, as in CTDB
+        cluster.recovered_hooks.insert(0, self._recovered)
         cluster.cycle_hooks.append(self._on_cycle)
         from .maint import Maintenance
         from .vacuum import Vacuum
