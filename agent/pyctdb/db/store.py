@@ -305,8 +305,12 @@ class Store:
         # the new meta (sequence number) once the records are committed, in the worker:
         # before any later barrier
         await self.run(fn, after=lambda: self.meta.__setitem__(name, meta))
-        if replace and name in self.damaged:
-            self.damaged.pop(name, None)
+        if replace:
+            self._served_again(name)
+
+    def _served_again(self, name):
+        """After ``name`` was replaced whole (recovery, restore): a damaged copy is gone."""
+        if self.damaged.pop(name, None) is not None:
             log.warning("database %s replaced by recovery: served again", name)
 
     async def replace_raw(self, name, items, seqnum=None):
@@ -326,11 +330,8 @@ class Store:
             txn.drop(h, delete=False)
             txn.cursor(db=h).putmulti(items)
             self.put_meta(txn, name, meta)
-            self.meta[name] = meta
-        await self.run(fn)
-        if name in self.damaged:
-            self.damaged.pop(name, None)
-            log.warning("database %s replaced by recovery: served again", name)
+        await self.run(fn, after=lambda: self.meta.__setitem__(name, meta))
+        self._served_again(name)
 
     def count(self, name):
         """The number of records of ``name`` stored here, deleted ones included."""
