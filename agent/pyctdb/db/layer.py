@@ -589,8 +589,9 @@ class Databases:
                 return res["seqnum"]
             except ControlError as exc:
                 if CONFLICT in exc.message:
-                    if doubt and self.txid_seqnum(name, txid) is not None:
-                        return self.txid_seqnum(name, txid)
+                    done = self.txid_seqnum(name, txid) if doubt else None
+                    if done is not None:  # an earlier attempt was applied after all
+                        return done
                     raise DbError("EBUSY", f"transaction on {name}: {exc.message}") from None
                 if AMBIGUOUS in exc.message:
                     # applied on some members only: the recovery that follows keeps it
