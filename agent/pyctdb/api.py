@@ -7,6 +7,7 @@ as, is served (checked with SO_PEERCRED); the socket itself is mode 0600.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ import time
 
 from . import API_VERSION, PROTOCOL_VERSION, __version__
 from . import messaging as M
+from .transport import hold, release
 
 log = logging.getLogger("pyctdb.api")
 
@@ -37,12 +39,13 @@ class ApiError(Exception):
 class ApiConnection:
     """One client connection. Commands listed in ``ApiServer.conn_commands`` get it as
     ``conn``: state that belongs to the connection (messaging's srvids) hangs on it, and
-    ``on_close`` callables run when it closes."""
+    ``on_close`` callables run when it closes (after the command it was running, if
+    any, has finished). ``transport``: its asyncio transport."""
 
-    __slots__ = ("writer", "on_close")
+    __slots__ = ("transport", "on_close")
 
-    def __init__(self, writer):
-        self.writer = writer
+    def __init__(self, transport):
+        self.transport = transport
         self.on_close = []
 
     def closed(self):
@@ -107,8 +110,8 @@ class ApiServer:
                 probe.close()
         old = os.umask(0o177)
         try:
-            self._server = await asyncio.start_unix_server(self._handle, path=self.path,
-                                                           limit=MAX_LINE + 1)
+            self._server = await asyncio.get_running_loop().create_unix_server(
+                lambda: _ApiProtocol(self), path=self.path)
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
@@ -121,8 +124,9 @@ class ApiServer:
         except OSError:
             pass
 
-    def _peer_allowed(self, writer) -> bool:
-        sock = writer.get_extra_info("socket")
+    @staticmethod
+    def _peer_allowed(transport) -> bool:
+        sock = transport.get_extra_info("socket")
         try:
             creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                     struct.calcsize("3i"))
@@ -130,50 +134,6 @@ class ApiServer:
         except OSError:
             return False
         return uid in (0, os.getuid())
-
-    async def _handle(self, reader, writer):
-        conn = ApiConnection(writer)
-        try:
-            if not self._peer_allowed(writer):
-                writer.write(self._error(None, "EPERM", "only root may use this socket"))
-                await writer.drain()
-                return
-            out = []  # answers to requests that came in one batch (pipelined)
-            while True:
-                try:
-                    line = await reader.readuntil(b"\n")
-                except asyncio.LimitOverrunError:
-                    writer.write(b"".join(out))
-                    writer.write(self._error(None, "E2BIG",
-                                             f"request longer than {MAX_LINE} bytes"))
-                    await writer.drain()
-                    return
-                except asyncio.IncompleteReadError as exc:
-                    writer.write(b"".join(out))
-                    if exc.partial.strip():
-                        writer.write(self._error(None, "EPROTO",
-                                                 "request not terminated by a newline"))
-                        await writer.drain()
-                    return
-                if not line.strip():
-                    continue
-                out.append(await self._dispatch(line, conn))
-                # While more whole requests are already buffered (a pipelining client,
-                # e.g. messaging's send(wait=False)), answer them in one write.
-                if len(out) < 256 and b"\n" in getattr(reader, "_buffer", b""):
-                    continue
-                data = b"".join(out) if len(out) > 1 else out[0]
-                out.clear()
-                if data:  # (nothing when every request was a quiet message_send)
-                    writer.write(data)
-                    await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        except Exception:
-            log.exception("API connection failed")
-        finally:
-            conn.closed()
-            writer.close()
 
     @staticmethod
     def _encode(obj) -> bytes:
@@ -184,6 +144,15 @@ class ApiServer:
                              "error": {"code": code, "message": message}})
 
     async def _dispatch(self, line, conn=None) -> bytes:
+        """The answer to one request line (b"" for none)."""
+        answer = self._dispatch_now(line, conn)
+        if answer.__class__ is not bytes:
+            answer = await answer
+        return answer
+
+    def _dispatch_now(self, line, conn=None):
+        """The answer to one request line (bytes; b"" for none), or, for a command that
+        must wait, a coroutine that returns it."""
         try:
             req = json.loads(line)
         except ValueError as exc:
@@ -210,15 +179,28 @@ class ApiServer:
                 result = handler(conn=conn, **args)
             else:
                 result = handler(**args)
-            if asyncio.iscoroutine(result):
-                result = await result
-        except ApiError as exc:
-            return self._error(req_id, exc.code, exc.message)
-        except TypeError as exc:
-            return self._error(req_id, "EINVAL", f"bad arguments for {cmd}: {exc}")
         except Exception as exc:
-            log.exception("API command %s failed", cmd)
-            return self._error(req_id, "EIO", f"{cmd} failed: {exc}")
+            return self._failed(req_id, cmd, exc)
+        if asyncio.iscoroutine(result):
+            return self._finish(req_id, cmd, result)
+        return self._answer(req_id, result)
+
+    async def _finish(self, req_id, cmd, coro) -> bytes:
+        try:
+            result = await coro
+        except Exception as exc:
+            return self._failed(req_id, cmd, exc)
+        return self._answer(req_id, result)
+
+    def _failed(self, req_id, cmd, exc) -> bytes:
+        if isinstance(exc, ApiError):
+            return self._error(req_id, exc.code, exc.message)
+        if isinstance(exc, TypeError):
+            return self._error(req_id, "EINVAL", f"bad arguments for {cmd}: {exc}")
+        log.error("API command %s failed", cmd, exc_info=exc)
+        return self._error(req_id, "EIO", f"{cmd} failed: {exc}")
+
+    def _answer(self, req_id, result) -> bytes:
         if result is NO_ANSWER:
             return b""
         return self._encode({"version": API_VERSION, "id": req_id, "ok": True,
@@ -586,7 +568,7 @@ class ApiServer:
         self._msg_call(M.check_srvid, srvid)
         if not m.is_client(conn):
             conn.on_close.append(lambda: m.drop_client(conn))
-        return {"srvid": srvid, "changed": m.register(conn, conn.writer, srvid)}
+        return {"srvid": srvid, "changed": m.register(conn, conn.transport, srvid)}
 
     def cmd_message_deregister(self, conn, srvid):
         m = self._msg()
@@ -620,3 +602,162 @@ class ApiServer:
 
     def cmd_message_status(self):
         return self._msg().status()
+
+
+class _ApiProtocol(asyncio.Protocol):
+    """One client connection of the API socket. Requests are newline-delimited JSON,
+    answered in order. What one read brings is handled right in ``data_received``: a
+    command that answers at once is answered there, and the answers (and the frames and
+    message lines it made the agent send) are written at its end, in one write each
+    (a batch: transport.hold). A command that must wait runs as a task; the requests
+    behind it wait their turn. Reading pauses while the client does not read its
+    answers (the write buffer is above its high-water mark) or has many requests
+    queued."""
+
+    MAX_QUEUED = 1024  # requests queued behind a waiting command before reading pauses
+
+    def __init__(self, server):
+        self.server = server
+        self.transport = None
+        self.conn = None
+        self.buf = b""          # the start of a request line not complete yet
+        self.queued = collections.deque()  # lines behind the waiting command
+        self.task = None        # the waiting command
+        self.out = []           # answers not written yet
+        self.eof = False
+        self.lost = False
+        self.write_paused = False
+        self.read_paused = False
+
+    def connection_made(self, transport):
+        self.transport = transport
+        if not self.server._peer_allowed(transport):
+            transport.write(self.server._error(None, "EPERM",
+                                               "only root may use this socket"))
+            transport.close()
+            return
+        self.conn = ApiConnection(transport)
+
+    def data_received(self, data):
+        if self.conn is None or self.eof:
+            return
+        if b"\n" not in data:
+            buf = self.buf + data if self.buf else data
+            if len(buf) > MAX_LINE:
+                self._refuse_long()
+            else:
+                self.buf = buf
+            return
+        lines = (self.buf + data if self.buf else data).split(b"\n")
+        rest = lines.pop()
+        self.buf = rest
+        hold()
+        try:
+            if self.task is None:
+                self._run(lines)
+            else:
+                self.queued.extend(lines)
+                self._update_reading()
+            if len(rest) > MAX_LINE:
+                self._refuse_long()
+        finally:
+            release()
+
+    def _run(self, lines):
+        """Handle ``lines`` in order until one must wait (the rest is queued); write the
+        answers."""
+        dispatch, conn, out = self.server._dispatch_now, self.conn, self.out
+        for i, line in enumerate(lines):
+            if len(line) > MAX_LINE:
+                self._refuse_long()
+                return
+            if not line.strip():
+                continue
+            answer = dispatch(line, conn)
+            if answer.__class__ is bytes:
+                if answer:
+                    out.append(answer)
+            else:
+                self.queued.extend(lines[i + 1:])
+                self.task = asyncio.ensure_future(self._wait(answer))
+                break
+        self._write()
+        self._update_reading()
+
+    async def _wait(self, answer):
+        try:
+            answer = await answer
+        except BaseException:  # cancelled (the agent stops)
+            self.task = None
+            if self.lost:
+                self.conn.closed()
+            raise
+        self.task = None
+        if answer:
+            self.out.append(answer)
+        hold()
+        try:
+            if self.lost:
+                self.conn.closed()
+            elif self.queued:
+                lines = list(self.queued)
+                self.queued.clear()
+                self._run(lines)
+            else:
+                self._write()
+            if self.eof and self.task is None and not self.lost:
+                self._end()
+        finally:
+            release()
+
+    def _write(self):
+        out = self.out
+        if out:
+            data = b"".join(out) if len(out) > 1 else out[0]
+            out.clear()
+            if not self.lost:
+                self.transport.write(data)
+
+    def _refuse_long(self):
+        self._write()
+        self.transport.write(self.server._error(None, "E2BIG",
+                                                f"request longer than {MAX_LINE} bytes"))
+        self.buf = b""
+        self.queued.clear()
+        self.eof = True
+        self.transport.close()
+
+    def _end(self):
+        self._write()
+        if self.buf.strip():
+            self.transport.write(self.server._error(None, "EPROTO",
+                                                    "request not terminated by a newline"))
+        self.transport.close()
+
+    def _update_reading(self):
+        pause = self.write_paused or len(self.queued) > self.MAX_QUEUED
+        if pause != self.read_paused and not self.lost:
+            self.read_paused = pause
+            if pause:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+
+    def pause_writing(self):
+        self.write_paused = True
+        self._update_reading()
+
+    def resume_writing(self):
+        self.write_paused = False
+        self._update_reading()
+
+    def eof_received(self):
+        self.eof = True
+        if self.task is None:
+            self._end()
+        return True  # (closed by _end, once the waiting command has answered)
+
+    def connection_lost(self, exc):
+        self.lost = True
+        if self.conn is not None and self.task is None:
+            self.conn.closed()

@@ -20,13 +20,13 @@ nobody else. Between nodes, a peer that does not read loses its link (the transp
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import logging
 import time
 
 from . import protocol as P
+from .transport import later
 
 log = logging.getLogger("pyctdb.messaging")
 
@@ -50,12 +50,11 @@ class MessagingError(Exception):
 class _Sink:
     """One API connection's side of messaging: its srvids and what was dropped for it."""
 
-    __slots__ = ("writer", "transport", "srvids", "dropped", "delivered", "last_warn",
+    __slots__ = ("transport", "srvids", "dropped", "delivered", "last_warn",
                  "pending", "pending_size")
 
-    def __init__(self, writer):
-        self.writer = writer
-        self.transport = writer.transport
+    def __init__(self, transport):
+        self.transport = transport
         self.srvids = set()
         self.dropped = 0
         self.delivered = 0
@@ -105,12 +104,12 @@ class Messaging:
     def is_client(self, key) -> bool:
         return key in self._sinks
 
-    def register(self, key, writer, srvid) -> bool:
-        """Register ``srvid`` for the connection ``key`` (whose StreamWriter is
-        ``writer``); returns False when it was already registered there."""
+    def register(self, key, transport, srvid) -> bool:
+        """Register ``srvid`` for the connection ``key`` (whose asyncio transport is
+        ``transport``); returns False when it was already registered there."""
         sink = self._sinks.get(key)
         if sink is None:
-            sink = self._sinks[key] = _Sink(writer)
+            sink = self._sinks[key] = _Sink(transport)
         if srvid in sink.srvids:
             return False
         sink.srvids.add(srvid)
@@ -219,10 +218,11 @@ class Messaging:
                     line = (b'{"message":{"srvid":%d,"src":%d,"data":"%s"}}\n'
                             % (srvid, src, data.encode("ascii")))
                 out = line
-            # Lines for one client in one pass of the event loop go out in one write.
+            # Lines for one client in one batch (transport.hold: what one read of a peer
+            # or of a client brought) or one pass of the event loop go out in one write.
             if sink.pending is None:
                 sink.pending = [out]
-                asyncio.get_running_loop().call_soon(sink.flush)
+                later(sink.flush)
             else:
                 sink.pending.append(out)
             sink.pending_size += len(out)

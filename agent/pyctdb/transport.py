@@ -54,6 +54,142 @@ class _RateLimitedLog:
             log.log(level, msg, *args)
 
 
+# -- output batching ---------------------------------------------------------------------
+# Frames and message lines produced while the event loop handles what one read brought
+# (a peer's frames, a client's requests) are written together at its end: one system
+# call each, and in the same pass of the event loop (no extra wake-up). Only the event
+# loop's thread uses these.
+_held = 0
+_later = []
+
+
+def later(fn, *args):
+    """Call ``fn(*args)`` when the current batch ends (see :func:`hold`), or in the next
+    pass of the event loop when there is no batch."""
+    if _held:
+        _later.append((fn, args))
+    else:
+        asyncio.get_running_loop().call_soon(fn, *args)
+
+
+def hold():
+    """Begin a batch: :func:`later` defers to its :func:`release`. Batches nest."""
+    global _held
+    _held += 1
+
+
+def release():
+    """End a batch: at the outermost, run what :func:`later` deferred."""
+    global _held, _later
+    _held -= 1
+    if _held == 0 and _later:
+        while _later:
+            todo, _later = _later, []
+            for fn, args in todo:
+                try:
+                    fn(*args)
+                except Exception:
+                    log.exception("deferred write failed")
+
+
+class FrameReader:
+    """Decodes the frames of one peer's connection from whatever each read brings: many
+    small frames per read (e.g. messages) are decoded in one go; a large frame is
+    gathered until whole. ``feed`` raises :class:`protocol.ProtocolError` at the first
+    bad frame (the frames before it were handed over)."""
+
+    __slots__ = ("pnn", "max_payload", "on_frame", "stats", "parts", "size", "need")
+
+    def __init__(self, pnn, max_payload, on_frame, stats):
+        self.pnn = pnn
+        self.max_payload = max_payload
+        self.on_frame = on_frame
+        self.stats = stats
+        self.parts = []   # bytes received and not decoded yet
+        self.size = 0     # their length
+        self.need = P.HEADER_SIZE  # bytes needed before anything can be decoded
+
+    def feed(self, data):
+        size = self.size + len(data)
+        if size < self.need:
+            self.parts.append(data)
+            self.size = size
+            return
+        if self.parts:
+            self.parts.append(data)
+            buf = b"".join(self.parts)
+            self.parts = []
+        else:
+            buf = data
+        hsize, decode_header, decode_body = P.HEADER_SIZE, P.decode_header, P.decode_body
+        pnn, on_frame, Frame = self.pnn, self.on_frame, P.Frame
+        pos, n, count = 0, len(buf), 0
+        try:
+            while n - pos >= hsize:
+                version, mtype, length = decode_header(buf[pos:pos + hsize],
+                                                       self.max_payload)
+                end = pos + hsize + length
+                if end > n:  # the rest of this frame comes with later reads
+                    self.need = end - pos
+                    break
+                payload = decode_body(mtype, buf[pos + hsize:end])
+                pos = end
+                count += 1
+                if payload.get("pnn") != pnn:
+                    raise P.ProtocolError(f"frame claims PNN {payload.get('pnn')} on node "
+                                          f"{pnn}'s connection")
+                on_frame(pnn, Frame(version, mtype, payload))
+            else:
+                self.need = hsize
+        finally:
+            self.stats["frames_in"] += count
+        rest = buf[pos:] if pos else buf
+        self.size = len(rest)
+        if rest:
+            self.parts.append(rest)
+
+
+class _FrameProtocol(asyncio.Protocol):
+    """A peer's incoming connection once its HELLO is accepted: frames are decoded and
+    handed over right in ``data_received`` (no task wake-up per read), and what they make
+    the agent send goes out at the end of it (a batch: :func:`hold`)."""
+
+    def __init__(self, transport, reader, running):
+        self.transport = transport
+        self.reader = reader
+        self.running = running
+        self.done = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data):
+        if self.done.done():
+            return
+        if not self.running():
+            self._end(None)
+            return
+        hold()
+        try:
+            self.reader.feed(data)
+        except Exception as exc:  # a bad frame (or a bug): the connection ends
+            self._end(exc)
+        finally:
+            release()
+
+    def _end(self, exc):
+        if not self.done.done():
+            if exc is None:
+                self.done.set_result(None)
+            else:
+                self.done.set_exception(exc)
+        self.transport.close()
+
+    def eof_received(self):
+        self._end(None)
+
+    def connection_lost(self, exc):
+        if not self.done.done():
+            self.done.set_result(None)
+
+
 class Transport:
     def __init__(self, *, pnn, address, port, nodes, hello, on_frame, on_link_up,
                  on_link_down, max_payload=P.MAX_PAYLOAD):
@@ -166,7 +302,7 @@ class Transport:
         pending = self._pending.get(pnn)
         if pending is None:
             self._pending[pnn] = [data]
-            asyncio.get_running_loop().call_soon(self._flush, pnn)
+            later(self._flush, pnn)
         else:
             pending.append(data)
         return True
@@ -303,7 +439,7 @@ class Transport:
                 self._up.discard(pnn)
                 self._on_link_down(pnn, "peer reconnected")
             self._update(pnn)
-            await self._read_frames(reader, pnn)
+            await self._serve_frames(reader, writer, pnn)
         except P.ProtocolError as exc:
             self.stats["dropped_bad_frames"] += 1
             log.warning("dropping connection from node %s (%s): %s",
@@ -322,32 +458,32 @@ class Transport:
                 self._update(pnn, "connection closed")
 
     async def _read_frames(self, reader, pnn):
-        """Read, check and hand over the frames of node ``pnn``'s connection until EOF.
-        Whatever one read brings is decoded in one go (many small frames, e.g.
-        messages, per system call); the rest of a large frame is read at once."""
-        hsize, decode_header, decode_body = P.HEADER_SIZE, P.decode_header, P.decode_body
-        buf = b""
+        """Read, check and hand over the frames of node ``pnn``'s connection until EOF
+        (from a StreamReader; a live connection uses :class:`_FrameProtocol`)."""
+        fr = FrameReader(pnn, self.max_payload, self._on_frame, self.stats)
         while self._running:
             data = await reader.read(READ_SIZE)
             if not data:
                 return
-            buf = buf + data if buf else data
-            pos, n = 0, len(buf)
-            while n - pos >= hsize:
-                version, mtype, length = decode_header(buf[pos:pos + hsize], self.max_payload)
-                end = pos + hsize + length
-                if end > n:
-                    buf = buf[pos:] + await reader.readexactly(end - n)
-                    pos, end = 0, end - pos
-                    n = end
-                payload = decode_body(mtype, buf[pos + hsize:end])
-                pos = end
-                self.stats["frames_in"] += 1
-                if payload.get("pnn") != pnn:
-                    raise P.ProtocolError(f"frame claims PNN {payload.get('pnn')} on node "
-                                          f"{pnn}'s connection")
-                self._on_frame(pnn, P.Frame(version, mtype, payload))
-            buf = buf[pos:]
+            fr.feed(data)
+
+    async def _serve_frames(self, reader, writer, pnn):
+        """Hand node ``pnn``'s connection over to a :class:`_FrameProtocol` (with what
+        the StreamReader holds already) and wait until it ends."""
+        transport = writer.transport
+        proto = _FrameProtocol(transport, FrameReader(pnn, self.max_payload,
+                                                      self._on_frame, self.stats),
+                               lambda: self._running)
+        rest = bytes(reader._buffer)
+        reader._buffer.clear()
+        transport.set_protocol(proto)
+        if rest:
+            proto.data_received(rest)
+        if reader._eof:  # (came with the HELLO: the StreamReader had it)
+            proto.eof_received()
+        else:
+            transport.resume_reading()  # (the StreamReader may have paused it)
+        await proto.done
 
     def _check_hello(self, hello, src) -> int:
         pnn = hello["pnn"]
