@@ -19,8 +19,8 @@ Volatile databases have a fast path, as CTDB's client: the library opens the nod
 volatile LMDB environment itself (the agent says where in its ``attach`` answer), and
 ``fetch_locked`` is one LMDB write transaction — the environment's writer lock is the
 record lock — in which it checks the gate (the agent serves, no recovery: see
-``pyctdb/db/gate.py``) and that this node is the record's DMASTER, then reads, and the
-store commits. Only when that does not hold does it ask the agent to migrate the record
+``pyctdb/db/gate.py``; it reads it from the agent's memory-mapped ``agent.wait``) and that
+this node is the record's DMASTER, then reads, and the store commits. Only when that does not hold does it ask the agent to migrate the record
 here, and try again. ``fetch`` reads a record this node masters from a read
 transaction. See docs/client.md.
 """
@@ -35,7 +35,7 @@ import time
 import weakref
 
 from ..apiclient import ApiCallError, Client
-from ..db.gate import GATE, GATE_DB, GATE_KEY, WAIT_FILE, WAIT_SIZE, defer, lease_key
+from ..db.gate import GATE, GATE_AT, GATE_DB, GATE_KEY, WAIT_FILE, WAIT_SIZE, defer, lease_key
 from ..db.logic import HEADER, MAX_KEY, MAX_VALUE, REC_DELETED
 
 __all__ = ["attach", "Database", "LocalRecord", "LockedRecord", "Transaction",
@@ -81,17 +81,21 @@ def attach(name, persistent=False, socket=None, timeout=30.0, local=True):
 
 
 # -- the fast path: this node's volatile LMDB environment ----------------------------------
+# (module globals bound once: the fetch-lock loop's Python is most of its cost)
 _HDR = HEADER
+_unpack_hdr = HEADER.unpack_from
+_pack_hdr = HEADER.pack
+assert HEADER.size == 16  # (the value's offset, spelled 16 in fetch_locked)
 _GATE = GATE
 _monotonic = time.monotonic
 _get_ident = threading.get_ident
+_new = object.__new__
 #: API commands that may need this node's volatile writer lock: refused to a thread that
 #: holds a record through the fast path (the agent would wait for it, and it for the agent)
 _WRITERS = frozenset({"readkey", "writekey", "deletekey", "fetch_lock", "fetch_unlock",
                       "wipedb", "attach", "detach", "restoredb"})
 #: fast-path attempts (each after a migration) before a fetch-lock goes through the agent
 MIGRATE_TRIES = 3
-_NO_WAIT = bytes(WAIT_SIZE)      # no agent.wait: the agent never waits
 _ENVS = {}                       # path -> _Env: LMDB allows one per file per process
 _ENVS_LOCK = threading.Lock()
 _DATABASES = weakref.WeakSet()   # Databases with a fast path (dropped in a forked child)
@@ -100,40 +104,49 @@ _DATABASES = weakref.WeakSet()   # Databases with a fast path (dropped in a fork
 class _Env:
     """This process's handle on one node's volatile LMDB environment."""
 
-    __slots__ = ("env", "gate", "holder", "wait")
+    __slots__ = ("env", "gate", "holder", "wait", "until", "leases")
 
-    def __init__(self, path):
+    def __init__(self, path, env=None):
         from ..db.store import open_env
-        self.env = open_env(path, persistent=False, create=False)
-        self.gate = self.env.open_db(GATE_DB)
-        self.holder = 0   # the thread holding the writer lock through the fast path
-        self.wait = _NO_WAIT  # the agent waits for the writer lock (gate.WaitFlag)
+        # the agent's agent.wait (gate.WaitFlag): its wait flag and the gate; without it
+        # (an agent from before the gate was there, or none) no fast path
         try:
             with open(os.path.join(path, WAIT_FILE), "rb") as f:
                 self.wait = mmap.mmap(f.fileno(), WAIT_SIZE, access=mmap.ACCESS_READ)
-        except (OSError, ValueError):  # an agent from before the flag
-            pass
+        except (OSError, ValueError) as exc:
+            raise OSError(f"{WAIT_FILE} (the gate of the agent, {WAIT_SIZE} bytes): "
+                          f"{exc}") from None
+        mv = memoryview(self.wait)
+        self.until = mv[GATE_AT:GATE_AT + 8].cast("d")         # [0]: gate.GATE's fields,
+        self.leases = mv[GATE_AT + 8:GATE_AT + 12].cast("I")   # read only under the lock
+        self.env = env if env is not None else open_env(path, persistent=False, create=False)
+        self.gate = self.env.open_db(GATE_DB)
+        self.holder = 0   # the thread holding the writer lock through the fast path
 
     @classmethod
-    def get(cls, path):
+    def get(cls, path, env=None):
+        """(``env``: this process has the environment open already: the tests, which
+        are their own agent.)"""
         with _ENVS_LOCK:
             e = _ENVS.get(path)
             if e is None:
-                e = _ENVS[path] = cls(path)
+                e = _ENVS[path] = cls(path, env)
             return e
 
 
 class _Local:
     """One database's fast path: its handle in the node's environment."""
 
-    __slots__ = ("e", "env", "begin", "db", "gate", "pnn", "wait")
+    __slots__ = ("e", "env", "begin", "db", "gate", "pnn", "wait", "until", "leases")
 
-    def __init__(self, path, name, pnn):
-        self.e = _Env.get(path)
-        self.env = self.e.env
-        self.wait = self.e.wait
+    def __init__(self, path, name, pnn, env=None):
+        self.e = e = _Env.get(path, env)
+        self.env = e.env
+        self.wait = e.wait
+        self.until = e.until
+        self.leases = e.leases
         self.begin = self.env.begin
-        self.gate = self.e.gate
+        self.gate = e.gate
         self.db = self.env.open_db(b"db:" + name.encode(), create=False)
         self.pnn = pnn
 
@@ -178,7 +191,8 @@ class Database:
 
     def _call(self, command, **args):
         loc = self._local
-        if loc is not None and loc.e.holder == _get_ident() and command in _WRITERS:
+        if (loc is not None and loc.e.holder == _get_ident() and command in _WRITERS
+                and _holds_lock(loc)):
             raise DatabaseError("EDEADLK", f"{command} while this thread holds a record of "
                                 "this node locked (fetch_locked): release it first")
         try:
@@ -217,18 +231,23 @@ class Database:
             except Exception as exc:
                 raise self._lmdb_error(exc) from None
             try:
-                g = txn.get(GATE_KEY, None, loc.gate)
-                if g is not None:
-                    until, leases = _GATE.unpack(g)
-                    if until > _monotonic() and not (
-                            leases and txn.get(lease_key(self.name, key), None,
-                                               loc.gate) is not None):
-                        raw = txn.get(key)
-                        if raw is not None:
-                            rsn, dmaster, flags = _HDR.unpack_from(raw)
-                            if dmaster == loc.pnn:
-                                loc.e.holder = _get_ident()
-                                return LocalRecord(txn, loc, key, raw, rsn, flags)
+                # the gate, in agent.wait: read now that this thread holds the writer lock
+                # (the agent writes it only while it holds it: gate.py)
+                if loc.until[0] > _monotonic() and not (
+                        loc.leases[0] and txn.get(lease_key(self.name, key), None,
+                                                  loc.gate) is not None):
+                    raw = txn.get(key)
+                    if raw is not None:
+                        rsn, dmaster, flags = _unpack_hdr(raw)
+                        if dmaster == loc.pnn:
+                            loc.e.holder = _get_ident()
+                            rec = _new(LocalRecord)  # (no __init__ call: 0.1 us less)
+                            rec._txn = txn
+                            rec._loc = loc
+                            rec.key = key
+                            rec.rsn = rsn
+                            rec.value = None if flags & REC_DELETED else raw[16:]
+                            return rec
                 txn.abort()
             except BaseException as exc:
                 txn.abort()
@@ -271,7 +290,7 @@ class Database:
             except Exception as exc:
                 raise self._lmdb_error(exc) from None
             if g is not None and raw is not None and _GATE.unpack(g)[0] > _monotonic():
-                rsn, dmaster, flags = _HDR.unpack_from(raw)
+                rsn, dmaster, flags = _unpack_hdr(raw)
                 if dmaster == loc.pnn:
                     return None if flags & REC_DELETED else raw[_HDR.size:]
         res = self._call("readkey", db_name=self.name, key=_b(key))
@@ -317,50 +336,43 @@ class LocalRecord:
     node's volatile environment (its writer lock). ``value`` (None if the record does
     not exist), ``exists``, ``rsn``; :meth:`store` / :meth:`delete` write it (RSN + 1)
     and release it, leaving the block (or :meth:`release`) without them releases it
-    unchanged."""
+    unchanged, and so does dropping it (py-lmdb aborts a transaction it frees).
+    Made by :meth:`Database.fetch_locked` only."""
 
-    __slots__ = ("key", "value", "exists", "rsn", "_txn", "_loc")
+    __slots__ = ("key", "value", "rsn", "_txn", "_loc")
 
-    def __init__(self, txn, loc, key, raw, rsn, flags):
-        self._txn = txn
-        self._loc = loc
-        self.key = key
-        self.rsn = rsn
-        if flags & REC_DELETED:
-            self.value, self.exists = None, False
-        else:
-            self.value, self.exists = raw[_HDR.size:], True
+    @property
+    def exists(self):
+        return self.value is not None
 
-    def store(self, value):
+    def store(self, value, _flags=0):
         """Store ``value`` (bytes, or str as UTF-8) and release the lock."""
         if value.__class__ is not bytes:
             value = _key(value)
         if len(value) > MAX_VALUE:
             raise DatabaseError("EINVAL", f"value of {len(value)} bytes is larger than the "
                                 f"limit ({MAX_VALUE} bytes)")
-        self._put(value, 0)
-        self.value, self.exists = value, True
-
-    def delete(self):
-        """Delete the record (it stays as a deleted record: docs/databases.md) and
-        release the lock."""
-        self._put(b"", REC_DELETED)
-        self.value, self.exists = None, False
-
-    def _put(self, value, flags):
         txn = self._txn
         if txn is None:
             raise DatabaseError("EINVAL", "the record was already stored or released")
         self._txn = None
         loc = self._loc
         loc.e.holder = 0
+        rsn = self.rsn + 1
         try:
-            txn.put(self.key, _HDR.pack(self.rsn + 1, loc.pnn, flags) + value)
+            txn.put(self.key, _pack_hdr(rsn, loc.pnn, _flags) + value)
             txn.commit()
         except BaseException:
             txn.abort()
             raise
-        self.rsn += 1
+        self.rsn = rsn
+        self.value = value
+
+    def delete(self):
+        """Delete the record (it stays as a deleted record: docs/databases.md) and
+        release the lock."""
+        self.store(b"", REC_DELETED)
+        self.value = None
 
     def release(self):
         txn = self._txn
@@ -376,9 +388,19 @@ class LocalRecord:
         if self._txn is not None:
             self.release()
 
-    def __del__(self):  # never keep the node's writer lock for a forgotten record
-        if self._txn is not None:
-            self.release()
+
+def _holds_lock(loc):
+    """Whether this thread holds ``loc``'s writer lock through the fast path (its
+    ``holder`` says so): a record dropped without release was aborted when py-lmdb freed
+    its transaction, but left ``holder`` set. Asked of py-lmdb, which refuses a second
+    write transaction in a thread that has one (rare: only when ``holder`` names this
+    thread)."""
+    try:
+        loc.begin(None, None, True).abort()
+    except Exception as exc:  # lmdb.Error
+        return "same thread" in str(exc)
+    loc.e.holder = 0
+    return False
 
 
 class LockedRecord:

@@ -6,17 +6,28 @@ names this node as DMASTER and only asks the daemon to migrate the record otherw
 pyctdb's client does the same with LMDB: it opens the node's volatile environment, and a
 fetch-lock is one LMDB write transaction (the environment's writer lock is the record
 lock: process-shared, and released by the kernel if the client dies). Inside it, the
-client reads the gate record of the sub-database ``__gate__`` and writes only if the
-gate is open, the record's DMASTER is this node, and no API lease holds the record.
+client reads the gate and writes only if the gate is open, the record's DMASTER is this
+node, and no API lease holds the record.
 
-The gate record (``gate``) is ``GATE``: ``open_until`` (CLOCK_MONOTONIC seconds, system
-wide; 0: closed) and ``leases`` (how many API fetch-locks are held on this node; when
-not 0 the client also looks for ``lease_key(db, key)``). The agent renews it every
-``RENEW`` seconds while it serves database requests (active, joined, not frozen), and
-closes it when it stops serving; a freeze waits until the closing is committed. As LMDB
-write transactions are serialised, a client's transaction either commits before the
-freeze or sees the gate closed — so no client writes during a recovery. An agent that
-dies or hangs stops renewing: its clients stop writing within ``TTL`` seconds.
+The gate is ``GATE``: ``open_until`` (CLOCK_MONOTONIC seconds, system wide; 0: closed)
+and ``leases`` (how many API fetch-locks are held on this node; when not 0 the client also
+looks for ``lease_key(db, key)`` in ``__gate__``). The agent renews it every ``RENEW``
+seconds while it serves database requests (active, joined, not frozen), and closes it
+when it stops serving; a freeze waits until the closing is committed. As LMDB write
+transactions are serialised, a client's transaction either commits before the freeze or
+sees the gate closed — so no client writes during a recovery. An agent that dies or hangs
+stops renewing: its clients stop writing within ``TTL`` seconds.
+
+The gate is kept twice, written in the same write transaction: in the memory-mapped file
+``agent.wait`` (bytes ``GATE_AT``.., below), which a fetch-lock reads (two loads from the
+map instead of an LMDB lookup: it is the client's hot path), and as the record ``gate``
+of ``__gate__``, which a read (``fetch``, a read transaction: the record is part of its
+snapshot) and clients from before the map read. The map is no LMDB page, so its
+ordering is the writer lock's: the agent writes it only while it holds the lock (in
+:meth:`Gate._write`, inside the write transaction, in the store's worker) and a client
+reads it only once it holds the lock (after beginning its write transaction); the
+mutex orders the two. A client that cannot map it (an agent from before, or without the
+file) has no fast path.
 
 Every gate write runs in the store's worker thread (it waits there for the writer lock
 while a client holds a record; the event loop never does), and the set of leases is only
@@ -25,10 +36,12 @@ touched there.
 The writer lock is a pthread mutex, and not a fair one: a client in a tight fetch-lock
 loop takes it again right after its commit, before the woken agent thread runs, and the
 agent's writes (migrations, the gate, a freeze) starve. So the agent says when it waits:
-:class:`WaitFlag`, the file ``agent.wait`` in the environment's directory (16 bytes,
+:class:`WaitFlag`, the file ``agent.wait`` in the environment's directory (32 bytes,
 memory-mapped by the agent and its clients): byte 0 is 1 while the store's worker waits
 for the writer lock (set before it begins a write transaction, cleared once it has it),
-bytes 8-16 the CLOCK_MONOTONIC time it began waiting (f64, native). A client about to
+bytes 8-16 the CLOCK_MONOTONIC time it began waiting (f64, native), bytes 16-28 the
+gate (``GATE``, above; 28-32 unused). The flag bytes are written without the lock (a
+client reads them before it begins), the gate bytes only with it. A client about to
 begin a fetch-lock that sees the flag defers (``defer``: yields its CPU, then sleeps
 50 us at a time) until it is cleared, for at most ``DEFER_MAX`` seconds each time, and
 not at all when the flag is older than ``TTL``: an agent that died or hangs while
@@ -50,14 +63,15 @@ log = logging.getLogger("pyctdb.db")
 
 GATE_DB = b"__gate__"
 GATE_KEY = b"gate"
-GATE = struct.Struct("=dI")   # open_until, leases
+GATE = struct.Struct("=dI")   # open_until, leases (native: the client reads it as f64, u32)
 TTL = 3.0
 RENEW = 1.0
 HELD_WARN = 5.0   # a renewal waiting this long for the writer lock is logged
 READER_CHECK = 10.0  # how often reader slots left by dead clients are freed
 WAIT_FILE = "agent.wait"  # the agent waits for the writer lock (WaitFlag)
 WAIT_SINCE = struct.Struct("=d")  # at offset 8: since when
-WAIT_SIZE = 16
+GATE_AT = 16  # the gate's offset in agent.wait (8-aligned)
+WAIT_SIZE = 32
 DEFER_MAX = 0.005  # the longest a client defers to a waiting agent, each fetch-lock
 
 
@@ -78,7 +92,7 @@ class WaitFlag:
             self.mm = mmap.mmap(fd, WAIT_SIZE)
         finally:
             os.close(fd)
-        self.mm[:] = bytes(WAIT_SIZE)  # (a flag left by an agent that died: lowered)
+        self.mm[:] = bytes(WAIT_SIZE)  # (left by an agent that died: lowered, gate closed)
 
     def raise_(self):
         self.mm[8:16] = WAIT_SINCE.pack(time.monotonic())  # (seen stale or not at
@@ -86,6 +100,10 @@ class WaitFlag:
 
     def lower(self):
         self.mm[0] = 0
+
+    def set_gate(self, until, leases):
+        """(In the worker, holding the writer lock: :meth:`Gate._write`.)"""
+        GATE.pack_into(self.mm, GATE_AT, until, leases)
 
     def close(self):
         self.mm[0] = 0
@@ -129,7 +147,11 @@ class Gate:
         if extra is not None:
             extra(txn, h)
         until = time.monotonic() + TTL if self.want_open else 0.0
-        txn.put(GATE_KEY, GATE.pack(until, len(self._leases)), db=h)
+        leases = len(self._leases)
+        txn.put(GATE_KEY, GATE.pack(until, leases), db=h)
+        w = self.store.wait_flag
+        if w is not None:  # (the last: the put above raises before it, if at all)
+            w.set_gate(until, leases)
 
     async def close(self):
         """Close the gate; returns once no client can write any more (the closing is
