@@ -130,3 +130,29 @@ def test_a_dropped_record_releases_the_lock_and_no_edeadlk_after_it(node):
     with pytest.raises(AgentUnavailable):
         db.fetch(b"far")
     assert db._local.e.holder == 0
+
+
+def test_a_client_opens_at_most_client_max_dbs_databases(tmp_path):
+    """The client's handle on the environment has CLIENT_MAX_DBS sub-database slots (not
+    the agent's 4096: each write transaction's begin copies a table that long); a database
+    beyond them has no fast path (attach records why, as for any error opening it)."""
+    import lmdb
+
+    from pyctdb.db.store import open_env
+    path = str(tmp_path / "volatile")
+    n = C.CLIENT_MAX_DBS + 2
+    env = open_env(path, persistent=False)
+    with env.begin(write=True) as txn:
+        for i in range(n):
+            env.open_db(b"db:d%d" % i, txn=txn)
+    env.close()
+    G.WaitFlag(path)
+    try:
+        opened = 0
+        with pytest.raises(lmdb.DbsFullError):
+            for i in range(n):
+                C._Local(path, f"d{i}", 0)
+                opened += 1
+        assert opened == C.CLIENT_MAX_DBS - 1  # (one slot: the gate's)
+    finally:
+        C._ENVS.pop(path).env.close()

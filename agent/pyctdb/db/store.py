@@ -38,12 +38,14 @@ MAX_DBS = 4096
 MAX_READERS = 1024  # the agent and its clients (each reading thread takes a slot)
 
 
-def open_env(path, persistent, create=True):
+def open_env(path, persistent, create=True, max_dbs=MAX_DBS):
     """The LMDB environment at ``path`` with the options the agent and its clients share
     (the client library opens the volatile one: docs/client.md). Volatile: a writable
     memory map (writemap; about 2.5 times the write transactions per second) and no
-    fsync; persistent: fsync'd at every commit."""
-    return lmdb.open(path, max_dbs=MAX_DBS, map_size=MAP_SIZE, max_readers=MAX_READERS,
+    fsync; persistent: fsync'd at every commit. ``max_dbs``: how many sub-databases this
+    process may open (a limit of this handle only, not of the files; LMDB copies a table
+    that long at each write transaction's begin: 4096 cost a client's fetch-lock ~1 us)."""
+    return lmdb.open(path, max_dbs=max_dbs, map_size=MAP_SIZE, max_readers=MAX_READERS,
                      sync=persistent, metasync=persistent, writemap=not persistent,
                      subdir=True, lock=True, create=create)
 
