@@ -27,7 +27,9 @@ ordering is the writer lock's: the agent writes it only while it holds the lock 
 :meth:`Gate._write`, inside the write transaction, in the store's worker) and a client
 reads it only once it holds the lock (after beginning its write transaction); the
 mutex orders the two. A client that cannot map it (an agent from before, or without the
-file) has no fast path.
+file) has no fast path. A new agent zeroes the file (the gate closed); one that cannot
+make it (logged) leaves clients that still map an old one that old gate until it
+expires (``TTL`` after the old agent's last renewal).
 
 Every gate write runs in the store's worker thread (it waits there for the writer lock
 while a client holds a record; the event loop never does), and the set of leases is only
