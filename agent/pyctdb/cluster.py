@@ -543,15 +543,25 @@ class Cluster:
                 members.append(p.pnn)
         return sorted(members)
 
+    async def _watch_lock(self, now) -> bool:
+        """The leader's cluster lock: False (and this node steps down) once it is lost;
+        every 5 s a check that the lock file is still the one locked (in the
+        background: it may wait on the cluster filesystem). Each cycle, and while a
+        recovery runs (:meth:`_while_watched`)."""
+        if self.lock is None:
+            return True
+        if not self.lock.held:
+            await self._step_down("the cluster lock was lost")
+            return False
+        if now - self._last_lock_check > 5.0 and (
+                self._lock_check_task is None or self._lock_check_task.done()):
+            self._last_lock_check = now
+            self._lock_check_task = asyncio.create_task(self._check_lock())
+        return True
+
     async def _lead(self, now):
-        if self.lock is not None:
-            if not self.lock.held:
-                await self._step_down("the cluster lock was lost")
-                return
-            if now - self._last_lock_check > 5.0 and (
-                    self._lock_check_task is None or self._lock_check_task.done()):
-                self._last_lock_check = now
-                self._lock_check_task = asyncio.create_task(self._check_lock())
+        if not await self._watch_lock(now):
+            return
         members = self._active_members()
         if members == self.members and self.generation is not None \
                 and self.recmode == RECMODE_NORMAL and self._recovery_wanted is None:
@@ -617,8 +627,9 @@ class Cluster:
     async def _while_watched(self, coro, abort_unless=None):
         """Run ``coro`` (the recovery hooks, which the cycle waits for: seconds for a
         large database) while keeping up what the blocked cycle would do: the keepalive
-        (or the other nodes drop this leader), and dropping silent peers (or a control to
-        a dead member waits for its timeout). ``abort_unless``: members that must stay
+        (or the other nodes drop this leader), dropping silent peers (or a control to
+        a dead member waits for its timeout), and the leader's check of its cluster
+        lock. ``abort_unless``: members that must stay
         connected; when one is lost, ``coro`` is cancelled and the reason returned
         (None: it ran to its end). A ControlError from ``coro`` (a member that failed or
         went away) is returned as a reason too; anything else is raised."""
@@ -629,6 +640,8 @@ class Cluster:
                 now = self.clock()
                 self._drop_silent(now)
                 self._broadcast_state(now)  # sends when a keepalive is due
+                if self.am_leader:  # (a lost lock: stepped down, then aborted below)
+                    await self._watch_lock(now)
                 if abort_unless is not None:
                     connected = {p.pnn for p in self.peers.values() if p.link_up}
                     reason = election.recovery_abort(abort_unless, self.pnn, connected,

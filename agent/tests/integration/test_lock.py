@@ -90,3 +90,32 @@ def test_removed_lock_file_makes_leader_step_down(tmp_path):
         c.wait_for(lambda: "no longer held" in c.log(leader), 15)
         c.wait_healthy(20)
         assert os.path.exists(c.lock_file)
+
+
+def test_leader_checks_its_lock_during_a_long_recovery(tmp_path):
+    """The leader keeps checking its cluster lock while a recovery waits (here for its
+    own startrecovery script, 25 s): a removed lock file makes it step down, and the
+    recovery is abandoned, within the check's 5 s, not after the recovery."""
+    with LocalCluster(3, base_dir=tmp_path) as c:
+        c.start()
+        c.wait_healthy(30)
+        leader = c.status(0)["leader"]
+        other = next(p for p in range(3) if p != leader)
+        mark = tmp_path / "slow-started"
+        c.event_script(leader, "50.slow", textwrap.dedent(f"""\
+            if [ "$1" = startrecovery ] && [ ! -e {mark} ]; then
+                touch {mark}; sleep 25
+            fi
+            exit 0
+            """))
+        c.cli(other, "stop", check=True)  # a membership change: the leader recovers
+        c.wait_for(mark.exists, 15)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        os.unlink(c.lock_file)
+        c.wait_for(lambda: "no longer held" in c.log(leader), 15)
+        assert time.monotonic() - t0 < 12  # the script still sleeps: not after the recovery
+        c.wait_for(lambda: "no longer the leader" in c.log(leader), 5)
+        c.cli(other, "continue", check=True)
+        c.wait_healthy(40)
+        assert os.path.exists(c.lock_file)  # a leader took a new lock
