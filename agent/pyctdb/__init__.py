@@ -1,6 +1,6 @@
 """pyctdb: a Python reimplementation of Samba's CTDB cluster manager."""
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 #: Version of the node-to-node wire protocol (see docs/protocol.md).
 PROTOCOL_VERSION = 1
