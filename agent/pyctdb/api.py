@@ -610,9 +610,13 @@ class _ApiProtocol(asyncio.Protocol):
     command that answers at once is answered there, and the answers (and the frames and
     message lines it made the agent send) are written at its end, in one write each
     (a batch: transport.hold). A command that must wait runs as a task; the requests
-    behind it wait their turn. Reading pauses while the client does not read its
-    answers (the write buffer is above its high-water mark) or has many requests
-    queued."""
+    behind it wait their turn. Reading pauses when an answer was written while the
+    client was not reading (its write buffer above the high-water mark), until the
+    buffer drains — as a StreamWriter's drain() after each answer — or while many
+    requests are queued. Messages for the client alone never pause it: a client that
+    sends many quiet messages before it reads would otherwise wait for the agent while
+    the agent waits for it (messages beyond its backlog are dropped instead,
+    messaging.py)."""
 
     MAX_QUEUED = 1024  # requests queued behind a waiting command before reading pauses
 
@@ -626,7 +630,8 @@ class _ApiProtocol(asyncio.Protocol):
         self.out = []           # answers not written yet
         self.eof = False
         self.lost = False
-        self.write_paused = False
+        self.write_paused = False   # the write buffer is above its high-water mark
+        self.answer_waits = False   # an answer was written meanwhile
         self.read_paused = False
 
     def connection_made(self, transport):
@@ -717,6 +722,9 @@ class _ApiProtocol(asyncio.Protocol):
             out.clear()
             if not self.lost:
                 self.transport.write(data)
+                if self.write_paused and not self.answer_waits:
+                    self.answer_waits = True
+                    self._update_reading()
 
     def _refuse_long(self):
         self._write()
@@ -735,7 +743,7 @@ class _ApiProtocol(asyncio.Protocol):
         self.transport.close()
 
     def _update_reading(self):
-        pause = self.write_paused or len(self.queued) > self.MAX_QUEUED
+        pause = self.answer_waits or len(self.queued) > self.MAX_QUEUED
         if pause != self.read_paused and not self.lost:
             self.read_paused = pause
             if pause:
@@ -745,10 +753,9 @@ class _ApiProtocol(asyncio.Protocol):
 
     def pause_writing(self):
         self.write_paused = True
-        self._update_reading()
 
     def resume_writing(self):
-        self.write_paused = False
+        self.write_paused = self.answer_waits = False
         self._update_reading()
 
     def eof_received(self):

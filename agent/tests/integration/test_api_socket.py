@@ -130,3 +130,25 @@ def test_a_connection_closed_while_its_command_waits_releases_what_it_held(c):
     assert a["ok"], a
     assert time.monotonic() - t0 < 20  # not the 60 s lease of the vanished s2
     s3.close()
+
+
+def test_a_client_that_sends_much_before_it_reads_is_not_stalled(c):
+    # 20,000 quiet messages to its own srvid in one write before reading any: the
+    # agent's writes to the client pile up (3.7 MB, within the 4 MiB backlog) while
+    # it keeps reading the client's requests; it must not stop reading because of
+    # them (the client, blocked in its write, would never read: both would wait).
+    from pyctdb.client import Messenger
+    m = Messenger(c.socket(0), timeout=20).connect()
+    m.register(91)
+    for i in range(20000):
+        m.send(0, 91, b"x" * 100, wait=False)
+    m.flush()
+    got = dropped = 0
+    while True:
+        msg = m.receive(3)
+        if msg is None:
+            break
+        got += 1
+        dropped += msg.dropped
+    assert got == 20000 and dropped == 0 and not m.send_errors
+    m.close()
