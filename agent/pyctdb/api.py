@@ -143,13 +143,6 @@ class ApiServer:
         return self._encode({"version": API_VERSION, "id": req_id, "ok": False,
                              "error": {"code": code, "message": message}})
 
-    async def _dispatch(self, line, conn=None) -> bytes:
-        """The answer to one request line (b"" for none)."""
-        answer = self._dispatch_now(line, conn)
-        if answer.__class__ is not bytes:
-            answer = await answer
-        return answer
-
     def _dispatch_now(self, line, conn=None):
         """The answer to one request line (bytes; b"" for none), or, for a command that
         must wait, a coroutine that returns it."""
@@ -663,7 +656,7 @@ class _ApiProtocol(asyncio.Protocol):
             else:
                 self.queued.extend(lines)
                 self._update_reading()
-            if len(rest) > MAX_LINE:
+            if len(rest) > MAX_LINE and not self.eof:
                 self._refuse_long()
         finally:
             release()
@@ -727,6 +720,8 @@ class _ApiProtocol(asyncio.Protocol):
                     self._update_reading()
 
     def _refuse_long(self):
+        if self.transport.is_closing():
+            return
         self._write()
         self.transport.write(self.server._error(None, "E2BIG",
                                                 f"request longer than {MAX_LINE} bytes"))
@@ -736,6 +731,8 @@ class _ApiProtocol(asyncio.Protocol):
         self.transport.close()
 
     def _end(self):
+        if self.transport.is_closing():
+            return
         self._write()
         if self.buf.strip():
             self.transport.write(self.server._error(None, "EPROTO",

@@ -30,7 +30,6 @@ CONNECT_TIMEOUT = 2.0
 MAX_WRITE_BUFFER = 8 * 1024 * 1024
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 1.0
-READ_SIZE = 256 * 1024  # bytes asked of one read of an incoming connection
 
 
 def _norm(addr: str) -> str:
@@ -456,16 +455,6 @@ class Transport:
             if pnn is not None and self._in.get(pnn, (None,))[0] is writer:
                 del self._in[pnn]
                 self._update(pnn, "connection closed")
-
-    async def _read_frames(self, reader, pnn):
-        """Read, check and hand over the frames of node ``pnn``'s connection until EOF
-        (from a StreamReader; a live connection uses :class:`_FrameProtocol`)."""
-        fr = FrameReader(pnn, self.max_payload, self._on_frame, self.stats)
-        while self._running:
-            data = await reader.read(READ_SIZE)
-            if not data:
-                return
-            fr.feed(data)
 
     async def _serve_frames(self, reader, writer, pnn):
         """Hand node ``pnn``'s connection over to a :class:`_FrameProtocol` (with what

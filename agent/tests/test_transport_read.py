@@ -1,42 +1,29 @@
-"""The transport's reading of a peer's frames (transport.Transport._read_frames) and the
-MESSAGE fast path of protocol.decode_body: batches of frames per read, large frames
-across reads, and strictness (a bad frame stops the connection after the good ones)."""
+"""The transport's reading of a peer's frames (transport.FrameReader, which a live
+connection's protocol feeds with each read) and the MESSAGE fast path of
+protocol.decode_body: batches of frames per read, large frames across reads, and
+strictness (a bad frame stops the connection after the good ones)."""
 
-import asyncio
 import base64
 import json
 
 import pytest
 
 from pyctdb import protocol as P
-from pyctdb.transport import Transport
-
-
-def transport(frames):
-    t = Transport(pnn=0, address="127.0.0.1", port=1, nodes={0: "127.0.0.1",
-                                                            1: "127.0.0.2"},
-                  hello=dict, on_frame=lambda pnn, f: frames.append((pnn, f)),
-                  on_link_up=None, on_link_down=None)
-    t._running = True
-    return t
+from pyctdb.transport import FrameReader
 
 
 def read_all(pieces, max_payload=P.MAX_PAYLOAD):
-    """Feed ``pieces`` (bytes) to a stream one by one; (frames, exception or None)."""
+    """Feed ``pieces`` (bytes, one per read) from node 1's connection; (frames,
+    exception or None)."""
     frames = []
-
-    async def go():
-        t = transport(frames)
-        t.max_payload = max_payload
-        r = asyncio.StreamReader()
-        for p in pieces:
-            r.feed_data(p)
-        r.feed_eof()
-        await t._read_frames(r, 1)
+    fr = FrameReader(1, max_payload, lambda pnn, f: frames.append((pnn, f)),
+                     {"frames_in": 0})
     try:
-        asyncio.run(go())
+        for p in pieces:
+            fr.feed(p)
     except P.ProtocolError as exc:
         return frames, exc
+    assert fr.stats["frames_in"] == len(frames)
     return frames, None
 
 
