@@ -6,10 +6,10 @@ import sys
 
 import pytest
 
-from pyctdb import config as C
-from pyctdb.config import (Config, ConfigError, NodeEntry, PublicAddress, load_config,
-                           parse_conf, parse_nodes, parse_public_addresses,
-                           resolve_node_address)
+from pyctdb.common import config as C
+from pyctdb.common.config import (Config, NodeEntry, PublicAddress, load_config, parse_conf,
+                                  parse_nodes, parse_public_addresses, resolve_node_address)
+from pyctdb.errors import ConfigError
 
 NODES = "/etc/pyctdb/nodes"
 PA = "/etc/pyctdb/public_addresses"
@@ -629,7 +629,7 @@ def test_resolve_with_loaded_config(tmp_path):
 
 
 def test_nodes_changes_as_ctdb_reloadnodes():
-    from pyctdb.config import nodes_changes, parse_nodes
+    from pyctdb.common.config import nodes_changes, parse_nodes
 
     def nodes(text):
         return parse_nodes(text, "nodes")

@@ -11,7 +11,7 @@ AGENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 def run(*args, timeout=20):
     env = dict(os.environ, PYTHONPATH=AGENT)
-    return subprocess.run([sys.executable, "-m", "pyctdb.daemon", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "pyctdb.server.daemon", *args], capture_output=True,
                           text=True, env=env, timeout=timeout)
 
 
@@ -88,7 +88,7 @@ def test_systemd_readiness_after_join_and_clean_sigterm(tmp_path):
     sock.bind(notify_path)
     sock.settimeout(20)
     env = dict(os.environ, PYTHONPATH=AGENT, NOTIFY_SOCKET=notify_path)
-    p = subprocess.Popen([sys.executable, "-m", "pyctdb.daemon", "--config-dir",
+    p = subprocess.Popen([sys.executable, "-m", "pyctdb.server.daemon", "--config-dir",
                           c.config_dir(0), "--socket", c.socket(0)], env=env)
     try:
         msgs = [sock.recv(4096).decode()]

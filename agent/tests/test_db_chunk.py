@@ -11,8 +11,8 @@ import zlib
 
 import pytest
 
-from pyctdb.db import chunk as C
-from pyctdb.db import logic as L
+from pyctdb.protocol import chunk as C
+from pyctdb.rules import records as L
 
 
 def recs(n, value=b"v" * 20):
@@ -119,7 +119,7 @@ def test_stored_merge_follows_better_on_random_copies():
 
 # -- a node refusing a damaged recovery push -------------------------------------------------
 def make_databases(tmp_path):
-    from pyctdb.db.layer import Databases
+    from pyctdb.server.db.databases import Databases
     cluster = types.SimpleNamespace(pnn=1, control_handlers={}, recovery_hooks=[],
                                     recovered_hooks=[], cycle_hooks=[], tunables={})
     config = types.SimpleNamespace(volatile_db_dir=str(tmp_path / "v"),

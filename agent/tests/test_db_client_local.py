@@ -8,11 +8,11 @@ import threading
 
 import pytest
 
-from pyctdb.apiclient import AgentUnavailable
+from pyctdb.client.connection import AgentUnavailable
 from pyctdb.client import db as C
-from pyctdb.db import gate as G
-from pyctdb.db import logic as L
-from pyctdb.db.store import Store
+from pyctdb.server.db import gate as G
+from pyctdb.rules import records as L
+from pyctdb.server.db.store import Store
 
 NAME = "t.tdb"
 
@@ -138,7 +138,7 @@ def test_a_client_opens_at_most_client_max_dbs_databases(tmp_path):
     beyond them has no fast path (attach records why, as for any error opening it)."""
     import lmdb
 
-    from pyctdb.db.store import open_env
+    from pyctdb.protocol.fastpath import open_env
     path = str(tmp_path / "volatile")
     n = C.CLIENT_MAX_DBS + 2
     env = open_env(path, persistent=False)

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from pyctdb.cluster import ControlError
-from pyctdb.db.layer import b64
+from pyctdb.errors import ControlError
+from pyctdb.server.db.wire import b64
 from test_db_chunk import make_databases  # noqa: E402 (same directory)
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pyctdb.db import logic as L
+from pyctdb.rules import records as L
 
 
 def test_jenkins_hash_matches_lookup3_vectors():

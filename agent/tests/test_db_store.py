@@ -4,8 +4,8 @@ import asyncio
 
 import lmdb
 
-from pyctdb.db import logic as L
-from pyctdb.db.store import Store, StoreError
+from pyctdb.rules import records as L
+from pyctdb.server.db.store import Store, StoreError
 
 
 def run(coro):
@@ -93,7 +93,8 @@ def test_a_client_defers_to_a_waiting_agent_but_never_for_long(tmp_path):
     import mmap
     import time
 
-    from pyctdb.db import gate as G
+    from pyctdb.protocol import fastpath
+    from pyctdb.server.db import gate as G
     flag = G.WaitFlag(str(tmp_path))
     with open(tmp_path / G.WAIT_FILE, "rb") as f:  # as a client maps it
         w = mmap.mmap(f.fileno(), G.WAIT_SIZE, access=mmap.ACCESS_READ)
@@ -106,16 +107,16 @@ def test_a_client_defers_to_a_waiting_agent_but_never_for_long(tmp_path):
         yields.append(1)
         if len(yields) == 3:
             flag.lower()
-    G.defer(w, _yield=agent_gets_it)
+    fastpath.defer(w, _yield=agent_gets_it)
     assert len(yields) == 3 and w[0] == 0
     # an agent that never gets it (or hangs): at most DEFER_MAX each time
     flag.raise_()
     t0 = time.monotonic()
-    G.defer(w)
-    assert G.DEFER_MAX <= time.monotonic() - t0 < 1
+    fastpath.defer(w)
+    assert fastpath.DEFER_MAX <= time.monotonic() - t0 < 1
     # an agent that died waiting: a stale flag is ignored at once
     flag.mm[8:16] = G.WAIT_SINCE.pack(time.monotonic() - G.TTL - 1)
-    G.defer(w, _yield=lambda: yields.append(2), _sleep=lambda s: yields.append(3))
+    fastpath.defer(w, _yield=lambda: yields.append(2), _sleep=lambda s: yields.append(3))
     assert yields == [1, 1, 1]
     # and the next agent lowers it
     G.WaitFlag(str(tmp_path))

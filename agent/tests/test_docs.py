@@ -6,7 +6,7 @@ import pathlib
 import re
 from types import SimpleNamespace
 
-from pyctdb.api import ApiServer
+from pyctdb.server.api.server import ApiServer
 
 AGENT_SRC = pathlib.Path(__file__).resolve().parent.parent / "pyctdb"
 DOCS = AGENT_SRC.parent.parent / "docs"

@@ -1,6 +1,6 @@
-from pyctdb import flags as F
-from pyctdb.election import (Decision, ElectionInput, PeerView, decide, recovery_abort,
-                             vnnmap_for)
+from pyctdb.rules import nodeflags as F
+from pyctdb.rules.election import (Decision, ElectionInput, PeerView, decide,
+                                   recovery_abort, vnnmap_for)
 
 
 def peers(*specs):

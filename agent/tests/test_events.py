@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from pyctdb.events import EventError, EventRunner
-from pyctdb.tunables import Tunables
+from pyctdb.server.events import EventError, EventRunner
+from pyctdb.common.tunables import Tunables
 
 
 def script(d, name, body, enabled=True):

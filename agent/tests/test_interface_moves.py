@@ -1,7 +1,7 @@
 """interface_moves: which hosted public addresses change interface (CTDB's updateip)."""
 
-from pyctdb.config import PublicAddress
-from pyctdb.failover import interface_moves
+from pyctdb.common.config import PublicAddress
+from pyctdb.server.failover import interface_moves
 
 
 def pa(addr, *ifaces):

@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from pyctdb import ipalloc as I
-from pyctdb.ipalloc import PublicIP
+from pyctdb.rules import ipalloc as I
+from pyctdb.rules.ipalloc import PublicIP
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CASES = os.path.join(HERE, "ipalloc_cases")
@@ -532,7 +532,7 @@ def test_parse_home_nodes():
 # -- the CLI ---------------------------------------------------------------------------
 def cli(*args, stdin=""):
     env = dict(os.environ, PYTHONPATH=AGENT)
-    return subprocess.run([sys.executable, "-m", "pyctdb.ipalloc_cli", *args],
+    return subprocess.run([sys.executable, "-m", "pyctdb.tools.ipalloc", *args],
                           input=stdin, capture_output=True, text=True, env=env, timeout=60)
 
 
@@ -587,7 +587,7 @@ def test_cli_bad_input(args, stdin, needle):
 
 
 def test_cli_main_in_process(capsys):
-    from pyctdb import ipalloc_cli
+    from pyctdb.tools import ipalloc as ipalloc_cli
     out, err = io.StringIO(), io.StringIO()
     rc = ipalloc_cli.main(["--node-flags", "0,0"], stdin=io.StringIO("10.0.0.1\n10.0.0.2\n"),
                           stdout=out, stderr=err)
@@ -615,7 +615,7 @@ def test_900_addresses_on_5_nodes_is_quick():
 def test_pyctdb_cli_ipalloc_subcommand():
     import subprocess, sys, os
     env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(__file__), ".."))
-    r = subprocess.run([sys.executable, "-m", "pyctdb.cli", "ipalloc", "--algorithm", "lcp2",
+    r = subprocess.run([sys.executable, "-m", "pyctdb.tools.cli", "ipalloc", "--algorithm", "lcp2",
                         "--node-flags", "0,0,0x20"], input="10.0.0.1 -1\n10.0.0.2 -1\n10.0.0.3 -1\n",
                        capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr

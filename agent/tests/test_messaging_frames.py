@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from pyctdb import protocol as P
+from pyctdb.protocol import frames as P
 
 
 def _b64(b):

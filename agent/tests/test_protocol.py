@@ -4,7 +4,7 @@ import struct
 import pytest
 
 from pyctdb import PROTOCOL_VERSION
-from pyctdb import protocol as P
+from pyctdb.protocol import frames as P
 
 
 def test_roundtrip():

@@ -2,9 +2,9 @@
 
 import pytest
 
-from pyctdb import registry as R
-from pyctdb.db.registry_api import TunablesWatcher
-from pyctdb.tunables import Tunables
+from pyctdb.rules import registry as R
+from pyctdb.server.api.conf_commands import TunablesWatcher
+from pyctdb.common.tunables import Tunables
 
 SMB = """\
 # a comment

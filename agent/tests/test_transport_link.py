@@ -5,7 +5,7 @@ import asyncio
 import random
 import time
 
-from pyctdb import transport as T
+from pyctdb.server import transport as T
 from pyctdb.testing.localcluster import _free_port
 
 

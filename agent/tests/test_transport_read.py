@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from pyctdb import protocol as P
-from pyctdb.transport import FrameReader
+from pyctdb.protocol import frames as P
+from pyctdb.server.transport import FrameReader
 
 
 def read_all(pieces, max_payload=P.MAX_PAYLOAD):

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from pyctdb import tunables as T
-from pyctdb.config import ConfigError
+from pyctdb.common import tunables as T
+from pyctdb.errors import ConfigError
 
 # `ctdb listvars` of CTDB 4.17 with default settings, in its order.
 CTDB_LISTVARS = """\
@@ -120,7 +120,7 @@ def test_used_by_pyctdb():
             assert "Accepted for compatibility" in t.doc, name
 
 
-AGENT_SRC = pathlib.Path(T.__file__).resolve().parent
+AGENT_SRC = pathlib.Path(T.__file__).resolve().parent.parent  # agent/pyctdb
 REPO = AGENT_SRC.parent.parent
 
 

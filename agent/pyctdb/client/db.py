@@ -34,9 +34,10 @@ import threading
 import time
 import weakref
 
-from ..apiclient import ApiCallError, Client
-from ..db.gate import GATE, GATE_AT, GATE_DB, GATE_KEY, WAIT_FILE, WAIT_SIZE, defer, lease_key
-from ..db.logic import HEADER, MAX_KEY, MAX_VALUE, REC_DELETED
+from pyctdb.client.connection import ApiCallError, Client
+from pyctdb.protocol.fastpath import (GATE, GATE_AT, GATE_DB, GATE_KEY, WAIT_FILE,
+                                      WAIT_SIZE, defer, lease_key)
+from pyctdb.rules.records import HEADER, MAX_KEY, MAX_VALUE, REC_DELETED
 
 __all__ = ["attach", "Database", "LocalRecord", "LockedRecord", "Transaction",
            "DatabaseError"]
@@ -112,7 +113,7 @@ class _Env:
     __slots__ = ("env", "gate", "holder", "wait", "until", "leases")
 
     def __init__(self, path, env=None):
-        from ..db.store import open_env
+        from pyctdb.protocol.fastpath import open_env
         # the agent's agent.wait (gate.WaitFlag): its wait flag and the gate; without it
         # (an agent from before the gate was there, or none) no fast path
         try:

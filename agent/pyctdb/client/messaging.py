@@ -30,8 +30,8 @@ import socket
 import time
 from typing import NamedTuple
 
-from .. import API_VERSION
-from ..apiclient import AgentUnavailable, ApiCallError, default_socket
+from pyctdb import API_VERSION
+from pyctdb.client.connection import AgentUnavailable, ApiCallError, default_socket
 
 __all__ = ["Message", "Messenger", "AsyncMessenger", "BROADCAST_ALL", "BROADCAST_CONNECTED",
            "ApiCallError", "AgentUnavailable"]

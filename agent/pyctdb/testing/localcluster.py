@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 
-from ..apiclient import AgentUnavailable, ApiCallError, Client
+from pyctdb.client.connection import AgentUnavailable, ApiCallError, Client
 
 AGENT_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -165,7 +165,7 @@ class LocalCluster:
                                          if env.get("PYTHONPATH") else "")
         env.pop("NOTIFY_SOCKET", None)
         out = open(os.path.join(self.node_dir(pnn), "stderr.log"), "ab")
-        argv = [self.python, "-m", "pyctdb.daemon", "--config-dir", self.config_dir(pnn),
+        argv = [self.python, "-m", "pyctdb.server.daemon", "--config-dir", self.config_dir(pnn),
                 "--socket", self.socket(pnn)]
         if self.lab is not None:
             argv = self.lab.exec_argv(self.lab.host_ns(pnn), argv)
@@ -260,7 +260,7 @@ class LocalCluster:
 
     def cli_argv(self, pnn, *args):
         """The command line of ``pyctdb ARGS`` on node ``pnn`` (for a Popen)."""
-        return [self.python, "-m", "pyctdb.cli", "--socket", self.socket(pnn), *args]
+        return [self.python, "-m", "pyctdb.tools.cli", "--socket", self.socket(pnn), *args]
 
     def cli(self, pnn, *args, check=False):
         return subprocess.run(self.cli_argv(pnn, *args), capture_output=True, text=True,

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from pyctdb import API_VERSION
-from pyctdb.api import MAX_LINE
+from pyctdb.protocol.api import MAX_LINE
 from pyctdb.testing.localcluster import LocalCluster
 
 pytestmark = pytest.mark.timeout(120)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from pyctdb import protocol as P
+from pyctdb.protocol import frames as P
 from pyctdb.testing.localcluster import LocalCluster
 
 pytestmark = pytest.mark.timeout(120)
@@ -324,8 +324,8 @@ def test_malformed_control_from_a_real_peer_does_not_hurt(cluster3):
     c.kill(1)
     c.wait_for(lambda: c.status(0)["nodes"][1]["state"] != "OK", 10)
     digest = None
-    from pyctdb.cluster import nodes_digest
-    from pyctdb.config import load_config
+    from pyctdb.server.cluster import nodes_digest
+    from pyctdb.common.config import load_config
     digest = nodes_digest(load_config(c.config_dir(0)).nodes)
     s = socket.create_connection((c.address(0), c.port), timeout=5,
                                  source_address=(c.address(1), 0))

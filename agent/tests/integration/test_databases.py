@@ -7,7 +7,7 @@ import subprocess
 import lmdb
 import pytest
 
-from pyctdb.apiclient import ApiCallError
+from pyctdb.client.connection import ApiCallError
 from pyctdb.client.db import DatabaseError, attach
 from pyctdb.testing.localcluster import LocalCluster
 

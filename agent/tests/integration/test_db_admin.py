@@ -72,7 +72,7 @@ def test_detach_getdbstatus_ptrans(tmp_path):
         f.write_text('"a" "1"\n"b\\00c" "two words"\n\n"gone" "x"\n')
         ok(c, 0, "ptrans", "reg.tdb", str(f))
         env = dict(os.environ, PYTHONPATH=AGENT_DIR)
-        r = subprocess.run([c.python, "-m", "pyctdb.cli", "--socket", c.socket(1),
+        r = subprocess.run([c.python, "-m", "pyctdb.tools.cli", "--socket", c.socket(1),
                             "ptrans", "reg.tdb"], input='"gone" ""\n"a" "3"\n',
                            capture_output=True, text=True, env=env)
         assert r.returncode == 0, r.stderr
@@ -181,8 +181,8 @@ def test_large_restore_and_recovery_keep_every_node_connected(tmp_path):
     the leader pulls, merges and pushes 100k records, seconds of CPU) must not cost a
     node its links: keepalives keep flowing (KeepaliveInterval 0.5 s x KeepaliveLimit 3)
     and every node ends with every record."""
-    from pyctdb.db import backup as B
-    from pyctdb.db import logic as L
+    from pyctdb.protocol import backup as B
+    from pyctdb.rules import records as L
     n = 100_000
     bk = tmp_path / "big.bak"
     B.write(str(bk), "big.tdb", False, 0,
@@ -213,8 +213,8 @@ def test_restore_freezes_the_cluster(tmp_path):
     """As CTDB's restoredb, the databases are frozen while a restore runs: a write made
     on another node meanwhile waits and lands on the restored copy (without the freeze
     the restore's push would overwrite it on some or all nodes)."""
-    from pyctdb.db import backup as B
-    from pyctdb.db import logic as L
+    from pyctdb.protocol import backup as B
+    from pyctdb.rules import records as L
     n = 60_000
     bk = tmp_path / "big.bak"
     B.write(str(bk), "preg.tdb", True, 5,

@@ -14,10 +14,10 @@ import time
 
 import pytest
 
-from pyctdb.apiclient import AgentUnavailable, Client
+from pyctdb.client.connection import AgentUnavailable, Client
 from pyctdb.client.db import DatabaseError, LocalRecord, LockedRecord, attach
-from pyctdb.db import gate as G
-from pyctdb.db import logic as L
+from pyctdb.server.db import gate as G
+from pyctdb.rules import records as L
 from pyctdb.testing.localcluster import AGENT_DIR, LocalCluster
 
 pytestmark = pytest.mark.timeout(180)

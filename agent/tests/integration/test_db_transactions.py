@@ -9,7 +9,7 @@ error for a transaction that was in fact kept."""
 
 import pytest
 
-from pyctdb.db import logic as L
+from pyctdb.rules import records as L
 from pyctdb.testing.localcluster import LocalCluster
 
 pytestmark = pytest.mark.timeout(150)

@@ -107,7 +107,7 @@ def drop_public_ips(c, lab, pnn):
     """What systemd's ExecStopPost does for a killed agent: ``pyctdbd --drop-public-ips``
     in its namespace, with its configuration and socket (the record of hosted addresses
     is found next to the socket)."""
-    return lab.run(lab.host_ns(pnn), [sys.executable, "-m", "pyctdb.daemon",
+    return lab.run(lab.host_ns(pnn), [sys.executable, "-m", "pyctdb.server.daemon",
                                       "--config-dir", c.config_dir(pnn), "--socket",
                                       c.socket(pnn), "--drop-public-ips"],
                    env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(
@@ -598,8 +598,8 @@ def test_addresses_move_while_the_databases_recover(lab_cluster, tmp_path):
     recovery: a killed node's addresses are taken before a slow database recovery ends.
     Events on every node: startrecovery, then startipreallocate, takeip, ipreallocated,
     and recovered after the databases."""
-    from pyctdb.db import backup as B
-    from pyctdb.db import logic as L
+    from pyctdb.protocol import backup as B
+    from pyctdb.rules import records as L
     c, lab = lab_cluster
     bak = tmp_path / "big.tdb.bak"  # a volatile database the leader takes a while to merge
     B.write(str(bak), "big.tdb", False, 0,

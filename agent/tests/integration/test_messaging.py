@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from pyctdb import protocol as P
-from pyctdb.apiclient import ApiCallError
+from pyctdb.protocol import frames as P
+from pyctdb.client.connection import ApiCallError
 from pyctdb.client import Messenger
 from pyctdb.testing.localcluster import AGENT_DIR, LocalCluster
 from test_cluster import _closed  # noqa: E402 (same directory)
@@ -168,7 +168,7 @@ def test_cli_msglisten_and_msgsend(c):
     import os
     env = dict(os.environ, PYTHONPATH=AGENT_DIR)
     listen = subprocess.Popen(
-        [sys.executable, "-m", "pyctdb.cli", "--socket", c.socket(2), "msglisten", "0x10",
+        [sys.executable, "-m", "pyctdb.tools.cli", "--socket", c.socket(2), "msglisten", "0x10",
          "--count", "2", "--wait", "20", "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
@@ -198,8 +198,8 @@ def test_cli_msglisten_and_msgsend(c):
 def test_malformed_message_frames_are_dropped_and_the_agent_keeps_running(c):
     """Impersonate node 1 (killed) from its address: bad MESSAGE frames drop the
     connection with a log line; node 0 keeps serving; node 1 comes back."""
-    from pyctdb.cluster import nodes_digest
-    from pyctdb.config import load_config
+    from pyctdb.server.cluster import nodes_digest
+    from pyctdb.common.config import load_config
     c.kill(1)
     c.wait_for(lambda: c.status(0)["nodes"][1]["state"] != "OK", 10)
     with pytest.raises(ApiCallError) as ei:  # a node that is not connected

@@ -1,0 +1,89 @@
+"""A small synchronous client of the local API (used by the CLI and the test harness)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import socket
+
+from pyctdb import API_VERSION
+from pyctdb.protocol.api import DEFAULT_SOCKET
+
+
+class ApiCallError(Exception):
+    def __init__(self, code, message):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class AgentUnavailable(Exception):
+    """The agent's socket cannot be reached."""
+
+
+def default_socket() -> str:
+    return os.environ.get("PYCTDB_SOCKET") or DEFAULT_SOCKET
+
+
+class Client:
+    def __init__(self, path=None, timeout=10.0):
+        self.path = path or default_socket()
+        self.timeout = timeout
+        self._sock = None
+        self._buf = b""
+        self._ids = itertools.count(1)
+
+    def _connect(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        try:
+            s.connect(self.path)
+        except FileNotFoundError:
+            s.close()
+            raise AgentUnavailable(f"cannot connect to pyctdbd at {self.path}: no such socket "
+                                   "(is pyctdbd running?)") from None
+        except OSError as exc:
+            s.close()
+            raise AgentUnavailable(f"cannot connect to pyctdbd at {self.path}: "
+                                   f"{exc.strerror or exc} (is pyctdbd running?)") from None
+        self._sock = s
+
+    def call(self, command, **args):
+        if self._sock is None:
+            self._connect()
+        req_id = next(self._ids)
+        line = json.dumps({"version": API_VERSION, "id": req_id, "command": command,
+                           "args": args}) + "\n"
+        try:
+            self._sock.sendall(line.encode())
+            while b"\n" not in self._buf:
+                chunk = self._sock.recv(65536)
+                if not chunk:
+                    raise AgentUnavailable(f"pyctdbd at {self.path} closed the connection")
+                self._buf += chunk
+        except socket.timeout:
+            self.close()
+            raise AgentUnavailable(f"pyctdbd at {self.path} did not answer within "
+                                   f"{self.timeout}s") from None
+        except OSError as exc:
+            self.close()
+            raise AgentUnavailable(f"lost connection to pyctdbd at {self.path}: {exc}") from None
+        resp_line, self._buf = self._buf.split(b"\n", 1)
+        resp = json.loads(resp_line)
+        if not resp.get("ok"):
+            err = resp.get("error") or {}
+            raise ApiCallError(err.get("code", "EIO"), err.get("message", "unknown error"))
+        return resp.get("result")
+
+    def close(self):
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._buf = b""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

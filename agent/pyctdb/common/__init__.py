@@ -1,0 +1,1 @@
+"""Shared by every part: configuration files, tunables, logging set-up."""

@@ -1,1 +1,0 @@
-"""Clustered databases on LMDB (see docs/databases.md)."""

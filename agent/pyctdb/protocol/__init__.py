@@ -1,0 +1,2 @@
+"""Everything that crosses a boundary: node-to-node frames and controls, record
+chunks, the backup file, the local API's wire form, the client fast path's shared layout."""

@@ -1,0 +1,164 @@
+"""Leader election as pure decisions (no I/O, no clocks): tested without a network.
+
+Every cycle each node feeds what it knows into :func:`decide` and acts on the result.
+The rules:
+
+1. A node that is BANNED, STOPPED or has no leader capability never leads; a leader
+   that becomes so steps down.
+2. If any eligible node claims leadership (its last state says it is leader), the lowest
+   claiming PNN is the leader. Everyone else follows it; a leader that sees a lower
+   claimant steps down. With a cluster lock only the lock holder can claim, so there is
+   never more than one; without one (unsafe against split brain, as in CTDB), this rule
+   resolves the double leadership that a partition heals into.
+3. Nobody claims: after the start-up grace, the lowest eligible PNN campaigns (tries to
+   take the cluster lock, then claims). The others wait for it, but only for a while
+   (``candidate_wait_expired``): then every eligible node campaigns, and the lock decides.
+4. With a cluster lock: a leader that loses touch with the majority of the nodes steps
+   down and lets go of the lock, so the majority side can take it (an isolated leader
+   would otherwise keep the lock and no one else could lead). A node that sees no
+   majority waits the leader timeout before it campaigns, giving the majority a head
+   start; if the others really are gone, it then takes over anyway and keeps leading
+   (``led_with_quorum`` is false then), so a lone survivor of a 2-node cluster still
+   leads.
+
+A node that already leads keeps leading while rule 2 allows: a returning node with a
+lower PNN follows the leader it finds instead of taking over (no needless failover).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pyctdb.rules import nodeflags as F
+
+#: Flags that make a node ineligible to lead.
+NOT_ELIGIBLE = F.INACTIVE | F.UNKNOWN
+
+
+@dataclass(frozen=True)
+class PeerView:
+    pnn: int
+    connected: bool
+    flags: int = 0
+    claims_leader: bool = False
+    leader_capable: bool = True
+
+
+@dataclass(frozen=True)
+class ElectionInput:
+    me: int
+    my_flags: int = 0
+    my_leader_capable: bool = True
+    am_leader: bool = False
+    peers: tuple = ()
+    #: the start-up grace is over (or every peer has been heard from)
+    settled: bool = True
+    #: we have waited longer than the leader timeout for the expected candidate
+    candidate_wait_expired: bool = False
+    #: a cluster lock is configured (the quorum rules below apply only then)
+    lock_configured: bool = False
+    #: this node sees more than half of the (non-deleted) nodes, itself included
+    quorum: bool = True
+    #: this node, leading, had a majority at some point of its leadership
+    led_with_quorum: bool = True
+    #: this node has been without a majority for longer than the leader timeout
+    minority_wait_expired: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    #: "lead" (keep leading), "campaign" (try to become leader), "follow",
+    #: "step_down" (stop leading, then follow ``leader`` if any), "wait"
+    action: str
+    leader: object = None  # PNN or None
+    reason: str = ""
+    candidates: tuple = field(default=())
+
+
+def peer_eligible(p: PeerView) -> bool:
+    return p.connected and p.leader_capable and not (p.flags & NOT_ELIGIBLE)
+
+
+def self_eligible(inp: ElectionInput) -> bool:
+    return inp.my_leader_capable and not (inp.my_flags & (F.BANNED | F.STOPPED | F.DELETED))
+
+
+def decide(inp: ElectionInput) -> Decision:
+    me_ok = self_eligible(inp)
+    eligible = sorted(p.pnn for p in inp.peers if peer_eligible(p))
+    claimants = sorted(p.pnn for p in inp.peers if peer_eligible(p) and p.claims_leader)
+    if inp.am_leader and me_ok:
+        claimants = sorted(claimants + [inp.me])
+
+    if (inp.am_leader and me_ok and inp.lock_configured and inp.led_with_quorum
+            and not inp.quorum):
+        return Decision("step_down", None,
+                        "lost touch with the majority of nodes: letting go of the cluster "
+                        "lock so that the majority can elect a leader", tuple(claimants))
+
+    if inp.am_leader and not me_ok:
+        winner = claimants[0] if claimants else None
+        why = "this node is " + (F.pretty(inp.my_flags) if inp.my_flags else
+                                 "not leader capable")
+        return Decision("step_down", winner, f"{why}; it may not lead", tuple(claimants))
+
+    if claimants:
+        winner = claimants[0]
+        if inp.am_leader:
+            if winner == inp.me:
+                others = [c for c in claimants if c != inp.me]
+                why = ("no other claimant" if not others else
+                       f"lowest PNN among claimants {claimants}")
+                return Decision("lead", inp.me, why, tuple(claimants))
+            return Decision("step_down", winner,
+                            f"node {winner} also leads and has the lower PNN "
+                            f"(claimants {claimants})", tuple(claimants))
+        if len(claimants) == 1:
+            why = f"node {winner} is the leader"
+        else:
+            why = f"node {winner} has the lowest PNN among claimants {claimants}"
+        return Decision("follow", winner, why, tuple(claimants))
+
+    # Nobody leads.
+    if not inp.settled:
+        return Decision("wait", None, "start-up grace: waiting to hear from peers")
+    candidates = sorted(eligible + ([inp.me] if me_ok else []))
+    if not candidates:
+        return Decision("wait", None, "no node is eligible to lead", ())
+    if (inp.lock_configured and not inp.quorum and not inp.minority_wait_expired
+            and me_ok):
+        return Decision("wait", None,
+                        "no leader, and this node sees no majority: giving the majority a "
+                        "head start before campaigning", tuple(candidates))
+    if candidates[0] == inp.me:
+        return Decision("campaign", inp.me,
+                        f"no leader; this node has the lowest eligible PNN of {candidates}",
+                        tuple(candidates))
+    if me_ok and inp.candidate_wait_expired:
+        return Decision("campaign", inp.me,
+                        f"no leader; node {candidates[0]} did not take over within the "
+                        f"leader timeout, so this node tries", tuple(candidates))
+    return Decision("wait", None,
+                    f"no leader; expecting node {candidates[0]} (lowest eligible PNN of "
+                    f"{candidates}) to take over", tuple(candidates))
+
+
+def vnnmap_for(members, lmaster_capable) -> list:
+    """The vnn map: active members that can be location masters, by PNN."""
+    return sorted(p for p in members if lmaster_capable.get(p, True))
+
+
+def recovery_abort(members, me, connected, leading=True):
+    """Why the leader's recovery for ``members`` must stop and start again, or None: a
+    member other than this node (``me``) is no longer connected (``connected``: the
+    PNNs with a link up). Waiting for its controls to time out would hold up the whole
+    cluster, and the recovery's result would not include it anyway. Or this node no
+    longer leads (``leading`` false: it lost the cluster lock): another leader's
+    recovery must not meet this one's pushes."""
+    if not leading:
+        return "this node is no longer the leader"
+    lost = sorted(m for m in members if m != me and m not in connected)
+    if not lost:
+        return None
+    return (f"lost member{'s' if len(lost) > 1 else ''} {lost} during the recovery of "
+            f"{sorted(members)}")

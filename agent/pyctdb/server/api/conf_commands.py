@@ -1,0 +1,278 @@
+"""The cluster registry's API commands (``conf_*``, docs/api.md) and the watcher that
+applies the registry's ``[pyctdb:tunables]`` to this node's tunables.
+
+The registry lives in the persistent database ``pyctdb_registry.tdb`` (attached on every
+node at the first change); every change is one persistent transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from pyctdb.rules import registry as R
+from pyctdb.server.api.db_commands import db_command
+
+log = logging.getLogger("pyctdb.registry")
+
+
+def _api_error(code, message):
+    from pyctdb.errors import ApiError
+    return ApiError(code, message)
+
+
+def commands(server):
+    """The ``conf_*`` commands for ApiServer ``server`` (its ``db``: Databases or None)."""
+    from pyctdb.errors import DbError
+    lock = asyncio.Lock()  # read-modify-write of this node's requests, one at a time
+    CONFLICT_RETRIES = 20
+
+    def wrap(fn):
+        return db_command(server, fn, errors=((R.RegistryError, "EINVAL"),))
+
+    async def records(db):
+        try:
+            db.find(R.DB_NAME)
+        except DbError as exc:
+            if exc.code == "ENOENT":
+                return []  # no registry yet: an empty configuration
+            raise
+        return [(k, r.value) for k, r in await db.traverse(R.DB_NAME)]
+
+    async def current(db):
+        recs = await records(db)
+        return recs, R.decode(recs)
+
+    def seqnum(db):
+        try:
+            return db.find(R.DB_NAME)[1]["seqnum"]
+        except DbError:
+            return 0
+
+    async def commit(db, writes, expect):
+        """One transaction: ``writes`` [(key, value bytes or None)], computed from the
+        registry at sequence number ``expect``; DbError EBUSY if another node changed it
+        since."""
+        if not writes:
+            return seqnum(db)
+        try:
+            db.find(R.DB_NAME)
+        except DbError as exc:
+            if exc.code != "ENOENT":
+                raise
+            await db.attach(R.DB_NAME, True)
+        return await db.commit(R.DB_NAME, writes, expect_seqnum=expect)
+
+    async def read_modify_write(db, change, check=False):
+        """``change(recs)`` -> (writes, result) from the registry's records, committed
+        only if no other writer changed the registry in between; on a conflict it is read
+        and computed again (concurrent edits on several nodes both take effect, the
+        second on top of the first). ``check``: compute, commit nothing. Returns
+        (result, seqnum, writes)."""
+        for attempt in range(CONFLICT_RETRIES):
+            async with lock:
+                seq = seqnum(db)
+                writes, result = change(await records(db))
+                if not writes or check:
+                    return result, seq, writes
+                try:
+                    return result, await commit(db, writes, seq), writes
+                except DbError as exc:
+                    if exc.code != "EBUSY" or attempt == CONFLICT_RETRIES - 1:
+                        raise
+                    log.info("registry: changed by another node meanwhile (%s); again",
+                             exc.message)
+            await asyncio.sleep(0.01 * (attempt + 1))  # our copy catches up meanwhile
+
+    def section_writes(recs, old, new):
+        """The write that turns section ``old`` into ``new`` (either may be None)."""
+        if new is None:
+            return [(R.key_of(old["name"]), None)] if old is not None else []
+        if old == new:
+            return []
+        k = R.key_of(new["name"])
+        orders = R.orders(recs)
+        order = orders.get(k, max(orders.values(), default=0) + 1)
+        value = R.encode(new, order)
+        from pyctdb.rules import records as L
+        try:
+            L.check_value(value)
+        except ValueError as exc:
+            raise R.RegistryError(f"section [{new['name']}]: {exc}") from None
+        return [(k, value)]
+
+    def show(sec):
+        return None if sec is None else {"name": sec["name"], "params": sec["params"],
+                                         "text": R.format_section(sec)}
+
+    async def conf_list(db):
+        _recs, secs = await current(db)
+        return {"sections": secs, "text": R.format_config(secs), "seqnum": seqnum(db)}
+
+    async def conf_showsection(db, section):
+        _recs, secs = await current(db)
+        sec = R.find(secs, section)
+        if sec is None:
+            raise _api_error("ENOENT", f"error getting share parameters: section "
+                                       f"'{R.section_name(section)}' does not exist")
+        return show(sec)
+
+    async def existing(db, section, param):
+        """(section, value) of a set parameter; net conf's errors otherwise."""
+        _recs, secs = await current(db)
+        sec = R.find(secs, section)
+        if sec is None:
+            raise _api_error("ENOENT", f"Error: given service '{R.section_name(section)}' "
+                                       "does not exist.")
+        value = R.get_param(sec, param)
+        if value is None:
+            raise _api_error("ENOENT", f"Error: given parameter "
+                                       f"'{R.param_name(sec['name'], param)}' is not set.")
+        return sec, value
+
+    async def conf_getparm(db, section, param):
+        sec, value = await existing(db, section, param)
+        return {"section": sec["name"], "param": R.param_name(sec["name"], param),
+                "value": value}
+
+    async def conf_update(db, section, set=None, delete=None, exclusive=False,
+                          delete_section=False, check=False):
+        """Change one section in one transaction: set ``set`` ({param: value}), delete
+        the parameters ``delete``, keep only ``set`` (``exclusive``) or remove the
+        section (``delete_section``). ``check``: compute, change nothing."""
+        if set is not None and not isinstance(set, dict):
+            raise R.RegistryError("set must be an object {param: value}")
+        if delete is not None and not (isinstance(delete, list) and all(
+                isinstance(p, str) for p in delete)):
+            raise R.RegistryError("delete must be a list of parameter names")
+        def change(recs):
+            old = R.find(R.decode(recs), section)
+            if delete_section:
+                R.section_name(section)
+                new = None
+            else:
+                new = R.update_section(old, section, set, delete, bool(exclusive))
+            return section_writes(recs, old, new), (old, new)
+
+        (old, new), seq, writes = await read_modify_write(db, change, check)
+        if writes and not check:
+            log.warning("registry: section [%s] %s (seqnum %d)", R.section_name(section),
+                        "deleted" if new is None else "changed", seq)
+        return {"changed": bool(writes), "section": R.section_name(section),
+                "before": show(old), "after": show(new), "seqnum": seq}
+
+    async def conf_setparm(db, section, param, value):
+        return await conf_update(db, section, set={param: value})
+
+    async def conf_delparm(db, section, param):
+        await existing(db, section, param)
+        return await conf_update(db, section, delete=[param])
+
+    async def conf_delsection(db, section):
+        _recs, secs = await current(db)
+        if R.find(secs, section) is None:
+            raise _api_error("ENOENT", f"Error deleting share {R.section_name(section)}: "
+                                       "no such section")
+        return await conf_update(db, section, delete_section=True)
+
+    async def conf_drop(db):
+        def change(recs):
+            return [(k, None) for k, _v in recs if k.startswith(R.PREFIX)], None
+
+        _none, seq, writes = await read_modify_write(db, change)
+        log.warning("registry dropped (%d sections, seqnum %d)", len(writes), seq)
+        return {"sections": len(writes), "seqnum": seq}
+
+    async def conf_import(db, text, source="<input>", section=None, test=False):
+        """Replace the configuration with smb.conf-style ``text`` (only ``section`` of
+        it: replace that section), as ``net conf import``; one transaction."""
+        if not isinstance(text, str) or not isinstance(source, str):
+            raise R.RegistryError("text and source must be strings")
+        secs = R.parse(text, source)
+        if section is not None:
+            want = R.find(secs, section)
+            if want is None:
+                raise _api_error("ENOENT", f"Share {R.section_name(section)} not found in "
+                                           f"file {source}")
+            secs = [want]
+        def change(recs):
+            if section is None:
+                writes = {k: None for k, _v in recs if k.startswith(R.PREFIX)}
+                for i, s in enumerate(secs, 1):
+                    writes[R.key_of(s["name"])] = R.encode(s, i)
+                writes = list(writes.items())
+            else:
+                old = R.find(R.decode(recs), section)
+                writes = section_writes(recs, old, secs[0])
+            from pyctdb.rules import records as L
+            for k, v in writes:
+                if v is not None:
+                    try:
+                        L.check_value(v)
+                    except ValueError as exc:
+                        raise R.RegistryError(f"{source}: section {k[len(R.PREFIX):]!r}: "
+                                              f"{exc}") from None
+            return writes, None
+
+        _none, seq, _writes = await read_modify_write(db, change, bool(test))
+        if not test:
+            log.warning("registry: imported %d sections from %s (seqnum %d)", len(secs),
+                        source, seq)
+        return {"sections": secs, "text": R.format_config(secs), "test": bool(test),
+                "seqnum": seq}
+
+    return {f.__name__: wrap(f) for f in (
+        conf_list, conf_showsection, conf_getparm, conf_update, conf_setparm, conf_delparm,
+        conf_delsection, conf_drop, conf_import)}
+
+
+class TunablesWatcher:
+    """Applies the registry's ``[pyctdb:tunables]`` to ``tunables`` whenever the
+    registry's sequence number on this node changes (checked each cluster cycle: one dict
+    lookup). A tunable the registry stops setting goes back to the value it had before
+    the registry set it (the tunables file's or a ``setvar``'s)."""
+
+    def __init__(self, databases, tunables, cluster=None):
+        self.db = databases
+        self.tunables = tunables
+        self.cluster = cluster
+        self.seen = None
+        self.base = {}  # tunable -> its value before the registry set it
+        self.applied = {}
+        if cluster is not None:
+            cluster.cycle_hooks.append(self.on_cycle)
+
+    def on_cycle(self, now=None):
+        st = self.db.stores[True]
+        meta = st.meta.get(R.DB_NAME)
+        seq = None if meta is None else meta["seqnum"]
+        if seq == self.seen:
+            return
+        self.seen = seq
+        if meta is None or R.DB_NAME in st.damaged:
+            want = {}
+        else:
+            try:
+                recs = [(k, r.value) for k, r in st.items(R.DB_NAME) if not r.deleted]
+                want = R.tunables_of(R.decode(recs))
+            except Exception as exc:  # noqa: BLE001 - keep the node's tunables as they are
+                log.error("registry (seqnum %s): tunables not applied: %s", seq, exc)
+                return
+        self.apply(want)
+
+    def apply(self, want):
+        changed = []
+        for name in list(self.base):
+            if name not in want:
+                self.tunables.set(name, self.base.pop(name))
+                changed.append(f"{name}={self.tunables.get(name)} (registry entry removed)")
+        for name, value in want.items():
+            if name not in self.base:
+                self.base[name] = self.tunables.get(name)
+            if self.tunables.get(name) != value:
+                self.tunables.set(name, value)
+                changed.append(f"{name}={value}")
+        self.applied = dict(want)
+        if changed:
+            log.warning("tunables from the cluster registry: %s", ", ".join(changed))
+            if self.cluster is not None:
+                self.cluster.kick()

@@ -1,0 +1,220 @@
+"""pyctdbd: the pyctdb cluster agent.
+
+    pyctdbd [--config-dir DIR] [--socket PATH] [--check-config] [--log-stderr]
+    pyctdbd --drop-public-ips [--config-dir DIR] [--socket PATH]
+
+Runs in the foreground (systemd ``Type=notify``): it reports ``READY=1`` once this node
+has joined the cluster (a leader is known, the leader's generation adopted and recovery
+mode is NORMAL). SIGTERM/SIGINT shut it down cleanly: it says BYE to its peers, lets go
+of the cluster lock and removes its socket. Exit codes: 0 clean stop, 1 runtime failure,
+2 bad configuration or arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from pyctdb import __version__
+from pyctdb.protocol.api import DEFAULT_SOCKET
+from pyctdb.errors import ApiError
+from pyctdb.server.api.server import ApiServer
+
+log = logging.getLogger("pyctdb.daemon")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="pyctdbd", description="pyctdb cluster agent")
+    p.add_argument("--config-dir", default=os.environ.get("PYCTDB_CONFIG_DIR", "/etc/pyctdb"),
+                   help="configuration directory (default /etc/pyctdb)")
+    p.add_argument("--socket", default=None,
+                   help=f"API socket to serve (default $PYCTDB_SOCKET or {DEFAULT_SOCKET})")
+    p.add_argument("--check-config", action="store_true",
+                   help="validate the configuration, print a summary and exit (0 = valid, "
+                        "2 = invalid)")
+    p.add_argument("--drop-public-ips", action="store_true",
+                   help="remove this node's public addresses (those of the public_addresses "
+                        "file and those the agent recorded as hosted, e.g. added with addip) "
+                        "from its interfaces and exit (for systemd's ExecStopPost, so a "
+                        "killed agent leaves none behind); give the agent's --socket")
+    p.add_argument("--log-stderr", action="store_true",
+                   help="log to standard error instead of the configured location")
+    p.add_argument("--version", action="version", version=f"pyctdbd {__version__}")
+    return p.parse_args(argv)
+
+
+def load(args):
+    """Load and check everything; return ``(config, me, tunables)`` or raise ConfigError."""
+    from pyctdb.common.config import load_config, resolve_node_address
+    from pyctdb.common.tunables import Tunables
+    config = load_config(args.config_dir)
+    me = resolve_node_address(config)
+    tunables = Tunables(config.tunables)
+    return config, me, tunables
+
+
+def socket_path_of(args):
+    return args.socket or os.environ.get("PYCTDB_SOCKET") or DEFAULT_SOCKET
+
+
+def event_loop():
+    """The event loop the agent runs on: ``(name, factory)``. uvloop (libuv) when it is
+    installed — a dependency of the package: it halves the event loop's own cost per
+    message — else asyncio's; ``PYCTDB_EVENT_LOOP=asyncio`` chooses asyncio's. Only the
+    agent's loop: threads that make their own loops (pyroute2's) keep asyncio's."""
+    want = os.environ.get("PYCTDB_EVENT_LOOP", "uvloop")
+    if want != "asyncio" and hasattr(asyncio, "Runner"):  # (Python 3.11)
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return f"uvloop {uvloop.__version__}", uvloop.new_event_loop
+    return "asyncio", None
+
+
+async def _serve(config, me, tunables, socket_path, ring):
+    from pyctdb.server.cluster import Cluster
+    from pyctdb.server.clusterlock import make_lock
+    from pyctdb.server.sdnotify import notify
+
+    from pyctdb.server.events import EventRunner, Monitor
+    from pyctdb.server.failover import Failover, hosted_ips_path
+
+    lock = make_lock(config.cluster_lock)
+    cluster = Cluster(config, me, tunables, lock=lock)
+    events = EventRunner(config.config_dir, tunables)
+    monitor = Monitor(cluster, events, tunables)
+    failover = Failover(cluster, config, tunables, events=events,
+                        hosted_file=hosted_ips_path(socket_path))
+    from pyctdb.server.db.databases import Databases
+    databases = Databases(cluster, config)
+    databases.open()
+    from pyctdb.server.api.conf_commands import (TunablesWatcher)  # [pyctdb:tunables] of the registry
+    TunablesWatcher(databases, tunables, cluster)
+    api = ApiServer(socket_path, cluster, tunables, log_buffer=ring, failover=failover,
+                    events=events, db=databases)
+    from pyctdb.server.messaging import Messaging
+    api.messaging = Messaging(cluster)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    def ready():
+        notify(f"READY=1\nSTATUS=joined: node {cluster.pnn}, leader {cluster.leader}, "
+               f"generation {cluster.generation}")
+    cluster.on_joined.append(ready)
+
+    try:
+        await api.start()
+    except ApiError as exc:
+        log.error("%s", exc.message)
+        print(f"pyctdbd: {exc.message}", file=sys.stderr)
+        return 1
+    try:
+        await cluster.start()
+    except OSError as exc:
+        await api.stop()
+        msg = f"cannot listen on {me.address}:{config.port}: {exc.strerror or exc}"
+        log.error("%s", msg)
+        print(f"pyctdbd: {msg}", file=sys.stderr)
+        return 1
+    monitor.start()
+    notify(f"STATUS=node {cluster.pnn} ({me.address}) waiting to join")
+    await stop.wait()
+    log.warning("shutting down (signal received)")
+    notify("STOPPING=1")
+    await failover.evacuate(timeout=10.0)
+    await monitor.stop()
+    await failover.stop()
+    try:
+        await asyncio.wait_for(events.run("shutdown"), 10)
+    except Exception as exc:
+        log.error("shutdown event: %s", exc)
+    await cluster.stop()
+    await api.stop()
+    databases.close()
+    log.warning("stopped")
+    return 0
+
+
+def drop_public_ips(config, hosted_file):
+    """Remove from this host's interfaces every address of the public_addresses file and
+    every address recorded in ``hosted_file`` (what the agent hosted, including runtime
+    additions); the record is then removed, or keeps what could not be removed."""
+    from pyctdb.server.failover import read_hosted, write_hosted
+    rc = 0
+    try:
+        recorded = read_hosted(hosted_file)
+    except ValueError as exc:
+        print(f"pyctdbd: {exc}", file=sys.stderr)
+        recorded, rc = {}, 1
+    todo = {pa.address: pa.prefix for pa in config.public_addresses}
+    todo.update({a: prefix for a, (prefix, _iface) in recorded.items()})
+    if not todo:
+        return rc
+    from pyctdb.server import netops
+    present = netops.all_addresses()
+    left = {}
+    for addr, prefix in todo.items():
+        iface = present.get(addr)
+        if iface is None:
+            continue
+        try:
+            netops.del_address(iface, addr, prefix)
+            netops.kill_local_connections(addr)
+            print(f"pyctdbd: removed {addr}/{prefix} from {iface}")
+        except netops.NetError as exc:
+            print(f"pyctdbd: {exc}", file=sys.stderr)
+            rc = 1
+            if addr in recorded:
+                left[addr] = recorded[addr]
+    if recorded:
+        try:
+            write_hosted(hosted_file, left)
+        except OSError as exc:
+            print(f"pyctdbd: cannot write {hosted_file}: {exc}", file=sys.stderr)
+            rc = 1
+    return rc
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    from pyctdb.errors import ConfigError
+    try:
+        config, me, tunables = load(args)
+    except ConfigError as exc:
+        print(f"pyctdbd: {exc}", file=sys.stderr)
+        return 2
+    if args.drop_public_ips:
+        from pyctdb.server.failover import hosted_ips_path
+        return drop_public_ips(config, hosted_ips_path(socket_path_of(args)))
+    if args.check_config:
+        active = [n for n in config.nodes if not n.deleted]
+        print(f"{config.conf_path}: OK: {len(config.nodes)} nodes ({len(active)} active) "
+              f"from {config.nodes_source}; this node is PNN {me.pnn} ({me.address}); "
+              f"{len(config.public_addresses)} public addresses; cluster lock: "
+              f"{config.cluster_lock or 'none'}")
+        return 0
+    from pyctdb.common.logsetup import setup
+    ring = setup("stderr" if args.log_stderr else config.log_location, config.log_level)
+    socket_path = socket_path_of(args)
+    loop_name, loop_factory = event_loop()
+    log.warning("pyctdbd %s starting: node %d (%s), config %s, socket %s, event loop %s",
+                __version__, me.pnn, me.address, args.config_dir, socket_path, loop_name)
+    try:
+        if loop_factory is None:
+            return asyncio.run(_serve(config, me, tunables, socket_path, ring))
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(_serve(config, me, tunables, socket_path, ring))
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

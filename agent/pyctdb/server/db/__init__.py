@@ -1,0 +1,1 @@
+"""The clustered databases of one node and their LMDB storage backend."""
