@@ -24,7 +24,7 @@ import time
 import zlib
 from dataclasses import dataclass
 
-from pyctdb.rules import records as L
+from pyctdb.rules import records as recs
 
 MAGIC = b"PYCTDBBK"
 END = b"PYCTDBND"
@@ -50,7 +50,7 @@ class Backup:
 def write(path, name, persistent, seqnum, records) -> int:
     """Write ``records`` ([(key, Record)]) to ``path`` (atomically: a temporary file
     renamed). Returns the number of records."""
-    header = json.dumps({"db_name": name, "db_id": L.db_id(name),
+    header = json.dumps({"db_name": name, "db_id": recs.db_id(name),
                          "persistent": bool(persistent), "seqnum": int(seqnum),
                          "records": len(records), "time": time.time()}).encode()
     tmp = f"{path}.tmp.{os.getpid()}"
@@ -94,7 +94,7 @@ def read(path) -> Backup:
         h = json.loads(body[pos:pos + hlen])
         name, persistent, seqnum, count = (h["db_name"], bool(h["persistent"]),
                                            int(h["seqnum"]), int(h["records"]))
-        L.check_name(name)
+        recs.check_name(name)
     except (ValueError, KeyError, TypeError) as exc:
         raise BackupError(f"{where} has a bad header: {exc}") from None
     pos += hlen
@@ -107,16 +107,16 @@ def read(path) -> Backup:
             if len(k) != klen or len(v) != vlen:
                 raise BackupError("record runs past the end")
             pos += klen + vlen
-            L.check_key(k)
-            L.check_value(v)
-            if flags & ~L.KNOWN_FLAGS:
+            recs.check_key(k)
+            recs.check_value(v)
+            if flags & ~recs.KNOWN_FLAGS:
                 raise BackupError(f"record has unknown flags 0x{flags:08x}")
-            records.append((k, L.Record(rsn, dmaster, flags, v)))
+            records.append((k, recs.Record(rsn, dmaster, flags, v)))
     except (struct.error, ValueError) as exc:
         raise BackupError(f"{where} is damaged: record {len(records) + 1} of {count}: "
                           f"{exc}") from None
     if pos != len(body):
         raise BackupError(f"{where} is damaged: {len(body) - pos} bytes after the "
                           f"{count} records")
-    return Backup(name, int(h.get("db_id", L.db_id(name))), persistent, seqnum,
+    return Backup(name, int(h.get("db_id", recs.db_id(name))), persistent, seqnum,
                   float(h.get("time", 0)), records)

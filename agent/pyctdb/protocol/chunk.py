@@ -22,14 +22,14 @@ import binascii
 import struct
 import zlib
 
-from pyctdb.rules import records as L
+from pyctdb.rules import records
 
 MAGIC = b"PCRC"
 VERSION = 1
 _HEAD = struct.Struct("!4sHHI")
 _REC = struct.Struct("!HI")
 _CRC = struct.Struct("!I")
-_MAX_DATA = L.HEADER_SIZE + L.MAX_VALUE
+_MAX_DATA = records.HEADER_SIZE + records.MAX_VALUE
 
 
 class ChunkError(ValueError):
@@ -83,8 +83,8 @@ def decode(blob) -> list:
         raise ChunkError("chunk checksum mismatch (damaged in transit)")
     out = []
     append = out.append
-    unpack_rec, unpack_hdr = _REC.unpack_from, L.HEADER.unpack_from
-    known, deleted, hsize, max_key = L.KNOWN_FLAGS, L.REC_DELETED, L.HEADER_SIZE, L.MAX_KEY
+    unpack_rec, unpack_hdr = _REC.unpack_from, records.HEADER.unpack_from
+    known, deleted, hsize, max_key = records.KNOWN_FLAGS, records.REC_DELETED, records.HEADER_SIZE, records.MAX_KEY
     pos = _HEAD.size
     for i in range(count):
         if pos + 6 > end:

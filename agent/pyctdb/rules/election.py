@@ -29,10 +29,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pyctdb.rules import nodeflags as F
+from pyctdb.rules import nodeflags
 
 #: Flags that make a node ineligible to lead.
-NOT_ELIGIBLE = F.INACTIVE | F.UNKNOWN
+NOT_ELIGIBLE = nodeflags.INACTIVE | nodeflags.UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def peer_eligible(p: PeerView) -> bool:
 
 
 def self_eligible(inp: ElectionInput) -> bool:
-    return inp.my_leader_capable and not (inp.my_flags & (F.BANNED | F.STOPPED | F.DELETED))
+    return inp.my_leader_capable and not (inp.my_flags & (nodeflags.BANNED | nodeflags.STOPPED | nodeflags.DELETED))
 
 
 def decide(inp: ElectionInput) -> Decision:
@@ -98,7 +98,7 @@ def decide(inp: ElectionInput) -> Decision:
 
     if inp.am_leader and not me_ok:
         winner = claimants[0] if claimants else None
-        why = "this node is " + (F.pretty(inp.my_flags) if inp.my_flags else
+        why = "this node is " + (nodeflags.pretty(inp.my_flags) if inp.my_flags else
                                  "not leader capable")
         return Decision("step_down", winner, f"{why}; it may not lead", tuple(claimants))
 

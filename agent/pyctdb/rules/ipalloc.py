@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from functools import reduce
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from pyctdb.rules import nodeflags as F
+from pyctdb.rules import nodeflags
 
 __all__ = [
     "PublicIP", "allocate", "can_host_ips", "parse_input", "parse_multi",
@@ -76,7 +76,7 @@ _ALGORITHM_ALIASES = {
 
 # A node offers no addresses if any of these is set (CTDB: NODE_FLAGS_INACTIVE |
 # NODE_FLAGS_DISABLED; pyctdb's UNKNOWN - "state not yet known" - is treated alike).
-_CANNOT_HOST = F.INACTIVE | F.DISABLED | F.UNKNOWN
+_CANNOT_HOST = nodeflags.INACTIVE | nodeflags.DISABLED | nodeflags.UNKNOWN
 
 _M32 = 0xFFFFFFFF
 _SELF_SQ = 128 * 128           # squared distance of an address to itself

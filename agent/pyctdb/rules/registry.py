@@ -62,9 +62,9 @@ def param_name(section: str, name) -> str:
     if any(c in n for c in "=\n\r\0") or n.startswith(("[", "#", ";")):
         raise RegistryError(f"invalid parameter name {name!r}")
     if section == TUNABLES_SECTION:
-        from pyctdb.common import tunables as T
+        from pyctdb.common import tunables
         try:
-            t = T.lookup(n)
+            t = tunables.lookup(n)
         except KeyError as exc:
             raise RegistryError(str(exc)) from None
         if t.obsolete:
@@ -86,9 +86,9 @@ def param_value(section: str, param: str, value) -> str:
     if any(c in v for c in "\n\r\0"):
         raise RegistryError(f"value of {param!r} must be one line")
     if section == TUNABLES_SECTION:
-        from pyctdb.common import tunables as T
+        from pyctdb.common import tunables
         try:
-            T.parse_value(T.lookup(param), v)
+            tunables.parse_value(tunables.lookup(param), v)
         except ValueError as exc:
             raise RegistryError(str(exc)) from None
     return v
@@ -231,13 +231,13 @@ def orders(records) -> dict:
 def tunables_of(sections: list) -> dict:
     """``{tunable: value}`` of the tunables section (values parsed); RegistryError
     naming the first bad entry."""
-    from pyctdb.common import tunables as T
+    from pyctdb.common import tunables
     sec = next((s for s in sections if s["name"] == TUNABLES_SECTION), None)
     out = {}
     for k, v in (sec["params"] if sec else []):
         try:
-            t = T.lookup(k)
-            out[t.name] = T.parse_value(t, v)
+            t = tunables.lookup(k)
+            out[t.name] = tunables.parse_value(t, v)
         except (KeyError, ValueError) as exc:
             raise RegistryError(f"[{TUNABLES_SECTION}] {k} = {v}: {exc}") from None
     return out

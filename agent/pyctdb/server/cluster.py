@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 from pyctdb import __version__
 from pyctdb.rules import election
-from pyctdb.rules import nodeflags as F
-from pyctdb.protocol import frames as P
+from pyctdb.rules import nodeflags
+from pyctdb.protocol import frames
 from pyctdb.server.clusterlock import CONTENDED, TAKEN
 from pyctdb.server.transport import Transport
 from pyctdb.errors import ControlError
@@ -67,9 +67,9 @@ class Cluster:
                       if not n.deleted and n.pnn != self.pnn}
         self.my_flags = 0
         if config.start_as_stopped:
-            self.my_flags |= F.STOPPED
+            self.my_flags |= nodeflags.STOPPED
         if config.start_as_disabled:
-            self.my_flags |= F.PERMANENTLY_DISABLED
+            self.my_flags |= nodeflags.PERMANENTLY_DISABLED
         self.leader_capable = bool(config.leader_capability)
         self.lmaster_capable = bool(config.lmaster_capability)
 
@@ -180,7 +180,7 @@ class Cluster:
         peer.state = None
         peer.last_heard = self.clock()
         log.info("node %d (%s) connected", pnn, peer.address)
-        self.transport.send(pnn, P.MsgType.STATE, self._state_payload())
+        self.transport.send(pnn, frames.MsgType.STATE, self._state_payload())
         self.kick()
 
     def _on_link_down(self, pnn, reason):
@@ -205,19 +205,19 @@ class Cluster:
         p = frame.payload
         if p.get("instance") != peer.instance:
             return  # a stale frame from an older process of that node
-        if frame.type == P.MsgType.STATE:
+        if frame.type == frames.MsgType.STATE:
             old = peer.state
             peer.state = p
             if old is None or any(old.get(k) != v for k, v in p.items() if k != "connected"):
                 self.kick()
-        elif frame.type == P.MsgType.BYE:
+        elif frame.type == frames.MsgType.BYE:
             log.info("node %d is shutting down", pnn)
             self.transport.drop(pnn, "node shut down")
-        elif frame.type == P.MsgType.CONTROL:
+        elif frame.type == frames.MsgType.CONTROL:
             t = asyncio.create_task(self._serve_control(pnn, p))
             self._control_tasks.add(t)
             t.add_done_callback(self._control_tasks.discard)
-        elif frame.type == P.MsgType.REPLY:
+        elif frame.type == frames.MsgType.REPLY:
             entry = self._pending.get(p["req_id"])
             if entry is not None and entry[0] == pnn and not entry[1].done():
                 if p["ok"]:
@@ -246,7 +246,7 @@ class Cluster:
         fut = asyncio.get_running_loop().create_future()
         self._pending[req_id] = (pnn, fut)
         try:
-            if not self.transport.send(pnn, P.MsgType.CONTROL, {
+            if not self.transport.send(pnn, frames.MsgType.CONTROL, {
                     "pnn": self.pnn, "instance": self.instance, "req_id": req_id, "op": op,
                     "args": dict(args or {})}):
                 raise ControlError(pnn, f"node {pnn} is not connected")
@@ -274,7 +274,7 @@ class Cluster:
         except Exception as exc:  # a failing handler answers, it does not kill the daemon
             log.exception("control %s from node %d failed", p["op"], pnn)
             reply.update(ok=False, error=f"{type(exc).__name__}: {exc}")
-        self.transport.send(pnn, P.MsgType.REPLY, reply)
+        self.transport.send(pnn, frames.MsgType.REPLY, reply)
 
     def reload_nodes(self, new_nodes):
         """Apply a new nodes list (``reloadnodes``, CTDB's rules: nodes.changes). New
@@ -405,9 +405,9 @@ class Cluster:
 
     def peer_flags(self, peer) -> int:
         if not peer.link_up:
-            return F.DISCONNECTED
+            return nodeflags.DISCONNECTED
         if peer.state is None:
-            return F.UNKNOWN
+            return nodeflags.UNKNOWN
         return int(peer.state["flags"])
 
     def _settled(self, now) -> bool:
@@ -533,9 +533,9 @@ class Cluster:
         log.warning("this node is no longer the leader: %s", reason)
 
     def _active_members(self) -> list:
-        members = [self.pnn] if F.is_active(self.my_flags) else []
+        members = [self.pnn] if nodeflags.is_active(self.my_flags) else []
         for p in self.peers.values():
-            if p.link_up and p.state is not None and F.is_active(self.peer_flags(p)):
+            if p.link_up and p.state is not None and nodeflags.is_active(self.peer_flags(p)):
                 members.append(p.pnn)
         return sorted(members)
 
@@ -689,7 +689,7 @@ class Cluster:
         return (self.leader is not None and self.generation is not None
                 and self.recmode == RECMODE_NORMAL
                 and (self.am_leader or self.pnn in self.members
-                     or not F.is_active(self.my_flags)))
+                     or not nodeflags.is_active(self.my_flags)))
 
     def _update_joined(self):
         if self.is_joined() and not self.joined.is_set():
@@ -721,15 +721,15 @@ class Cluster:
         changed = self._last_sent is None or any(
             payload[k] != self._last_sent.get(k) for k in payload if k != "connected")
         if force or changed or now - self._last_sent_at >= self.keepalive_interval:
-            self.transport.broadcast(P.MsgType.STATE, payload)
+            self.transport.broadcast(frames.MsgType.STATE, payload)
             self._last_sent = payload
             self._last_sent_at = now
 
     # -- node administration (this node's own flags) ------------------------------------
     ADMIN = {
-        "disable": (F.PERMANENTLY_DISABLED, 0), "enable": (0, F.PERMANENTLY_DISABLED),
-        "stop": (F.STOPPED, 0), "continue": (0, F.STOPPED),
-        "ban": (F.BANNED, 0), "unban": (0, F.BANNED),
+        "disable": (nodeflags.PERMANENTLY_DISABLED, 0), "enable": (0, nodeflags.PERMANENTLY_DISABLED),
+        "stop": (nodeflags.STOPPED, 0), "continue": (0, nodeflags.STOPPED),
+        "ban": (nodeflags.BANNED, 0), "unban": (0, nodeflags.BANNED),
     }
 
     def admin(self, action, ban_seconds=None) -> dict:
@@ -747,18 +747,18 @@ class Cluster:
             self._ban_until = None
         if self.my_flags != old:
             log.warning("node %d: %s%s: flags %s -> %s", self.pnn, action,
-                        f" for {ban_seconds}s" if action == "ban" else "", F.pretty(old),
-                        F.pretty(self.my_flags))
+                        f" for {ban_seconds}s" if action == "ban" else "", nodeflags.pretty(old),
+                        nodeflags.pretty(self.my_flags))
         self.kick()
         return {"pnn": self.pnn, "old_flags": old, "flags": self.my_flags,
-                "state": F.pretty(self.my_flags), "changed": old != self.my_flags}
+                "state": nodeflags.pretty(self.my_flags), "changed": old != self.my_flags}
 
     def _expire_ban(self, now):
         until = getattr(self, "_ban_until", None)
         if until is not None and now >= until:
             self._ban_until = None
-            if self.my_flags & F.BANNED:
-                self.my_flags &= ~F.BANNED
+            if self.my_flags & nodeflags.BANNED:
+                self.my_flags &= ~nodeflags.BANNED
                 log.warning("node %d: ban period over, no longer BANNED", self.pnn)
 
     # -- queries (for the API) -----------------------------------------------------------
@@ -770,7 +770,7 @@ class Cluster:
         for n in self.nodes:
             if n.deleted:
                 num_deleted += 1
-                fl, leader, gen = F.DELETED, None, None
+                fl, leader, gen = nodeflags.DELETED, None, None
             elif n.pnn == self.pnn:
                 fl, leader, gen = self.my_flags, self.leader, self.generation
             else:
@@ -784,7 +784,7 @@ class Cluster:
                     healthy = False
             nodes.append({
                 "pnn": n.pnn, "address": n.address, "flags": fl,
-                "flag_names": F.flag_names(fl), "state": F.pretty(fl),
+                "flag_names": nodeflags.flag_names(fl), "state": nodeflags.pretty(fl),
                 "this_node": n.pnn == self.pnn, "deleted": n.deleted, "leader": leader,
                 "generation": gen})
         return {

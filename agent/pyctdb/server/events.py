@@ -29,7 +29,7 @@ import signal
 import stat
 import time
 
-from pyctdb.rules import nodeflags as F
+from pyctdb.rules import nodeflags
 
 log = logging.getLogger("pyctdb.events")
 
@@ -165,7 +165,7 @@ class Monitor:
         self._task = None
         self.failures = 0
         if runner.has_enabled():
-            cluster.my_flags |= F.UNHEALTHY  # until the first successful monitor
+            cluster.my_flags |= nodeflags.UNHEALTHY  # until the first successful monitor
 
     def start(self):
         self._task = asyncio.create_task(self._loop(), name="monitor")
@@ -194,16 +194,16 @@ class Monitor:
 
     def _apply(self, ok, res):
         c = self.cluster
-        was = bool(c.my_flags & F.UNHEALTHY)
+        was = bool(c.my_flags & nodeflags.UNHEALTHY)
         if ok:
             self.failures = 0
             if was:
-                c.my_flags &= ~F.UNHEALTHY
+                c.my_flags &= ~nodeflags.UNHEALTHY
                 log.warning("monitor event OK: node %d is healthy again", c.pnn)
                 c.kick()
         else:
             self.failures += 1
             if not was:
-                c.my_flags |= F.UNHEALTHY
+                c.my_flags |= nodeflags.UNHEALTHY
                 log.warning("monitor event %s: node %d is UNHEALTHY", res["status"], c.pnn)
                 c.kick()

@@ -40,7 +40,7 @@ import logging
 import os
 import time
 
-from pyctdb.rules import nodeflags as F
+from pyctdb.rules import nodeflags
 
 log = logging.getLogger("pyctdb.failover")
 
@@ -292,16 +292,16 @@ class Failover:
         flags = []
         for n in c.nodes:
             if n.deleted:
-                flags.append(F.DELETED | F.DISCONNECTED)
+                flags.append(nodeflags.DELETED | nodeflags.DISCONNECTED)
             elif n.pnn == c.pnn:
                 flags.append(c.my_flags)
             else:
                 fl = c.peer_flags(c.peers[n.pnn])
-                if fl & F.UNKNOWN:
-                    fl = (fl & ~F.UNKNOWN) | F.DISCONNECTED
+                if fl & nodeflags.UNKNOWN:
+                    fl = (fl & ~nodeflags.UNKNOWN) | nodeflags.DISCONNECTED
                 flags.append(fl)
             if n.pnn in unreachable:
-                flags[-1] |= F.DISCONNECTED
+                flags[-1] |= nodeflags.DISCONNECTED
         return flags
 
     async def takeover_run(self, reason="requested", moves=None):
@@ -767,13 +767,13 @@ class Failover:
         if not self.assigned:
             return True
         others = [p for p in c.peers.values()
-                  if p.link_up and p.state is not None and F.is_active(c.peer_flags(p))]
+                  if p.link_up and p.state is not None and nodeflags.is_active(c.peer_flags(p))]
         if not others:
             log.warning("shutdown: no other active node to take %d addresses",
                         len(self.assigned))
             return False
         n = len(self.assigned)
-        c.my_flags |= F.STOPPED
+        c.my_flags |= nodeflags.STOPPED
         c.kick()
         t0 = time.monotonic()
         while self.assigned and time.monotonic() - t0 < timeout:

@@ -25,7 +25,7 @@ import binascii
 import logging
 import time
 
-from pyctdb.protocol import frames as P
+from pyctdb.protocol import frames
 from pyctdb.server.transport import later
 
 log = logging.getLogger("pyctdb.messaging")
@@ -69,7 +69,7 @@ class _Sink:
 
 
 def check_srvid(srvid) -> int:
-    if isinstance(srvid, bool) or not isinstance(srvid, int) or not 0 <= srvid <= P.MAX_SRVID:
+    if isinstance(srvid, bool) or not isinstance(srvid, int) or not 0 <= srvid <= frames.MAX_SRVID:
         raise MessagingError("EINVAL", f"srvid must be an unsigned 64-bit integer, not "
                                        f"{srvid!r}")
     return srvid
@@ -79,9 +79,9 @@ def check_data(data) -> str:
     """``data`` as the API carries it (base64 text); validated, returned unchanged."""
     if not isinstance(data, str):
         raise MessagingError("EINVAL", "data must be a base64 string")
-    if len(data) > P._MAX_MESSAGE_B64:
+    if len(data) > frames._MAX_MESSAGE_B64:
         raise MessagingError("E2BIG", f"message data exceeds the limit of "
-                                      f"{P.MAX_MESSAGE_DATA} bytes")
+                                      f"{frames.MAX_MESSAGE_DATA} bytes")
     if data:
         try:
             base64.b64decode(data, validate=True)
@@ -98,7 +98,7 @@ class Messaging:
         self._sinks = {}  # conn key -> _Sink
         self.stats = {"sent": 0, "received": 0, "delivered": 0, "unregistered": 0,
                       "dropped_slow_client": 0}
-        cluster.frame_handlers[P.MsgType.MESSAGE] = self._on_frame
+        cluster.frame_handlers[frames.MsgType.MESSAGE] = self._on_frame
 
     # -- registrations (per API connection) ------------------------------------------
     def is_client(self, key) -> bool:
@@ -158,7 +158,7 @@ class Messaging:
         unknown node (ENOENT) or one that is not connected (ENOTCONN)."""
         c = self.cluster
         if dst in BROADCASTS:
-            frame = P.encode_message(c.pnn, c.instance, srvid, data)
+            frame = frames.encode_message(c.pnn, c.instance, srvid, data)
             pnns = [c.pnn]
             for pnn, peer in c.peers.items():
                 if peer.link_up and c.transport.send_bytes(pnn, frame):
@@ -176,7 +176,7 @@ class Messaging:
         if peer is None:
             raise MessagingError("ENOENT", f"node {dst} does not exist or is deleted")
         if not peer.link_up or not c.transport.send_bytes(
-                dst, P.encode_message(c.pnn, c.instance, srvid, data)):
+                dst, frames.encode_message(c.pnn, c.instance, srvid, data)):
             raise MessagingError("ENOTCONN", f"node {dst} is not connected")
         self.stats["sent"] += 1
         return [dst]

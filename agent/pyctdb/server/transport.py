@@ -21,7 +21,7 @@ import logging
 import socket
 import time
 
-from pyctdb.protocol import frames as P
+from pyctdb.protocol import frames as wire
 
 log = logging.getLogger("pyctdb.transport")
 
@@ -106,7 +106,7 @@ class FrameReader:
         self.stats = stats
         self.parts = []   # bytes received and not decoded yet
         self.size = 0     # their length
-        self.need = P.HEADER_SIZE  # bytes needed before anything can be decoded
+        self.need = wire.HEADER_SIZE  # bytes needed before anything can be decoded
 
     def feed(self, data):
         size = self.size + len(data)
@@ -120,8 +120,8 @@ class FrameReader:
             self.parts = []
         else:
             buf = data
-        hsize, decode_header, decode_body = P.HEADER_SIZE, P.decode_header, P.decode_body
-        pnn, on_frame, Frame = self.pnn, self.on_frame, P.Frame
+        hsize, decode_header, decode_body = wire.HEADER_SIZE, wire.decode_header, wire.decode_body
+        pnn, on_frame, Frame = self.pnn, self.on_frame, wire.Frame
         pos, n, count = 0, len(buf), 0
         try:
             while n - pos >= hsize:
@@ -135,7 +135,7 @@ class FrameReader:
                 pos = end
                 count += 1
                 if payload.get("pnn") != pnn:
-                    raise P.ProtocolError(f"frame claims PNN {payload.get('pnn')} on node "
+                    raise wire.ProtocolError(f"frame claims PNN {payload.get('pnn')} on node "
                                           f"{pnn}'s connection")
                 on_frame(pnn, Frame(version, mtype, payload))
             else:
@@ -191,7 +191,7 @@ class _FrameProtocol(asyncio.Protocol):
 
 class Transport:
     def __init__(self, *, pnn, address, port, nodes, hello, on_frame, on_link_up,
-                 on_link_down, max_payload=P.MAX_PAYLOAD):
+                 on_link_down, max_payload=wire.MAX_PAYLOAD):
         """``nodes``: {pnn: address} of every non-deleted node (including this one).
         ``hello``: a callable returning the HELLO payload. Callbacks: ``on_frame(pnn,
         Frame)``, ``on_link_up(pnn, hello_payload)``, ``on_link_down(pnn, reason)``."""
@@ -254,7 +254,7 @@ class Transport:
     async def stop(self, bye_payload=None):
         self._running = False
         if bye_payload is not None:
-            self.broadcast(P.MsgType.BYE, bye_payload)
+            self.broadcast(wire.MsgType.BYE, bye_payload)
         for w in list(self._out.values()):
             await self._close_writer(w, drain=bye_payload is not None)
         for w, _ in list(self._in.values()):
@@ -288,7 +288,7 @@ class Transport:
             return False
         if pnn in self._pending:
             self._flush(pnn)
-        return self._write(pnn, w, P.encode(msg_type, payload))
+        return self._write(pnn, w, wire.encode(msg_type, payload))
 
     def send_bytes(self, pnn, data) -> bool:
         """Send an already encoded frame (messaging's hot path). Frames sent this way
@@ -314,7 +314,7 @@ class Transport:
                 self._write(pnn, w, b"".join(pending), frames=len(pending))
 
     def broadcast(self, msg_type, payload):
-        data = P.encode(msg_type, payload)
+        data = wire.encode(msg_type, payload)
         for pnn, w in list(self._out.items()):
             if pnn in self._pending:
                 self._flush(pnn)
@@ -373,7 +373,7 @@ class Transport:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             connected_at = time.monotonic()
             try:
-                writer.write(P.encode(P.MsgType.HELLO, self._hello()))
+                writer.write(wire.encode(wire.MsgType.HELLO, self._hello()))
                 self._out[pnn] = writer
                 log.debug("connected to node %d (%s:%d)", pnn, addr, self.port)
                 self._update(pnn)
@@ -411,18 +411,18 @@ class Transport:
         pnn = None
         try:
             try:
-                frame = await asyncio.wait_for(P.read_frame(reader, self.max_payload),
+                frame = await asyncio.wait_for(wire.read_frame(reader, self.max_payload),
                                                HELLO_TIMEOUT)
-                if frame.type != P.MsgType.HELLO:
-                    raise P.ProtocolError(f"expected HELLO first, got {frame.type.name}")
-                hello = P.validate(frame)
+                if frame.type != wire.MsgType.HELLO:
+                    raise wire.ProtocolError(f"expected HELLO first, got {frame.type.name}")
+                hello = wire.validate(frame)
                 pnn = self._check_hello(hello, src)
             except asyncio.TimeoutError:
                 self._complain(logging.WARNING, ("hello-timeout", src),
                                "dropping connection from %s: no HELLO within %ss", src,
                                HELLO_TIMEOUT)
                 return
-            except P.ProtocolError as exc:
+            except wire.ProtocolError as exc:
                 self.stats["dropped_bad_frames"] += 1
                 self._complain(logging.WARNING, ("bad-hello", src, str(exc)),
                                "dropping connection from %s: %s", src, exc)
@@ -439,7 +439,7 @@ class Transport:
                 self._on_link_down(pnn, "peer reconnected")
             self._update(pnn)
             await self._serve_frames(reader, writer, pnn)
-        except P.ProtocolError as exc:
+        except wire.ProtocolError as exc:
             self.stats["dropped_bad_frames"] += 1
             log.warning("dropping connection from node %s (%s): %s",
                         pnn if pnn is not None else "?", src, exc)
@@ -477,21 +477,21 @@ class Transport:
     def _check_hello(self, hello, src) -> int:
         pnn = hello["pnn"]
         if pnn == self.pnn or pnn not in self.nodes:
-            raise P.ProtocolError(f"HELLO from unknown or deleted PNN {pnn}")
+            raise wire.ProtocolError(f"HELLO from unknown or deleted PNN {pnn}")
         try:
             claimed = _norm(hello["address"])
         except ValueError:
-            raise P.ProtocolError(f"HELLO with invalid address {hello['address']!r}") from None
+            raise wire.ProtocolError(f"HELLO with invalid address {hello['address']!r}") from None
         if claimed != self.nodes[pnn]:
-            raise P.ProtocolError(
+            raise wire.ProtocolError(
                 f"HELLO claims PNN {pnn} with address {claimed}, but node {pnn} is "
                 f"{self.nodes[pnn]} in this node's nodes list")
         if src != self.nodes[pnn]:
-            raise P.ProtocolError(
+            raise wire.ProtocolError(
                 f"HELLO for node {pnn} ({self.nodes[pnn]}) arrived from {src}")
         mine = self._hello()["nodes_digest"]
         if hello["nodes_digest"] != mine:
-            raise P.ProtocolError(
+            raise wire.ProtocolError(
                 f"node {pnn} has a different nodes list (digest {hello['nodes_digest'][:12]}"
                 f", ours {mine[:12]}): every node must have the same nodes file")
         return pnn

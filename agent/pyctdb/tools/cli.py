@@ -14,7 +14,7 @@ import sys
 import time
 
 from pyctdb import __version__
-from pyctdb.rules import nodeflags as F
+from pyctdb.rules import nodeflags
 from pyctdb.client.connection import AgentUnavailable, ApiCallError, Client, default_socket
 from pyctdb.errors import UsageError
 
@@ -30,9 +30,9 @@ def _machine_header():
 def _machine_line(n):
     fl = n["flags"]
     vals = [str(n["pnn"]), n["address"] or "",
-            str(int(bool(fl & F.DISCONNECTED))), str(int(bool(fl & F.BANNED))),
-            str(int(bool(fl & F.PERMANENTLY_DISABLED))), str(int(bool(fl & F.UNHEALTHY))),
-            str(int(bool(fl & F.STOPPED))), str(int(bool(fl & F.INACTIVE))), "0",
+            str(int(bool(fl & nodeflags.DISCONNECTED))), str(int(bool(fl & nodeflags.BANNED))),
+            str(int(bool(fl & nodeflags.PERMANENTLY_DISABLED))), str(int(bool(fl & nodeflags.UNHEALTHY))),
+            str(int(bool(fl & nodeflags.STOPPED))), str(int(bool(fl & nodeflags.INACTIVE))), "0",
             "Y" if n["this_node"] else "N"]
     return SEP + SEP.join(vals) + SEP
 

@@ -20,7 +20,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from pyctdb.rules import ipalloc as I
+from pyctdb.rules import ipalloc
 
 PROG = "pyctdb ipalloc"
 
@@ -89,8 +89,8 @@ def _runstates(text: str) -> List[int]:
     out = []
     for part in text.split(","):
         part = part.strip()
-        if part.upper() in I.RUNSTATES:
-            out.append(I.RUNSTATES[part.upper()])
+        if part.upper() in ipalloc.RUNSTATES:
+            out.append(ipalloc.RUNSTATES[part.upper()])
             continue
         try:
             out.append(int(part, 10))
@@ -102,8 +102,8 @@ def _runstates(text: str) -> List[int]:
 
 def _log_level(text: str) -> int:
     t = text.strip().upper()
-    if t in I.LOG_LEVELS:
-        return I.LOG_LEVELS[t]
+    if t in ipalloc.LOG_LEVELS:
+        return ipalloc.LOG_LEVELS[t]
     if t.isdigit():
         return int(t)
     raise _Usage("invalid log level %r (ERR, WARNING, NOTICE, INFO or DEBUG)" % text)
@@ -112,7 +112,7 @@ def _log_level(text: str) -> int:
 def _run(argv: List[str], stdin, stdout, stderr) -> int:
     args = _parser().parse_args(argv)
     try:
-        algorithm = I.ALGORITHMS[I._algorithm_index(args.algorithm)]
+        algorithm = ipalloc.ALGORITHMS[ipalloc._algorithm_index(args.algorithm)]
     except ValueError as e:
         raise _Usage(str(e)) from None
     flags = _node_flags(args.node_flags)
@@ -135,7 +135,7 @@ def _run(argv: List[str], stdin, stdout, stderr) -> int:
             raise _Usage("cannot read home_nodes file %s: %s"
                          % (args.home_nodes, e.strerror or e)) from None
         try:
-            home = I.parse_home_nodes(text)
+            home = ipalloc.parse_home_nodes(text)
         except ValueError as e:
             raise _Usage("home_nodes file %s: %s" % (args.home_nodes, e)) from None
         if algorithm != "det":
@@ -147,20 +147,20 @@ def _run(argv: List[str], stdin, stdout, stderr) -> int:
         raise _Usage("cannot read stdin: %s" % e) from None
     try:
         if args.multi:
-            ips = I.parse_multi(text)
+            ips = ipalloc.parse_multi(text)
             blocks = _count_blocks(text)
             if blocks > num:
                 raise _Usage("stdin has %d blocks (one per node) but --node-flags gives "
                              "%d nodes" % (blocks, num))
         else:
-            ips = I.parse_input(text)
+            ips = ipalloc.parse_input(text)
         for ip in ips:
             for n in ip.available_on or ():
                 if n >= num:
                     raise _Usage("%s is allowed on node %d, but --node-flags gives %d "
                                  "nodes" % (ip.address, n, num))
         logs: List[str] = []
-        result = I.allocate(ips, flags, algorithm=algorithm,
+        result = ipalloc.allocate(ips, flags, algorithm=algorithm,
                             no_ip_failback=args.no_ip_failback,
                             no_ip_takeover=args.no_ip_takeover,
                             runstates=runstates, home_nodes=home,
@@ -170,7 +170,7 @@ def _run(argv: List[str], stdin, stdout, stderr) -> int:
         raise _Usage("stdin: %s" % e) from None
     for msg in logs:
         stderr.write(msg + "\n")
-    stdout.write(I.format_result(result))
+    stdout.write(ipalloc.format_result(result))
     return 0
 
 

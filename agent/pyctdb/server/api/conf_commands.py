@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from pyctdb.rules import registry as R
+from pyctdb.rules import registry
 from pyctdb.server.api.db_commands import db_command
 
 log = logging.getLogger("pyctdb.registry")
@@ -27,24 +27,24 @@ def commands(server):
     CONFLICT_RETRIES = 20
 
     def wrap(fn):
-        return db_command(server, fn, errors=((R.RegistryError, "EINVAL"),))
+        return db_command(server, fn, errors=((registry.RegistryError, "EINVAL"),))
 
     async def records(db):
         try:
-            db.find(R.DB_NAME)
+            db.find(registry.DB_NAME)
         except DbError as exc:
             if exc.code == "ENOENT":
                 return []  # no registry yet: an empty configuration
             raise
-        return [(k, r.value) for k, r in await db.traverse(R.DB_NAME)]
+        return [(k, r.value) for k, r in await db.traverse(registry.DB_NAME)]
 
     async def current(db):
         recs = await records(db)
-        return recs, R.decode(recs)
+        return recs, registry.decode(recs)
 
     def seqnum(db):
         try:
-            return db.find(R.DB_NAME)[1]["seqnum"]
+            return db.find(registry.DB_NAME)[1]["seqnum"]
         except DbError:
             return 0
 
@@ -55,12 +55,12 @@ def commands(server):
         if not writes:
             return seqnum(db)
         try:
-            db.find(R.DB_NAME)
+            db.find(registry.DB_NAME)
         except DbError as exc:
             if exc.code != "ENOENT":
                 raise
-            await db.attach(R.DB_NAME, True)
-        return await db.commit(R.DB_NAME, writes, expect_seqnum=expect)
+            await db.attach(registry.DB_NAME, True)
+        return await db.commit(registry.DB_NAME, writes, expect_seqnum=expect)
 
     async def read_modify_write(db, change, check=False):
         """``change(recs)`` -> (writes, result) from the registry's records, committed
@@ -86,52 +86,52 @@ def commands(server):
     def section_writes(recs, old, new):
         """The write that turns section ``old`` into ``new`` (either may be None)."""
         if new is None:
-            return [(R.key_of(old["name"]), None)] if old is not None else []
+            return [(registry.key_of(old["name"]), None)] if old is not None else []
         if old == new:
             return []
-        k = R.key_of(new["name"])
-        orders = R.orders(recs)
+        k = registry.key_of(new["name"])
+        orders = registry.orders(recs)
         order = orders.get(k, max(orders.values(), default=0) + 1)
-        value = R.encode(new, order)
-        from pyctdb.rules import records as L
+        value = registry.encode(new, order)
+        from pyctdb.rules import records as record_rules
         try:
-            L.check_value(value)
+            record_rules.check_value(value)
         except ValueError as exc:
-            raise R.RegistryError(f"section [{new['name']}]: {exc}") from None
+            raise registry.RegistryError(f"section [{new['name']}]: {exc}") from None
         return [(k, value)]
 
     def show(sec):
         return None if sec is None else {"name": sec["name"], "params": sec["params"],
-                                         "text": R.format_section(sec)}
+                                         "text": registry.format_section(sec)}
 
     async def conf_list(db):
         _recs, secs = await current(db)
-        return {"sections": secs, "text": R.format_config(secs), "seqnum": seqnum(db)}
+        return {"sections": secs, "text": registry.format_config(secs), "seqnum": seqnum(db)}
 
     async def conf_showsection(db, section):
         _recs, secs = await current(db)
-        sec = R.find(secs, section)
+        sec = registry.find(secs, section)
         if sec is None:
             raise _api_error("ENOENT", f"error getting share parameters: section "
-                                       f"'{R.section_name(section)}' does not exist")
+                                       f"'{registry.section_name(section)}' does not exist")
         return show(sec)
 
     async def existing(db, section, param):
         """(section, value) of a set parameter; net conf's errors otherwise."""
         _recs, secs = await current(db)
-        sec = R.find(secs, section)
+        sec = registry.find(secs, section)
         if sec is None:
-            raise _api_error("ENOENT", f"Error: given service '{R.section_name(section)}' "
+            raise _api_error("ENOENT", f"Error: given service '{registry.section_name(section)}' "
                                        "does not exist.")
-        value = R.get_param(sec, param)
+        value = registry.get_param(sec, param)
         if value is None:
             raise _api_error("ENOENT", f"Error: given parameter "
-                                       f"'{R.param_name(sec['name'], param)}' is not set.")
+                                       f"'{registry.param_name(sec['name'], param)}' is not set.")
         return sec, value
 
     async def conf_getparm(db, section, param):
         sec, value = await existing(db, section, param)
-        return {"section": sec["name"], "param": R.param_name(sec["name"], param),
+        return {"section": sec["name"], "param": registry.param_name(sec["name"], param),
                 "value": value}
 
     async def conf_update(db, section, set=None, delete=None, exclusive=False,
@@ -140,24 +140,24 @@ def commands(server):
         the parameters ``delete``, keep only ``set`` (``exclusive``) or remove the
         section (``delete_section``). ``check``: compute, change nothing."""
         if set is not None and not isinstance(set, dict):
-            raise R.RegistryError("set must be an object {param: value}")
+            raise registry.RegistryError("set must be an object {param: value}")
         if delete is not None and not (isinstance(delete, list) and all(
                 isinstance(p, str) for p in delete)):
-            raise R.RegistryError("delete must be a list of parameter names")
+            raise registry.RegistryError("delete must be a list of parameter names")
         def change(recs):
-            old = R.find(R.decode(recs), section)
+            old = registry.find(registry.decode(recs), section)
             if delete_section:
-                R.section_name(section)
+                registry.section_name(section)
                 new = None
             else:
-                new = R.update_section(old, section, set, delete, bool(exclusive))
+                new = registry.update_section(old, section, set, delete, bool(exclusive))
             return section_writes(recs, old, new), (old, new)
 
         (old, new), seq, writes = await read_modify_write(db, change, check)
         if writes and not check:
-            log.warning("registry: section [%s] %s (seqnum %d)", R.section_name(section),
+            log.warning("registry: section [%s] %s (seqnum %d)", registry.section_name(section),
                         "deleted" if new is None else "changed", seq)
-        return {"changed": bool(writes), "section": R.section_name(section),
+        return {"changed": bool(writes), "section": registry.section_name(section),
                 "before": show(old), "after": show(new), "seqnum": seq}
 
     async def conf_setparm(db, section, param, value):
@@ -169,14 +169,14 @@ def commands(server):
 
     async def conf_delsection(db, section):
         _recs, secs = await current(db)
-        if R.find(secs, section) is None:
-            raise _api_error("ENOENT", f"Error deleting share {R.section_name(section)}: "
+        if registry.find(secs, section) is None:
+            raise _api_error("ENOENT", f"Error deleting share {registry.section_name(section)}: "
                                        "no such section")
         return await conf_update(db, section, delete_section=True)
 
     async def conf_drop(db):
         def change(recs):
-            return [(k, None) for k, _v in recs if k.startswith(R.PREFIX)], None
+            return [(k, None) for k, _v in recs if k.startswith(registry.PREFIX)], None
 
         _none, seq, writes = await read_modify_write(db, change)
         log.warning("registry dropped (%d sections, seqnum %d)", len(writes), seq)
@@ -186,30 +186,30 @@ def commands(server):
         """Replace the configuration with smb.conf-style ``text`` (only ``section`` of
         it: replace that section), as ``net conf import``; one transaction."""
         if not isinstance(text, str) or not isinstance(source, str):
-            raise R.RegistryError("text and source must be strings")
-        secs = R.parse(text, source)
+            raise registry.RegistryError("text and source must be strings")
+        secs = registry.parse(text, source)
         if section is not None:
-            want = R.find(secs, section)
+            want = registry.find(secs, section)
             if want is None:
-                raise _api_error("ENOENT", f"Share {R.section_name(section)} not found in "
+                raise _api_error("ENOENT", f"Share {registry.section_name(section)} not found in "
                                            f"file {source}")
             secs = [want]
         def change(recs):
             if section is None:
-                writes = {k: None for k, _v in recs if k.startswith(R.PREFIX)}
+                writes = {k: None for k, _v in recs if k.startswith(registry.PREFIX)}
                 for i, s in enumerate(secs, 1):
-                    writes[R.key_of(s["name"])] = R.encode(s, i)
+                    writes[registry.key_of(s["name"])] = registry.encode(s, i)
                 writes = list(writes.items())
             else:
-                old = R.find(R.decode(recs), section)
+                old = registry.find(registry.decode(recs), section)
                 writes = section_writes(recs, old, secs[0])
-            from pyctdb.rules import records as L
+            from pyctdb.rules import records as record_rules
             for k, v in writes:
                 if v is not None:
                     try:
-                        L.check_value(v)
+                        record_rules.check_value(v)
                     except ValueError as exc:
-                        raise R.RegistryError(f"{source}: section {k[len(R.PREFIX):]!r}: "
+                        raise registry.RegistryError(f"{source}: section {k[len(registry.PREFIX):]!r}: "
                                               f"{exc}") from None
             return writes, None
 
@@ -217,7 +217,7 @@ def commands(server):
         if not test:
             log.warning("registry: imported %d sections from %s (seqnum %d)", len(secs),
                         source, seq)
-        return {"sections": secs, "text": R.format_config(secs), "test": bool(test),
+        return {"sections": secs, "text": registry.format_config(secs), "test": bool(test),
                 "seqnum": seq}
 
     return {f.__name__: wrap(f) for f in (
@@ -243,17 +243,17 @@ class TunablesWatcher:
 
     def on_cycle(self, now=None):
         st = self.db.stores[True]
-        meta = st.meta.get(R.DB_NAME)
+        meta = st.meta.get(registry.DB_NAME)
         seq = None if meta is None else meta["seqnum"]
         if seq == self.seen:
             return
         self.seen = seq
-        if meta is None or R.DB_NAME in st.damaged:
+        if meta is None or registry.DB_NAME in st.damaged:
             want = {}
         else:
             try:
-                recs = [(k, r.value) for k, r in st.items(R.DB_NAME) if not r.deleted]
-                want = R.tunables_of(R.decode(recs))
+                recs = [(k, r.value) for k, r in st.items(registry.DB_NAME) if not r.deleted]
+                want = registry.tunables_of(registry.decode(recs))
             except Exception as exc:  # noqa: BLE001 - keep the node's tunables as they are
                 log.error("registry (seqnum %s): tunables not applied: %s", seq, exc)
                 return

@@ -8,7 +8,7 @@ import base64
 import binascii
 import os
 
-from pyctdb.rules import records as L
+from pyctdb.rules import records
 
 
 def _api_error(code, message):
@@ -34,8 +34,8 @@ def _checked(what, check):
     return parse
 
 
-_key = _checked("key", L.check_key)
-_value = _checked("value", L.check_value)
+_key = _checked("key", records.check_key)
+_value = _checked("value", records.check_value)
 
 
 def _b64(b):

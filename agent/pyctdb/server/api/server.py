@@ -16,7 +16,7 @@ import struct
 import time
 
 from pyctdb import API_VERSION, PROTOCOL_VERSION, __version__
-from pyctdb.server import messaging as M
+from pyctdb.server import messaging
 from pyctdb.server.transport import hold, release
 from pyctdb.errors import ApiError
 from pyctdb.protocol.api import MAX_LINE
@@ -232,11 +232,11 @@ class ApiServer:
         return {"tunables": [{"name": n, "value": v} for n, v in self.tunables.items()]}
 
     def _lookup(self, name):
-        from pyctdb.common import tunables as T
+        from pyctdb.common import tunables as tunable_defs
         if not isinstance(name, str):
             raise ApiError("EINVAL", "name must be a string")
         try:
-            return T.lookup(name)
+            return tunable_defs.lookup(name)
         except KeyError as exc:
             raise ApiError("ENOENT", str(exc).strip("'\"")) from None
 
@@ -245,11 +245,11 @@ class ApiServer:
         return {"name": t.name, "value": self.tunables.get(t.name)}
 
     def cmd_setvar(self, name, value):
-        from pyctdb.common import tunables as T
+        from pyctdb.common import tunables as tunable_defs
         t = self._lookup(name)
         try:
             if isinstance(value, str):
-                value = T.parse_value(t, value)
+                value = tunable_defs.parse_value(t, value)
             elif isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"value must be a number, not {type(value).__name__}")
             previous = self.tunables.set(t.name, value)
@@ -547,19 +547,19 @@ class ApiServer:
     def _msg_call(fn, *args):
         try:
             return fn(*args)
-        except M.MessagingError as exc:
+        except messaging.MessagingError as exc:
             raise ApiError(exc.code, exc.message) from None
 
     def cmd_message_register(self, conn, srvid):
         m = self._msg()
-        self._msg_call(M.check_srvid, srvid)
+        self._msg_call(messaging.check_srvid, srvid)
         if not m.is_client(conn):
             conn.on_close.append(lambda: m.drop_client(conn))
         return {"srvid": srvid, "changed": m.register(conn, conn.transport, srvid)}
 
     def cmd_message_deregister(self, conn, srvid):
         m = self._msg()
-        self._msg_call(M.check_srvid, srvid)
+        self._msg_call(messaging.check_srvid, srvid)
         if not m.deregister(conn, srvid):
             raise ApiError("ENOENT", f"srvid {srvid} is not registered on this connection")
         return {"srvid": srvid, "changed": True}
@@ -569,10 +569,10 @@ class ApiServer:
         if not isinstance(quiet, bool):
             raise ApiError("EINVAL", "quiet must be true or false")
         try:
-            M.check_srvid(srvid)
-            M.check_data(data)
+            messaging.check_srvid(srvid)
+            messaging.check_data(data)
             pnns = m.send(pnn, srvid, data)
-        except M.MessagingError as exc:
+        except messaging.MessagingError as exc:
             raise ApiError(exc.code, exc.message) from None
         if quiet:  # answered only when it fails
             return NO_ANSWER
@@ -583,7 +583,7 @@ class ApiServer:
         if not isinstance(srvids, list):
             raise ApiError("EINVAL", "srvids must be a list of srvids")
         for s_ in srvids:
-            self._msg_call(M.check_srvid, s_)
+            self._msg_call(messaging.check_srvid, s_)
         return {"pnn": self.cluster.pnn,
                 "srvids": [{"srvid": s_, "registered": m.registered(s_)} for s_ in srvids]}
 

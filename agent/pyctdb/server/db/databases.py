@@ -15,10 +15,10 @@ import logging
 import secrets
 import time
 
-from pyctdb.rules import nodeflags as F
+from pyctdb.rules import nodeflags
 from pyctdb.errors import ControlError
-from pyctdb.protocol import chunk as C
-from pyctdb.rules import records as L
+from pyctdb.protocol import chunk
+from pyctdb.rules import records as record_rules
 from pyctdb.server.db.gate import Gate
 from pyctdb.server.db.store import Store, StoreError
 from pyctdb.errors import DbError
@@ -170,8 +170,8 @@ class Databases:
 
     async def ensure(self, name, persistent, db_id=None):
         """Create database ``name`` here if it is not attached (idempotent)."""
-        L.check_name(name)
-        want = L.db_id(name)
+        record_rules.check_name(name)
+        want = record_rules.db_id(name)
         if db_id is not None and db_id != want:
             raise ValueError(f"db_id 0x{db_id:08x} is not the id of {name!r}")
         for st in self.stores.values():
@@ -194,8 +194,8 @@ class Databases:
     async def ready(self, timeout=10.0):
         """Wait until this node may serve database requests: joined and not frozen."""
         c = self.cluster
-        if not F.is_active(c.my_flags):
-            raise DbError("ENOTCONN", f"node {self.pnn} is inactive ({F.pretty(c.my_flags)}): "
+        if not nodeflags.is_active(c.my_flags):
+            raise DbError("ENOTCONN", f"node {self.pnn} is inactive ({nodeflags.pretty(c.my_flags)}): "
                           "it serves no database requests")
         deadline = time.monotonic() + timeout
         while self.frozen or not c.is_joined() or not c.vnnmap:
@@ -230,7 +230,7 @@ class Databases:
         Returns ``(record, epoch)``; the caller must call :meth:`unlock`."""
         await self.ready(timeout)
         st, _meta = self.usable(name)
-        L.check_key(key)
+        record_rules.check_key(key)
         if st.persistent:
             raise DbError("EINVAL", f"{name} is a persistent database: use pfetch/pstore "
                           "or a transaction")
@@ -256,7 +256,7 @@ class Databases:
             rec = st.get(name, key)
             if rec is not None and rec.dmaster == self.pnn:
                 return rec, epoch
-            lm = L.lmaster(key, self.cluster.vnnmap)
+            lm = record_rules.lmaster(key, self.cluster.vnnmap)
             try:
                 if lm == self.pnn:  # stored here by the migration, as this node's
                     got = await self._lmaster_migrate(st, name, key, self.pnn, self_locked=True)
@@ -292,7 +292,7 @@ class Databases:
                 # This node is the DMASTER (or nobody is, or the requester already is):
                 # hand over this node's copy.
                 if rec is None:
-                    rec = L.Record(0, self.pnn, L.REC_DELETED, b"")
+                    rec = record_rules.Record(0, self.pnn, record_rules.REC_DELETED, b"")
                 own = dm == self.pnn and not (self_locked and to == self.pnn)
                 if own:
                     try:
@@ -332,7 +332,7 @@ class Databases:
         self._not_frozen()
         name, key, to = args["db"], unb64(args["key"]), int(args["to"])
         st, _ = self.usable_ctl(name)
-        if L.lmaster(key, self.cluster.vnnmap) != self.pnn:
+        if record_rules.lmaster(key, self.cluster.vnnmap) != self.pnn:
             raise RuntimeError("not the lmaster of this key (vnn map changed)")
         rec = await self._lmaster_migrate(st, name, key, to)
         return rec_to_wire(key, rec)
@@ -364,13 +364,13 @@ class Databases:
         locked (after :meth:`lock`); the RSN goes up."""
         st, _ = self.usable(name)
         if value is not None:
-            L.check_value(value)
+            record_rules.check_value(value)
 
         def fn(rec):  # the stored record (a client of this node may have changed it)
             if rec is None or rec.dmaster != self.pnn:
                 raise Retry("not the dmaster any more")
-            return L.Record(rec.rsn + 1, self.pnn,
-                            L.REC_DELETED if value is None else 0, value or b"")
+            return record_rules.Record(rec.rsn + 1, self.pnn,
+                            record_rules.REC_DELETED if value is None else 0, value or b"")
         try:
             return await st.modify(name, key, fn, check=self._check_epoch(epoch))
         except Retry:
@@ -430,7 +430,7 @@ class Databases:
         vm = self.cluster.vnnmap
         if not vm:
             raise DbError("EAGAIN", "no vnn map yet")
-        return vm[L.db_id(name) % len(vm)]
+        return vm[record_rules.db_id(name) % len(vm)]
 
     async def commit(self, name, writes, timeout=15.0, expect_seqnum=None):
         """Commit ``writes`` ([(key, value or None)]) to persistent database ``name`` on
@@ -443,9 +443,9 @@ class Databases:
             raise DbError("EINVAL", f"{name} is a volatile database: transactions are for "
                           "persistent databases")
         for k, v in writes:
-            L.check_key(k)
+            record_rules.check_key(k)
             if v is not None:
-                L.check_value(v)
+                record_rules.check_value(v)
         if any(k == TXIDS_KEY for k, _v in writes):
             raise DbError("EINVAL", f"key {TXIDS_KEY.decode()} is reserved")
         wire = [[b64(k), None if v is None else b64(v)] for k, v in writes]
@@ -569,8 +569,8 @@ class Databases:
             seqnum += 1
             for key, value in writes:
                 old = pending.get(key) or st.get(name, key)
-                pending[key] = L.Record((old.rsn if old else 0) + 1, self.pnn,
-                                        L.REC_DELETED if value is None else 0, value or b"")
+                pending[key] = record_rules.Record((old.rsn if old else 0) + 1, self.pnn,
+                                        record_rules.REC_DELETED if value is None else 0, value or b"")
             done.append((fut, seqnum))
             if txid:
                 txids.append([str(txid), seqnum])
@@ -584,7 +584,7 @@ class Databases:
                     kept = list(json.loads(old.value)["txids"])
                 except (ValueError, KeyError, TypeError):
                     kept = []
-            pending[TXIDS_KEY] = L.Record(
+            pending[TXIDS_KEY] = record_rules.Record(
                 (old.rsn if old else 0) + 1, self.pnn, 0,
                 json.dumps({"txids": (kept + txids)[-TXIDS_KEPT:]}).encode())
         members = self.members()
@@ -661,7 +661,7 @@ class Databases:
 
     async def attach(self, name, persistent):
         try:
-            L.check_name(name)
+            record_rules.check_name(name)
         except ValueError as exc:
             raise DbError("EINVAL", str(exc)) from None
         try:
@@ -710,12 +710,12 @@ class Databases:
             if raw:
                 me = self.pnn.to_bytes(4, "big")
                 recs = [(k, d) for k, d in recs
-                        if d[8:12] == me and not d[L.HEADER_SIZE - 1] & L.REC_DELETED]
+                        if d[8:12] == me and not d[record_rules.HEADER_SIZE - 1] & record_rules.REC_DELETED]
             else:
                 recs = [(k, r) for k, r in recs if r.dmaster == self.pnn and not r.deleted]
         res = {"more": more, "last": last, "seqnum": st.meta[name]["seqnum"]}
         if raw:
-            res["chunk"] = C.to_wire(C.encode(recs), local=src == self.pnn)
+            res["chunk"] = chunk.to_wire(chunk.encode(recs), local=src == self.pnn)
         else:
             res["records"] = [rec_to_wire(k, r) for k, r in recs]
         return res
@@ -774,11 +774,11 @@ class Databases:
             self._thaw()
         if self._members is not None and c.members == self._members:
             self._members = None  # the cluster layer has caught up
-        self.gate.tick(F.is_active(c.my_flags) and not self.frozen and c.is_joined()
+        self.gate.tick(nodeflags.is_active(c.my_flags) and not self.frozen and c.is_joined()
                        and bool(c.vnnmap))
         # An inactive node's volatile copies are stale (the cluster went on without it):
         # drop them, so they can never come back in a later recovery.
-        if not F.is_active(c.my_flags):
+        if not nodeflags.is_active(c.my_flags):
             if not self._inactive_wiped:
                 self._inactive_wiped = True
                 asyncio.ensure_future(self._wipe_volatile())
@@ -814,7 +814,7 @@ class Databases:
         total = 0
         for name, e in sorted(dbs.items()):
             if e["persistent"]:
-                src = L.pick_persistent(e["nodes"])
+                src = record_rules.pick_persistent(e["nodes"])
                 if src is None:
                     log.error("recovery: no healthy copy of persistent database %s on any "
                               "member: left as it is", name)
@@ -824,7 +824,7 @@ class Databases:
             else:
                 copies = await asyncio.gather(*(self._pull(m, name) for m in e["nodes"]))
                 merged = {}
-                await cooperative(L.merge_stored_steps(
+                await cooperative(record_rules.merge_stored_steps(
                     list(zip(e["nodes"], copies)), self.pnn, merged, STEP_RECORDS))
                 del copies
                 records = sorted(merged.items())
@@ -877,7 +877,7 @@ class Databases:
                     if i % STEP_RECORDS == STEP_RECORDS - 1:
                         yield
         await cooperative(merge())
-        return [(k, L.unpack(best[k])) for k in sorted(best)]
+        return [(k, record_rules.unpack(best[k])) for k in sorted(best)]
 
     async def _push(self, pnn, name, e, frames, seqnum):
         """Push the merged database (:func:`chunk_frames`) to node ``pnn``."""

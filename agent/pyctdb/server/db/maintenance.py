@@ -14,10 +14,10 @@ import asyncio
 import logging
 import secrets
 
-from pyctdb.rules import nodeflags as F
+from pyctdb.rules import nodeflags
 from pyctdb.server.cluster import RECMODE_ACTIVE
-from pyctdb.protocol import backup as B
-from pyctdb.rules import records as L
+from pyctdb.protocol import backup as backup_file
+from pyctdb.rules import records as record_rules
 from pyctdb.server.db.wire import STEP_RECORDS, cooperative, from_wire, wire_frames
 
 log = logging.getLogger("pyctdb.db")
@@ -45,9 +45,9 @@ class Maintenance:
         await dbs.ready()
         for node in c.status()["nodes"]:
             fl = node["flags"]
-            if fl & (F.DISCONNECTED | F.DELETED):
+            if fl & (nodeflags.DISCONNECTED | nodeflags.DELETED):
                 continue
-            if fl & (F.STOPPED | F.BANNED):
+            if fl & (nodeflags.STOPPED | nodeflags.BANNED):
                 raise self._error("EINVAL", "Database cannot be detached on inactive "
                                             f"(stopped or banned) node {node['pnn']}")
         members = dbs.members()
@@ -120,7 +120,7 @@ class Maintenance:
         st, meta = self.dbs.usable(name)
         recs = await self.dbs.traverse(name)
         # encoding and the fsync of a large database: off the event loop
-        n = await asyncio.to_thread(B.write, path, name, st.persistent, meta["seqnum"], recs)
+        n = await asyncio.to_thread(backup_file.write, path, name, st.persistent, meta["seqnum"], recs)
         return {"db_name": name, "file": path, "records": n,
                 "persistent": st.persistent, "seqnum": meta["seqnum"]}
 
@@ -128,12 +128,12 @@ class Maintenance:
     async def restore(self, path, name=None):
         try:
             # reading and checking a large backup takes CPU: off the event loop
-            bk = await asyncio.to_thread(B.read, path)
-        except B.BackupError as exc:
+            bk = await asyncio.to_thread(backup_file.read, path)
+        except backup_file.BackupError as exc:
             raise self._error("EINVAL", str(exc)) from None
         target = name or bk.db_name
         try:
-            L.check_name(target)
+            record_rules.check_name(target)
         except ValueError as exc:
             raise self._error("EINVAL", str(exc)) from None
         dbs, c = self.dbs, self.cluster
@@ -155,13 +155,13 @@ class Maintenance:
         if bk.persistent:
             # above the current one, so a recovery keeps the restored copy
             seqnum = max(bk.seqnum, meta["seqnum"] + 1)
-        extra = 0 if bk.persistent else L.REC_MIGRATED_WITH_DATA
+        extra = 0 if bk.persistent else record_rules.REC_MIGRATED_WITH_DATA
         pnn, n = dbs.pnn, len(bk.records)
 
         def retag():  # every restored record has this node as its DMASTER
             out = []
             for i in range(0, n, STEP_RECORDS):
-                out.extend((k, L.Record(r.rsn, pnn, r.flags | extra, r.value))
+                out.extend((k, record_rules.Record(r.rsn, pnn, r.flags | extra, r.value))
                            for k, r in bk.records[i:i + STEP_RECORDS])
                 yield
             return out

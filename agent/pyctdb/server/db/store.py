@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import lmdb
 
-from pyctdb.rules import records as L
+from pyctdb.rules import records
 from pyctdb.protocol.fastpath import open_env
 
 log = logging.getLogger("pyctdb.db")
@@ -114,9 +114,9 @@ class Store:
             n = 0
             with self.env.begin(db=self.handle(name)) as txn:
                 for _k, raw in txn.cursor():
-                    L.unpack(raw)
+                    records.unpack(raw)
                     n += 1
-        except (lmdb.Error, L.CorruptRecord) as exc:
+        except (lmdb.Error, records.CorruptRecord) as exc:
             why = f"database {name} is damaged on this node ({self.path}): {exc}"
             self.damaged[name] = why
             log.error("%s: not serving it; recovery will replace it with a healthy copy", why)
@@ -154,17 +154,17 @@ class Store:
         if name in self.damaged:
             raise StoreError(self.damaged[name])
 
-    def get(self, name, key) -> L.Record | None:
+    def get(self, name, key) -> records.Record | None:
         self.usable(name)
         with self.env.begin(db=self.handle(name)) as txn:
             raw = txn.get(key)
-        return None if raw is None else L.unpack(raw)
+        return None if raw is None else records.unpack(raw)
 
     def items(self, name):
         """All records of ``name`` (deleted ones included) as a list of (key, Record)."""
         self.usable(name)
         with self.env.begin(db=self.handle(name)) as txn:
-            return [(bytes(k), L.unpack(v)) for k, v in txn.cursor()]
+            return [(bytes(k), records.unpack(v)) for k, v in txn.cursor()]
 
     def page(self, name, after=None, limit_bytes=1 << 20, raw=False):
         """Records after key ``after`` up to about ``limit_bytes``: (list, more); with
@@ -179,7 +179,7 @@ class Store:
             for k, v in (cur.iternext() if ok else ()):  # (bytes: the txn's default)
                 if out and size + len(k) + len(v) > limit_bytes:
                     return out, True
-                out.append((k, v if raw else L.unpack(v)))
+                out.append((k, v if raw else records.unpack(v)))
                 size += len(k) + len(v)
         return out, False
 
@@ -258,7 +258,7 @@ class Store:
             if check is not None:
                 check()
             raw = txn.get(key, db=h)
-            new = fn(None if raw is None else L.unpack(raw))
+            new = fn(None if raw is None else records.unpack(raw))
             txn.put(key, new.pack(), db=h)
             return new
         return await self.run(job)
@@ -310,7 +310,7 @@ class Store:
         if seqnum is not None:
             meta["seqnum"] = seqnum
         if self.persistent:  # no tombstones in a persistent database (see apply)
-            items = [(k, d) for k, d in items if not d[L.HEADER_SIZE - 1] & L.REC_DELETED]
+            items = [(k, d) for k, d in items if not d[records.HEADER_SIZE - 1] & records.REC_DELETED]
 
         def fn(txn):
             txn.drop(h, delete=False)
@@ -340,7 +340,7 @@ class Store:
                 raw = txn.get(key, db=h)
                 if raw is None:
                     continue
-                if pred(key, L.unpack(raw)):
+                if pred(key, records.unpack(raw)):
                     txn.delete(key, db=h)
                 else:
                     kept.append(key)

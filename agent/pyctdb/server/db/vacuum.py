@@ -24,9 +24,9 @@ import asyncio
 import logging
 import time
 
-from pyctdb.rules import nodeflags as F
+from pyctdb.rules import nodeflags
 from pyctdb.server.cluster import RECMODE_NORMAL
-from pyctdb.rules import records as L
+from pyctdb.rules import records
 
 log = logging.getLogger("pyctdb.db")
 
@@ -56,7 +56,7 @@ class Vacuum:
     def _can_run(self):
         c = self.cluster
         return (not self.dbs.frozen and c.is_joined() and c.vnnmap
-                and F.is_active(c.my_flags) and c.recmode == RECMODE_NORMAL)
+                and nodeflags.is_active(c.my_flags) and c.recmode == RECMODE_NORMAL)
 
     def _on_cycle(self, now):
         iv = self.interval()
@@ -91,7 +91,7 @@ class Vacuum:
             recs, more = st.page(name, after, 1 << 20)
             for k, r in recs:
                 if r.deleted and r.dmaster == pnn:
-                    lm = L.lmaster(k, vm)
+                    lm = records.lmaster(k, vm)
                     (mine if lm == pnn else others.setdefault(lm, [])).append(k)
             if not more or not recs:
                 break
@@ -123,7 +123,7 @@ class Vacuum:
         held = []
         try:
             for k in keys:
-                if L.lmaster(k, vm) != pnn:
+                if records.lmaster(k, vm) != pnn:
                     continue
                 try:
                     await dbs._lmaster_locks.acquire((name, k), LOCK_WAIT)

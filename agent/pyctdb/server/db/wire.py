@@ -8,8 +8,8 @@ import asyncio
 import base64
 import logging
 
-from pyctdb.protocol import chunk as C
-from pyctdb.rules import records as L
+from pyctdb.protocol import chunk as chunk_codec
+from pyctdb.rules import records
 
 log = logging.getLogger("pyctdb.db")
 
@@ -33,7 +33,7 @@ def rec_to_wire(key, rec):
 
 def rec_from_wire(w):
     key, rsn, dmaster, flags, value = w
-    return unb64(key), L.Record(int(rsn), int(dmaster), int(flags), unb64(value))
+    return unb64(key), records.Record(int(rsn), int(dmaster), int(flags), unb64(value))
 
 
 def wire_chunks(items, limit=PULL_BYTES):
@@ -85,11 +85,11 @@ async def chunk_frames(items, limit=CHUNK_BYTES):
     """[(key, stored record)] as binary chunks (:mod:`.chunk`), encoded once for every
     receiver: [(first, last, chunk, its base64)], with a turn of the event loop after
     each."""
-    parts = C.split(items, limit)
+    parts = chunk_codec.split(items, limit)
     out = []
     for i, part in enumerate(parts):
-        blob = C.encode(part)
-        out.append((i == 0, i == len(parts) - 1, blob, C.to_wire(blob, False)))
+        blob = chunk_codec.encode(part)
+        out.append((i == 0, i == len(parts) - 1, blob, chunk_codec.to_wire(blob, False)))
         await asyncio.sleep(0)
     return out
 
@@ -111,9 +111,9 @@ def handover(to, pnn, must_hold=False):
         if must_hold and (rec is None or rec.dmaster != pnn):
             raise RuntimeError(f"node {pnn} is not the dmaster")
         if rec is None:
-            rec = L.Record(0, pnn, L.REC_DELETED, b"")
+            rec = records.Record(0, pnn, records.REC_DELETED, b"")
         return rec.replace(rsn=rec.rsn + 1, dmaster=to,
-                           flags=rec.flags | L.REC_MIGRATED_WITH_DATA)
+                           flags=rec.flags | records.REC_MIGRATED_WITH_DATA)
     return fn
 
 
@@ -123,9 +123,9 @@ async def stored_records(msg, name, src):
     damaged chunk is logged and raises RuntimeError: nothing of it may be stored."""
     try:
         if "chunk" in msg:
-            return C.decode_wire(msg["chunk"])
+            return chunk_codec.decode_wire(msg["chunk"])
         return [(k, r.pack()) for k, r in await from_wire(msg["records"], [])]
-    except (C.ChunkError, ValueError, TypeError, KeyError) as exc:
+    except (chunk_codec.ChunkError, ValueError, TypeError, KeyError) as exc:
         log.error("recovery: damaged records of %s from node %d rejected (%s): the "
                   "recovery fails, no copy is changed", name, src, exc)
         raise RuntimeError(str(exc)) from None
