@@ -243,7 +243,7 @@ def test_role_pnn_pinning_and_deleted_nodes(workdir, helpers):
         "node1": {"pyctdb_pnn": 3}, "node3": {"pyctdb_pnn": 0}})
     play = ("- hosts: pyctdb\n  gather_facts: false\n  tasks:\n"
             "    - ansible.builtin.include_role: {name: pyctdb.cluster.node, tasks_from: nodes}\n"
-            "    - ansible.builtin.debug: {msg: \"NODES {{ pyctdb__nodes | join(',') }}\"}\n")
+            "    - ansible.builtin.debug: {msg: \"NODES {{ pyctdb_node_nodes | join(',') }}\"}\n")
     p = _playbook(helpers, base, "nodes.yml", play, inv)
     assert p.returncode == 0, p.stdout[-4000:]
     assert p.stdout.count("NODES 127.0.79.3,127.0.79.2,#,127.0.79.1") == 3
