@@ -19,6 +19,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from pyctdb.errors import ConfigError, PyctdbError
+
 __all__ = ["Tunable", "TUNABLES", "UnknownTunable", "lookup", "parse_value", "Tunables",
            "parse_tunables", "USED_BY_PYCTDB"]
 
@@ -263,8 +265,10 @@ USED_BY_PYCTDB = ("KeepaliveInterval", "KeepaliveLimit", "MonitorInterval",
 _BY_LOWER = {name.lower(): t for name, t in TUNABLES.items()}
 
 
-class UnknownTunable(KeyError):
+class UnknownTunable(PyctdbError, KeyError):
     """Raised by :func:`lookup`; ``str()`` is the plain message (KeyError quotes it)."""
+
+    code = "ENOENT"
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -424,8 +428,6 @@ def parse_tunables(text: str, path: str) -> dict:
     Returns ``{canonical name: value}``; raises ConfigError with the line number for a
     line without ``=``, an unknown, obsolete or repeated name, or a bad value.
     """
-    from pyctdb.errors import ConfigError
-
     result = {}
     seen = {}
     for lineno, raw in enumerate(text.splitlines(), 1):

@@ -3,7 +3,7 @@ database, as Samba's ``net conf`` keeps smb.conf in its clustered registry.tdb
 (docs/databases.md, "Cluster registry").
 
 Pure functions: parse an smb.conf-style file, validate, format, and the key layout in the
-database. The API and the tunables watcher are in ``db/registry_api.py``.
+database. The API and the tunables watcher are in ``server/api/conf_commands.py``.
 
 A configuration is a list of sections ``{"name": str, "params": [[param, value], ...]}``
 in order (``global`` first). Section and parameter names are kept in lower case with
@@ -17,6 +17,9 @@ from __future__ import annotations
 import json
 import re
 
+from pyctdb.common import tunables
+from pyctdb.errors import PyctdbError
+
 #: The persistent database holding the registry (Samba: registry.tdb).
 DB_NAME = "pyctdb_registry.tdb"
 #: Key prefix of a section record: ``smbconf/<section name>`` (Samba:
@@ -28,8 +31,10 @@ TUNABLES_SECTION = "pyctdb:tunables"
 MAX_SECTION = 255
 
 
-class RegistryError(ValueError):
+class RegistryError(PyctdbError, ValueError):
     """Bad input (a file position in the message for a parsed file)."""
+
+    code = "EINVAL"
 
 
 _SPACES = re.compile(r"\s+")
@@ -62,7 +67,6 @@ def param_name(section: str, name) -> str:
     if any(c in n for c in "=\n\r\0") or n.startswith(("[", "#", ";")):
         raise RegistryError(f"invalid parameter name {name!r}")
     if section == TUNABLES_SECTION:
-        from pyctdb.common import tunables
         try:
             t = tunables.lookup(n)
         except KeyError as exc:
@@ -86,7 +90,6 @@ def param_value(section: str, param: str, value) -> str:
     if any(c in v for c in "\n\r\0"):
         raise RegistryError(f"value of {param!r} must be one line")
     if section == TUNABLES_SECTION:
-        from pyctdb.common import tunables
         try:
             tunables.parse_value(tunables.lookup(param), v)
         except ValueError as exc:
@@ -231,7 +234,6 @@ def orders(records) -> dict:
 def tunables_of(sections: list) -> dict:
     """``{tunable: value}`` of the tunables section (values parsed); RegistryError
     naming the first bad entry."""
-    from pyctdb.common import tunables
     sec = next((s for s in sections if s["name"] == TUNABLES_SECTION), None)
     out = {}
     for k, v in (sec["params"] if sec else []):
