@@ -1,11 +1,11 @@
-"""MESSAGE frames (protocol.py): encoding and strict decoding."""
+"""MESSAGE frames (protocol/frames.py): encoding and strict decoding."""
 
 import base64
 import struct
 
 import pytest
 
-from pyctdb.protocol import frames as P
+from pyctdb.protocol import frames
 
 
 def _b64(b):
@@ -14,26 +14,26 @@ def _b64(b):
 
 def test_encode_message_is_a_valid_frame_equal_to_the_generic_encoding():
     data = _b64(b"\x00\xff\xfehello\n\"")
-    fast = P.encode_message(2, "0123abcd", 2 ** 64 - 1, data)
-    generic = P.encode(P.MsgType.MESSAGE, {"pnn": 2, "instance": "0123abcd",
+    fast = frames.encode_message(2, "0123abcd", 2 ** 64 - 1, data)
+    generic = frames.encode(frames.MsgType.MESSAGE, {"pnn": 2, "instance": "0123abcd",
                                            "srvid": 2 ** 64 - 1, "data": data})
     assert fast == generic
-    frame, rest = P.decode(fast)
-    assert rest == b"" and frame.type == P.MsgType.MESSAGE == 6
-    p = P.validate(frame)
+    frame, rest = frames.decode(fast)
+    assert rest == b"" and frame.type == frames.MsgType.MESSAGE == 6
+    p = frames.validate(frame)
     assert base64.b64decode(p["data"]) == b"\x00\xff\xfehello\n\""
     assert fast[:4] == b"PCTD" and fast[6:8] == b"\x00\x06"
-    assert struct.unpack("!I", fast[8:12])[0] == len(fast) - P.HEADER_SIZE
+    assert struct.unpack("!I", fast[8:12])[0] == len(fast) - frames.HEADER_SIZE
 
 
 def test_empty_data_and_largest_data():
-    P.validate(P.decode(P.encode_message(0, "a", 0, ""))[0])
-    big = _b64(b"x" * P.MAX_MESSAGE_DATA)
-    P.validate(P.decode(P.encode_message(0, "a", 0, big))[0])
+    frames.validate(frames.decode(frames.encode_message(0, "a", 0, ""))[0])
+    big = _b64(b"x" * frames.MAX_MESSAGE_DATA)
+    frames.validate(frames.decode(frames.encode_message(0, "a", 0, big))[0])
 
 
 def _frame(payload):
-    return P.decode(P.encode(P.MsgType.MESSAGE, payload))[0]
+    return frames.decode(frames.encode(frames.MsgType.MESSAGE, payload))[0]
 
 
 GOOD = {"pnn": 1, "instance": "x", "srvid": 5, "data": "aGk="}
@@ -47,21 +47,21 @@ GOOD = {"pnn": 1, "instance": "x", "srvid": 5, "data": "aGk="}
     ({"data": "not base64!"}, "not valid base64"),
     ({"data": "aGk"}, "not valid base64"),
     ({"data": 5}, "has type int"),
-    ({"data": "A" * (4 * ((P.MAX_MESSAGE_DATA + 2) // 3) + 4)}, "exceeds the limit"),
+    ({"data": "A" * (4 * ((frames.MAX_MESSAGE_DATA + 2) // 3) + 4)}, "exceeds the limit"),
     ({"data": None}, "has type NoneType"),
 ])
 def test_bad_message_payloads(change, msg):
-    with pytest.raises(P.ProtocolError, match=msg):
-        P.validate(_frame({**GOOD, **change}))
+    with pytest.raises(frames.ProtocolError, match=msg):
+        frames.validate(_frame({**GOOD, **change}))
 
 
 @pytest.mark.parametrize("missing", ["pnn", "instance", "srvid", "data"])
 def test_missing_fields(missing):
     p = dict(GOOD)
     del p[missing]
-    with pytest.raises(P.ProtocolError, match=f"lacks field '{missing}'"):
-        P.validate(_frame(p))
+    with pytest.raises(frames.ProtocolError, match=f"lacks field '{missing}'"):
+        frames.validate(_frame(p))
 
 
 def test_message_types_are_unique():
-    assert len({t.value for t in P.MsgType}) == len(P.MsgType)
+    assert len({t.value for t in frames.MsgType}) == len(frames.MsgType)

@@ -4,54 +4,55 @@ import struct
 import pytest
 
 from pyctdb import PROTOCOL_VERSION
-from pyctdb.protocol import frames as P
+from pyctdb.protocol import frames
 
 
 def test_roundtrip():
-    data = P.encode(P.MsgType.STATE, {"pnn": 1, "x": [1, 2]})
-    frame, rest = P.decode(data)
+    data = frames.encode(frames.MsgType.STATE, {"pnn": 1, "x": [1, 2]})
+    frame, rest = frames.decode(data)
     assert rest == b""
-    assert frame.type == P.MsgType.STATE
+    assert frame.type == frames.MsgType.STATE
     assert frame.version == PROTOCOL_VERSION
     assert frame.payload == {"pnn": 1, "x": [1, 2]}
 
 
 def test_header_is_big_endian_and_fixed():
-    data = P.encode(P.MsgType.HELLO, {})
+    data = frames.encode(frames.MsgType.HELLO, {})
     assert data[:4] == b"PCTD"
     assert data[4:6] == struct.pack(">H", PROTOCOL_VERSION)
     assert data[6:8] == b"\x00\x01"
     assert data[8:12] == struct.pack(">I", len(b"{}"))
     assert data[12:16] == b"\x00\x00\x00\x00"
-    assert len(data) == P.HEADER_SIZE + 2
+    assert len(data) == frames.HEADER_SIZE + 2
 
 
 def test_two_frames_in_one_buffer():
-    data = P.encode(P.MsgType.HELLO, {"a": 1}) + P.encode(P.MsgType.BYE, {"b": 2})
-    f1, rest = P.decode(data)
-    f2, rest = P.decode(rest)
+    data = (frames.encode(frames.MsgType.HELLO, {"a": 1})
+            + frames.encode(frames.MsgType.BYE, {"b": 2}))
+    f1, rest = frames.decode(data)
+    f2, rest = frames.decode(rest)
     assert (f1.payload, f2.payload, rest) == ({"a": 1}, {"b": 2}, b"")
 
 
 def test_incomplete():
-    data = P.encode(P.MsgType.HELLO, {"a": 1})
-    with pytest.raises(P.IncompleteFrame):
-        P.decode(data[:10])
-    with pytest.raises(P.IncompleteFrame) as ei:
-        P.decode(data[:-1])
+    data = frames.encode(frames.MsgType.HELLO, {"a": 1})
+    with pytest.raises(frames.IncompleteFrame):
+        frames.decode(data[:10])
+    with pytest.raises(frames.IncompleteFrame) as ei:
+        frames.decode(data[:-1])
     assert ei.value.needed == 1
 
 
 @pytest.mark.parametrize("header,msg", [
     (struct.pack("!4sHHII", b"HTTP", 1, 1, 0, 0), "bad magic"),
     (struct.pack("!4sHHII", b"PCTD", 99, 1, 0, 0), "unsupported protocol version 99"),
-    (struct.pack("!4sHHII", b"PCTD", 1, 1, P.MAX_PAYLOAD + 1, 0), "oversized frame"),
+    (struct.pack("!4sHHII", b"PCTD", 1, 1, frames.MAX_PAYLOAD + 1, 0), "oversized frame"),
     (struct.pack("!4sHHII", b"PCTD", 1, 77, 2, 0), "unknown message type 77"),
     (struct.pack("!4sHHII", b"PCTD", 1, 1, 2, 5), "reserved header field"),
 ])
 def test_bad_headers(header, msg):
-    with pytest.raises(P.ProtocolError, match=msg):
-        P.decode(header + b"{}")
+    with pytest.raises(frames.ProtocolError, match=msg):
+        frames.decode(header + b"{}")
 
 
 @pytest.mark.parametrize("body,msg", [
@@ -61,8 +62,8 @@ def test_bad_headers(header, msg):
 ])
 def test_bad_payloads(body, msg):
     header = struct.pack("!4sHHII", b"PCTD", 1, 1, len(body), 0)
-    with pytest.raises(P.ProtocolError, match=msg):
-        P.decode(header + body)
+    with pytest.raises(frames.ProtocolError, match=msg):
+        frames.decode(header + body)
 
 
 def _state(**kw):
@@ -74,31 +75,40 @@ def _state(**kw):
 
 
 def test_validate_state():
-    P.validate(P.Frame(1, P.MsgType.STATE, _state()))
-    with pytest.raises(P.ProtocolError, match="lacks field 'flags'"):
+    frames.validate(frames.Frame(1, frames.MsgType.STATE, _state()))
+    with pytest.raises(frames.ProtocolError, match="lacks field 'flags'"):
         p = _state()
         del p["flags"]
-        P.validate(P.Frame(1, P.MsgType.STATE, p))
-    with pytest.raises(P.ProtocolError, match="'pnn' must not be a boolean"):
-        P.validate(P.Frame(1, P.MsgType.STATE, _state(pnn=True)))
-    with pytest.raises(P.ProtocolError, match="'leader' has type str"):
-        P.validate(P.Frame(1, P.MsgType.STATE, _state(leader="0")))
-    with pytest.raises(P.ProtocolError, match="list of PNNs"):
-        P.validate(P.Frame(1, P.MsgType.STATE, _state(members=["a"])))
+        frames.validate(frames.Frame(1, frames.MsgType.STATE, p))
+    with pytest.raises(frames.ProtocolError, match="'pnn' must not be a boolean"):
+        frames.validate(frames.Frame(1, frames.MsgType.STATE, _state(pnn=True)))
+    with pytest.raises(frames.ProtocolError, match="'leader' has type str"):
+        frames.validate(frames.Frame(1, frames.MsgType.STATE, _state(leader="0")))
+    with pytest.raises(frames.ProtocolError, match="list of PNNs"):
+        frames.validate(frames.Frame(1, frames.MsgType.STATE, _state(members=["a"])))
 
 
 def test_encode_refuses_oversized():
-    with pytest.raises(P.ProtocolError):
-        P.encode(P.MsgType.STATE, {"x": "a" * (P.MAX_PAYLOAD + 1)})
+    with pytest.raises(frames.ProtocolError):
+        frames.encode(frames.MsgType.STATE, {"x": "a" * (frames.MAX_PAYLOAD + 1)})
 
 
 def test_read_frame_from_stream():
     async def go():
         r = asyncio.StreamReader()
-        r.feed_data(P.encode(P.MsgType.BYE, {"pnn": 3, "instance": "i"}))
+        r.feed_data(frames.encode(frames.MsgType.BYE, {"pnn": 3, "instance": "i"}))
         r.feed_eof()
-        f = await P.read_frame(r)
+        f = await frames.read_frame(r)
         assert f.payload["pnn"] == 3
         with pytest.raises(asyncio.IncompleteReadError):
-            await P.read_frame(r)
+            await frames.read_frame(r)
     asyncio.run(go())
+
+
+def test_errors_derive_from_the_one_root():
+    from pyctdb.errors import PyctdbError
+    with pytest.raises(PyctdbError) as ei:
+        frames.decode(b"HTTP" + bytes(12) + b"{}")
+    assert isinstance(ei.value, frames.ProtocolError) and ei.value.code == "EPROTO"
+    assert ei.value.message == str(ei.value)
+    assert issubclass(frames.IncompleteFrame, PyctdbError)

@@ -31,6 +31,7 @@ from base64 import b64decode as _b64decode
 from dataclasses import dataclass
 
 from pyctdb import PROTOCOL_VERSION
+from pyctdb.errors import PyctdbError
 
 MAGIC = b"PCTD"
 HEADER = struct.Struct("!4sHHII")
@@ -52,8 +53,10 @@ class MsgType(enum.IntEnum):
 _TYPES = {t.value: t for t in MsgType}
 
 
-class ProtocolError(Exception):
+class ProtocolError(PyctdbError):
     """A frame that cannot be accepted. The message says why."""
+
+    code = "EPROTO"
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,9 @@ def decode(data: bytes) -> tuple:
     return Frame(version, mtype, decode_payload(data[HEADER_SIZE:end])), data[end:]
 
 
-class IncompleteFrame(Exception):
+class IncompleteFrame(PyctdbError):
+    """Not a whole frame yet: ``needed`` more bytes are (at least) needed."""
+
     def __init__(self, needed: int):
         super().__init__(f"{needed} more bytes needed")
         self.needed = needed
