@@ -147,7 +147,8 @@ class Arg:
 
     def check(self, op, args):
         if self.name not in args:
-            if self.required and not (self.required_unless and args.get(self.required_unless)):
+            excused = self.required_unless and args.get(self.required_unless)
+            if self.required and not excused:
                 raise ControlArgumentError(op, self.name, "is missing")
             return
         if not self.checked:
@@ -159,7 +160,8 @@ class Arg:
         if self.min is not None and _is(value, (int, float)) and value < self.min:
             raise ControlArgumentError(op, self.name, f"must be at least {self.min}, "
                                                       f"not {value}")
-        if self.max_len is not None and isinstance(value, str) and len(value) > self.max_len:
+        if (self.max_len is not None and isinstance(value, str)
+                and len(value) > self.max_len):
             raise ControlArgumentError(op, self.name, f"must be at most {self.max_len} "
                                                       f"characters, not {len(value)}")
         if self.items and isinstance(value, (list, dict)):
