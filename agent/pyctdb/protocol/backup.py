@@ -24,6 +24,7 @@ import time
 import zlib
 from dataclasses import dataclass
 
+from pyctdb.errors import PyctdbError
 from pyctdb.rules import records as recs
 
 MAGIC = b"PYCTDBBK"
@@ -33,8 +34,11 @@ _HEAD = struct.Struct(">II")
 _REC = struct.Struct(">IIQII")
 
 
-class BackupError(ValueError):
-    pass
+class BackupError(PyctdbError, ValueError):
+    """A backup file that cannot be read or is damaged; the message says why (a
+    ValueError too)."""
+
+    code = "EINVAL"
 
 
 @dataclass

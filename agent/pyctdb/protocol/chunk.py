@@ -22,6 +22,7 @@ import binascii
 import struct
 import zlib
 
+from pyctdb.errors import PyctdbError
 from pyctdb.rules import records
 
 MAGIC = b"PCRC"
@@ -32,8 +33,10 @@ _CRC = struct.Struct("!I")
 _MAX_DATA = records.HEADER_SIZE + records.MAX_VALUE
 
 
-class ChunkError(ValueError):
-    """A chunk that cannot be accepted; the message says why."""
+class ChunkError(PyctdbError, ValueError):
+    """A chunk that cannot be accepted; the message says why (a ValueError too)."""
+
+    code = "EIO"
 
 
 def encode(items) -> bytes:

@@ -13,6 +13,8 @@ import re
 import struct
 from dataclasses import dataclass
 
+from pyctdb.errors import PyctdbError
+
 HEADER = struct.Struct(">QII")  # rsn u64, dmaster u32, flags u32
 HEADER_SIZE = HEADER.size  # 16
 
@@ -30,8 +32,10 @@ MAX_NAME = 255
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 
-class CorruptRecord(ValueError):
-    """A stored record whose header cannot be valid."""
+class CorruptRecord(PyctdbError, ValueError):
+    """A stored record whose header cannot be valid (a ValueError too, as before)."""
+
+    code = "EIO"
 
 
 @dataclass(frozen=True)

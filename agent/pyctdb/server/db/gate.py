@@ -53,11 +53,12 @@ nothing).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import mmap
 import os
 import time
+
+from pyctdb.server import tasks
 from pyctdb.protocol.fastpath import (GATE, GATE_AT, GATE_DB, GATE_KEY, TTL, WAIT_FILE,
                                       WAIT_SINCE, WAIT_SIZE, lease_key)
 
@@ -66,6 +67,7 @@ log = logging.getLogger("pyctdb.db")
 RENEW = 1.0
 HELD_WARN = 5.0   # a renewal waiting this long for the writer lock is logged
 READER_CHECK = 10.0  # how often reader slots left by dead clients are freed
+
 
 class WaitFlag:
     """The agent's side of ``agent.wait``: raised by the store's worker while it waits for
@@ -97,7 +99,11 @@ class WaitFlag:
 
 
 class Gate:
-    """The agent's side, for one (volatile) :class:`~.store.Store`."""
+    """The agent's side of the gate of one (volatile) LMDB :class:`~.store.Store`: opens,
+    renews and closes it, and marks the records leased through the API. LMDB-specific
+    (it writes in the store's own write transactions, ``Store.run``), not part of the
+    storage backend seam (backend.py): a TDB backend's clients take the chain lock and
+    read the record header themselves, as CTDB's do."""
 
     def __init__(self, store):
         self.store = store
@@ -156,7 +162,7 @@ class Gate:
         self.want_open = should_open
         self._last = now
         self._inflight = True
-        asyncio.ensure_future(self._renew())
+        tasks.spawn(self._renew(), name="db-gate-renew")
 
     async def _renew(self):
         try:

@@ -14,10 +14,11 @@ import asyncio
 import logging
 import secrets
 
-from pyctdb.rules import nodeflags
-from pyctdb.server.cluster import RECMODE_ACTIVE
+from pyctdb.errors import DbError
 from pyctdb.protocol import backup as backup_file
+from pyctdb.rules import nodeflags
 from pyctdb.rules import records as record_rules
+from pyctdb.server.cluster import RECMODE_ACTIVE
 from pyctdb.server.db.wire import STEP_RECORDS, cooperative, from_wire, wire_frames
 
 log = logging.getLogger("pyctdb.db")
@@ -26,6 +27,9 @@ CHUNK_BYTES = 1 << 20
 
 
 class Maintenance:
+    """Database administration across the cluster (detach, getdbstatus, backupdb,
+    restoredb) and its controls ``db_detach`` and ``db_restore``."""
+
     def __init__(self, dbs):
         self.dbs = dbs
         self.cluster = dbs.cluster
@@ -34,7 +38,6 @@ class Maintenance:
             "db_detach": self._ctl_detach, "db_restore": self._ctl_restore})
 
     def _error(self, code, msg):
-        from pyctdb.errors import DbError
         return DbError(code, msg)
 
     # -- detach ----------------------------------------------------------------------------
@@ -99,7 +102,6 @@ class Maintenance:
 
     # -- getdbstatus -----------------------------------------------------------------------
     def status(self, name):
-        from pyctdb.errors import DbError
         st, meta = self.dbs.find(name)
         health = st.damaged.get(name)
         records = None
@@ -109,7 +111,7 @@ class Maintenance:
             except Exception as exc:
                 raise DbError("EIO", str(exc)) from None
         vac = getattr(self.dbs, "vacuum", None)
-        return {"db_id": meta["db_id"], "name": name, "path": f"{st.path}#{name}",
+        return {"db_id": meta["db_id"], "name": name, "path": st.location(name),
                 "persistent": st.persistent, "replicated": False, "sticky": False,
                 "readonly": False, "health": health or "OK", "seqnum": meta["seqnum"],
                 "records": records, "pnn": self.dbs.pnn,

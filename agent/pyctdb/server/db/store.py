@@ -28,17 +28,25 @@ from concurrent.futures import ThreadPoolExecutor
 
 import lmdb
 
-from pyctdb.rules import records
 from pyctdb.protocol.fastpath import open_env
+from pyctdb.rules import records
+from pyctdb.server.db.backend import StorageBackend, StoreError
+from pyctdb.server.db.gate import WaitFlag
+
+__all__ = ["Store", "StoreError", "remove_tree"]
 
 log = logging.getLogger("pyctdb.db")
 
 DBMAP = b"__dbmap__"
-class StoreError(Exception):
-    pass
 
 
-class Store:
+class Store(StorageBackend):
+    """The LMDB :class:`~.backend.StorageBackend`: one LMDB environment holding the
+    volatile (or the persistent) databases of this node, written in one worker thread.
+    Besides the backend's contract it offers :meth:`run` and :meth:`handle_in` (a write
+    transaction of one's own) and ``env``/``wait_flag``, which only the LMDB-specific
+    gate (gate.py) and the API's fast-path answer use."""
+
     def __init__(self, path, persistent):
         self.path = path
         self.persistent = persistent
@@ -78,7 +86,6 @@ class Store:
     def _wait_flag(self):
         """The volatile environment's ``agent.wait`` (gate.WaitFlag), or None if it cannot
         be made (the databases work without it; a looping client may delay the agent)."""
-        from pyctdb.server.db.gate import WaitFlag
         try:
             return WaitFlag(self.path)
         except (OSError, ValueError) as exc:
@@ -147,13 +154,11 @@ class Store:
         """(In the worker) the handle of sub-database ``sub``, created if needed."""
         return self.env.open_db(sub, txn=txn)
 
-    # -- reads (on the loop) ---------------------------------------------------------
-    def usable(self, name):
-        if self.env is None:
-            raise StoreError(self.error or f"{self.kind} databases are not available")
-        if name in self.damaged:
-            raise StoreError(self.damaged[name])
+    @property
+    def available(self):
+        return self.env is not None
 
+    # -- reads (on the loop) ---------------------------------------------------------
     def get(self, name, key) -> records.Record | None:
         self.usable(name)
         with self.env.begin(db=self.handle(name)) as txn:

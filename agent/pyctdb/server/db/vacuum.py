@@ -25,8 +25,10 @@ import logging
 import time
 
 from pyctdb.rules import nodeflags
-from pyctdb.server.cluster import RECMODE_NORMAL
 from pyctdb.rules import records
+from pyctdb.server import tasks
+from pyctdb.server.cluster import RECMODE_NORMAL
+from pyctdb.server.db.wire import b64, unb64
 
 log = logging.getLogger("pyctdb.db")
 
@@ -36,12 +38,18 @@ LOCK_WAIT = 0.2        # a key locked longer than this is left for the next run
 
 
 class Vacuum:
+    """Vacuuming of this node's volatile databases (the steps above): a run every
+    ``VacuumInterval`` seconds, and the controls ``db_vacuum_fetch`` and
+    ``db_vacuum_delete`` it asks of other nodes. Reads and deletes records through the
+    :class:`~.backend.StorageBackend` interface (``page``, ``get``, ``delete_where``)."""
+
     def __init__(self, dbs):
         self.dbs = dbs
         self.cluster = dbs.cluster
         self._last = time.monotonic()
         self._task = None
         self._fetching = set()
+        self._running = set()   # fetches of tombstones handed to this node (running)
         self.stats = {}  # name -> {"runs", "removed", "last"}
         self.cluster.control_handlers.update({
             "db_vacuum_fetch": self._ctl_fetch, "db_vacuum_delete": self._ctl_delete})
@@ -65,12 +73,12 @@ class Vacuum:
         if time.monotonic() - self._last < iv or not self._can_run():
             return
         self._last = time.monotonic()
-        self._task = asyncio.ensure_future(self.run())
+        self._task = tasks.spawn(self.run(), name="db-vacuum")
 
     async def run(self):
         """One vacuuming run over every volatile database of this node."""
         st = self.dbs.stores[False]
-        if st.env is None:
+        if not st.available:
             return 0
         removed = 0
         for name in sorted(st.meta):
@@ -97,7 +105,6 @@ class Vacuum:
                 break
             after = recs[-1][0]
             await asyncio.sleep(0)
-        from pyctdb.server.db.wire import b64
         for lm, keys in others.items():
             for i in range(0, len(keys), BATCH):
                 await self.cluster.control(lm, "db_vacuum_fetch", {
@@ -117,8 +124,8 @@ class Vacuum:
     async def delete_everywhere(self, name, keys):
         """At the LMASTER (and DMASTER) of ``keys``: delete these tombstones on every
         member, then here. Returns how many were removed."""
-        from pyctdb.server.db.wire import b64, unb64
         dbs, st, pnn = self.dbs, self.dbs.stores[False], self.dbs.pnn
+        locks = dbs.migration  # (its lmaster_locks and client_locks)
         epoch, vm, members = dbs.epoch, list(self.cluster.vnnmap), dbs.members()
         held = []
         try:
@@ -126,13 +133,13 @@ class Vacuum:
                 if records.lmaster(k, vm) != pnn:
                     continue
                 try:
-                    await dbs._lmaster_locks.acquire((name, k), LOCK_WAIT)
+                    await locks.lmaster_locks.acquire((name, k), LOCK_WAIT)
                 except asyncio.TimeoutError:
                     continue
                 try:
-                    await dbs._client_locks.acquire((name, k), LOCK_WAIT)
+                    await locks.client_locks.acquire((name, k), LOCK_WAIT)
                 except asyncio.TimeoutError:
-                    dbs._lmaster_locks.release((name, k))
+                    locks.lmaster_locks.release((name, k))
                     continue
                 held.append(k)
             if dbs.frozen or dbs.epoch != epoch:
@@ -167,21 +174,21 @@ class Vacuum:
             return len(go)
         finally:
             for k in held:
-                dbs._client_locks.release((name, k))
-                dbs._lmaster_locks.release((name, k))
+                locks.client_locks.release((name, k))
+                locks.lmaster_locks.release((name, k))
 
     # -- controls ------------------------------------------------------------------------
     async def _ctl_fetch(self, src, args):
         """From a DMASTER of tombstones this node is the LMASTER of: migrate them here
         (in the background) and vacuum them."""
-        from pyctdb.server.db.wire import unb64
-        self.dbs._not_frozen()
+        self.dbs.not_frozen()
         name = args["db"]
         self.dbs.usable_ctl(name)
         keys = [unb64(k) for k in args["keys"]]
         if name not in self._fetching:
             self._fetching.add(name)
-            asyncio.ensure_future(self._fetch(name, keys))
+            tasks.spawn(self._fetch(name, keys), name="db-vacuum-fetch",
+                        owner=self._running)
         return {}
 
     async def _fetch(self, name, keys):
@@ -207,13 +214,12 @@ class Vacuum:
 
     async def _ctl_delete(self, src, args):
         """From the LMASTER: delete these copies unless newer or held as DMASTER."""
-        from pyctdb.server.db.wire import b64, unb64
-        self.dbs._not_frozen()
+        self.dbs.not_frozen()
         name = args["db"]
         st, _ = self.dbs.usable_ctl(name)
         limit = {unb64(k): int(rsn) for k, rsn in args["records"]}
         pnn, epoch = self.dbs.pnn, self.dbs.epoch
         kept = await st.delete_where(
             name, list(limit), lambda k, r: r.rsn <= limit[k] and r.dmaster != pnn,
-            check=self.dbs._check_epoch(epoch))
+            check=self.dbs.check_epoch(epoch))
         return {"kept": [b64(k) for k in kept]}
