@@ -378,24 +378,26 @@ def test_validate_reply():
 
 
 # -- docs/protocol.md's tables are generated from the definitions --------------------------
+PROTOCOL_MD = DOCS / "protocol.md"
+
+
 def _docs_table(group):
-    text = (DOCS / "protocol.md").read_text()
-    begin = f"<!-- generated: python -m pyctdb.protocol.controls --markdown {group} -->\n"
-    end = "<!-- end of generated table -->"
+    text = PROTOCOL_MD.read_text()
+    begin = controls.TABLE_BEGIN.format(group=group)
     assert begin in text, f"docs/protocol.md lacks the marker {begin.strip()}"
     start = text.index(begin) + len(begin)
-    return text[start:text.index(end, start)]
+    return text[start:text.index(controls.TABLE_END, start)]
 
 
 @pytest.mark.parametrize("group", controls.GROUPS)
 def test_docs_tables_are_the_definitions(group):
     assert _docs_table(group) == controls.markdown_table(group), (
-        "docs/protocol.md is out of date: paste the output of "
-        f"`python -m pyctdb.protocol.controls --markdown {group}` between its markers")
+        "docs/protocol.md is out of date: run `python -m pyctdb.protocol.controls "
+        "--update-docs docs/protocol.md` (from agent/)")
 
 
 def test_docs_tables_list_every_control_with_its_arguments():
-    rows = "".join(_docs_table(g) for g in controls.GROUPS).splitlines()[2:]
+    rows = "".join(_docs_table(g) for g in controls.GROUPS).splitlines()
     listed = {}
     for row in rows:
         if row.startswith("| `") and not row.startswith("| `op`"):
@@ -403,8 +405,22 @@ def test_docs_tables_list_every_control_with_its_arguments():
             listed[op.strip("|` ")] = args
     assert set(listed) == set(CONTROLS)
     for op, d in CONTROLS.items():
-        for a in d.args:
-            assert f"{a.name}" in listed[op].split("}`")[0], (op, a.name)
+        names = [part.split(":")[0].rstrip("?")
+                 for part in listed[op].split("}`")[0].strip("`{").split(", ") if part]
+        assert names == [a.name for a in d.args], op
+
+
+def test_update_docs(tmp_path):
+    text = PROTOCOL_MD.read_text()
+    assert controls.update_docs(text) == text
+    stale = text.replace("| `ping` | `{}` |", "| `ping` | `{x}` |")
+    assert stale != text and controls.update_docs(stale) == text
+    path = tmp_path / "protocol.md"
+    path.write_text(stale)
+    assert controls.main(["--update-docs", str(path)]) == 0
+    assert path.read_text() == text
+    with pytest.raises(ValueError, match="no table markers for the cluster controls"):
+        controls.update_docs("# nothing")
 
 
 def test_markdown_command(capsys):
@@ -412,4 +428,6 @@ def test_markdown_command(capsys):
     assert capsys.readouterr().out == controls.markdown_table("database")
     assert controls.main(["--markdown"]) == 0
     assert capsys.readouterr().out == controls.markdown_table()
+    assert controls.main(["--markdown", "nope"]) == 2
     assert controls.main(["--html"]) == 2
+    assert "usage:" in capsys.readouterr().err

@@ -40,7 +40,7 @@ Rules the checks follow:
   accept.
 
 ``python -m pyctdb.protocol.controls --markdown [cluster|database]`` prints the tables of
-docs/protocol.md.
+docs/protocol.md; ``--update-docs docs/protocol.md`` rewrites them there.
 """
 
 from __future__ import annotations
@@ -328,7 +328,7 @@ _DEFS = [
     ControlDef(
         "tickles",
         (Arg("tickles", DICT, required=False, default={}, items=LIST,
-             doc="address: [connection]"),),
+             doc="the connections to each address"),),
         Reply(dict),
         sent_by="every node to every connected node when the TCP connections of the "
                 "addresses it hosts change (checked every second)"),
@@ -623,15 +623,45 @@ def markdown_table(group=None) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: The markers around a generated table in docs/protocol.md (``{group}``: its group).
+TABLE_BEGIN = "<!-- generated: python -m pyctdb.protocol.controls --markdown {group} -->\n"
+TABLE_END = "<!-- end of generated table -->"
+
+
+def update_docs(text: str) -> str:
+    """``text`` (docs/protocol.md) with each group's table between its markers replaced
+    by :func:`markdown_table`; ValueError if a group's markers are missing."""
+    for group in GROUPS:
+        begin = TABLE_BEGIN.format(group=group)
+        start = text.find(begin)
+        end = text.find(TABLE_END, start) if start >= 0 else -1
+        if end < 0:
+            raise ValueError(f"no table markers for the {group} controls")
+        start += len(begin)
+        text = text[:start] + markdown_table(group) + text[end:]
+    return text
+
+
+USAGE = f"""usage: python -m pyctdb.protocol.controls --markdown [{'|'.join(GROUPS)}]
+       python -m pyctdb.protocol.controls --update-docs PATH/TO/docs/protocol.md"""
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] != "--markdown" or len(argv) > 2 or (
-            len(argv) == 2 and argv[1] not in GROUPS):
-        print(f"usage: python -m pyctdb.protocol.controls --markdown [{'|'.join(GROUPS)}]",
-              file=sys.stderr)
-        return 2
-    sys.stdout.write(markdown_table(argv[1] if len(argv) == 2 else None))
-    return 0
+    if argv[:1] == ["--markdown"] and len(argv) <= 2 and set(argv[1:]) <= set(GROUPS):
+        sys.stdout.write(markdown_table(argv[1] if len(argv) == 2 else None))
+        return 0
+    if argv[:1] == ["--update-docs"] and len(argv) == 2:
+        with open(argv[1], encoding="utf-8") as f:
+            old = f.read()
+        new = update_docs(old)
+        if new != old:
+            with open(argv[1], "w", encoding="utf-8") as f:
+                f.write(new)
+        print(f"{argv[1]}: {'updated' if new != old else 'up to date'}")
+        return 0
+    print(USAGE, file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":
