@@ -1,7 +1,7 @@
 """interface_moves: which hosted public addresses change interface (CTDB's updateip)."""
 
 from pyctdb.common.config import PublicAddress
-from pyctdb.server.failover import interface_moves
+from pyctdb.rules.takeover import interface_moves
 
 
 def pa(addr, *ifaces):

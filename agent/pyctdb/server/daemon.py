@@ -83,7 +83,8 @@ async def _serve(config, me, tunables, socket_path, ring):
     from pyctdb.server.sdnotify import notify
 
     from pyctdb.server.events import EventRunner, Monitor
-    from pyctdb.server.failover import Failover, hosted_ips_path
+    from pyctdb.server.failover import Failover
+    from pyctdb.server.hosted import hosted_ips_path
 
     lock = make_lock(config.cluster_lock)
     cluster = Cluster(config, me, tunables, lock=lock)
@@ -147,7 +148,7 @@ def drop_public_ips(config, hosted_file):
     """Remove from this host's interfaces every address of the public_addresses file and
     every address recorded in ``hosted_file`` (what the agent hosted, including runtime
     additions); the record is then removed, or keeps what could not be removed."""
-    from pyctdb.server.failover import read_hosted, write_hosted
+    from pyctdb.server.hosted import read_hosted, write_hosted
     rc = 0
     try:
         recorded = read_hosted(hosted_file)
@@ -192,7 +193,7 @@ def main(argv=None):
         print(f"pyctdbd: {exc}", file=sys.stderr)
         return 2
     if args.drop_public_ips:
-        from pyctdb.server.failover import hosted_ips_path
+        from pyctdb.server.hosted import hosted_ips_path
         return drop_public_ips(config, hosted_ips_path(socket_path_of(args)))
     if args.check_config:
         active = [n for n in config.nodes if not n.deleted]

@@ -15,12 +15,15 @@ addresses, so agents without any start fast.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import socket
 import struct
 import subprocess
 import threading
+
+from pyctdb.errors import PyctdbError
 
 log = logging.getLogger("pyctdb.netops")
 
@@ -36,8 +39,15 @@ def _iproute():
     return _ipr
 
 
-class NetError(Exception):
-    pass
+class NetError(PyctdbError):
+    """A network operation failed (an interface is missing, netlink refused a change)."""
+
+
+def _errno(exc):
+    """The errno of a failed netlink or socket call: pyroute2's NetlinkError carries it
+    as ``code``, an OSError as ``errno``; None when there is none."""
+    code = getattr(exc, "code", None)
+    return code if isinstance(code, int) else getattr(exc, "errno", None)
 
 
 def _family(addr):
@@ -92,7 +102,7 @@ def add_address(iface, addr, prefix):
         with _ipr_lock:
             _iproute().addr("add", index=idx, address=addr, prefixlen=prefix)
     except Exception as exc:
-        if "File exists" in str(exc) or getattr(exc, "code", None) == 17:
+        if _errno(exc) == errno.EEXIST:  # already there
             return False
         raise NetError(f"cannot add {addr}/{prefix} to {iface}: {exc}") from None
     return True
@@ -104,7 +114,7 @@ def del_address(iface, addr, prefix):
         with _ipr_lock:
             _iproute().addr("del", index=idx, address=addr, prefixlen=prefix)
     except Exception as exc:
-        if getattr(exc, "code", None) in (99, 2) or "Cannot assign" in str(exc):
+        if _errno(exc) in (errno.EADDRNOTAVAIL, errno.ENOENT):  # not there
             return False
         raise NetError(f"cannot remove {addr}/{prefix} from {iface}: {exc}") from None
     return True

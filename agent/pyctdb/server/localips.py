@@ -1,0 +1,132 @@
+"""Node side of failover: the public addresses this node hosts, added and removed as the
+leader says (controls ``get_public_ips``, ``take_ip``, ``release_ip``).
+
+``take_ip`` adds the address with pyroute2 on the first usable configured interface,
+announces it (gratuitous ARP / unsolicited NA) and sends tickle ACKs for the connections
+the address had elsewhere; ``release_ip`` removes it and resets its connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+
+from pyctdb.rules.takeover import sort_key
+from pyctdb.server import netops
+
+log = logging.getLogger("pyctdb.failover")
+
+
+class NetThread:
+    """Runs blocking network operations in this node's one netops thread: pyroute2's
+    netlink socket must stay in the thread that created it."""
+
+    def __init__(self):
+        self._executor = None
+
+    async def run(self, fn, *args):
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="netops")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def shutdown(self):
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class LocalAddresses:
+    """The public addresses on this node's interfaces: ``assigned`` {address: interface
+    it is (to be) on}, changed only under ``netlock`` and recorded in the hosted file;
+    serves ``get_public_ips``, ``take_ip`` and ``release_ip``."""
+
+    def __init__(self, cluster, addresses, net, record, tickles, events):
+        self.cluster = cluster
+        self.addresses = addresses  # PublicAddressList
+        self.net = net  # NetThread
+        self.record = record  # HostedRecord
+        self.tickles = tickles  # Tickles
+        self.events = events  # FailoverEvents
+        self.assigned = {}
+        self.netlock = asyncio.Lock()
+        cluster.control_handlers.update({
+            "get_public_ips": self._ctl_get_public_ips,
+            "release_ip": self._ctl_release_ip,
+            "take_ip": self._ctl_take_ip,
+        })
+
+    async def release(self, addr):
+        """Release ``addr`` here, as the leader would have this node do."""
+        return await self._ctl_release_ip(self.cluster.pnn, {"address": addr})
+
+    @staticmethod
+    def _usable_iface(pa):
+        for iface in pa.interfaces:
+            if netops.iface_is_up(iface):
+                return iface
+        return None
+
+    async def _ctl_get_public_ips(self, src, args):
+        return {"configured": [{"address": pa.address, "prefix": pa.prefix,
+                                "interfaces": list(pa.interfaces)}
+                               for pa in self.addresses.configured.values()],
+                "hosted": sorted(self.assigned, key=sort_key)}
+
+    async def _ctl_release_ip(self, src, args):
+        addr = args["address"]
+        pa = self.addresses.lookup(addr)
+        if addr in self.assigned and pa is not None:
+            await self.events.run("releaseip", self.assigned[addr], addr, pa.prefix)
+        async with self.netlock:
+            # (it leaves ``assigned`` only once it is off the interface: a shutdown waits
+            # for an empty ``assigned`` before it lets the process exit)
+            iface = self.assigned.get(addr)
+            conns = netops.tcp_connections([addr])
+            removed = failed = False
+            for cand in ([iface] if iface else []) + (list(pa.interfaces) if pa else []):
+                try:
+                    if await self.net.run(netops.del_address, cand, addr,
+                                          pa.prefix if pa else (32 if ":" not in addr else 128)):
+                        removed = True
+                        break
+                except netops.NetError:
+                    failed = True
+                    continue
+            killed = await self.net.run(netops.kill_local_connections, addr)
+            self.assigned.pop(addr, None)
+            if removed or not failed:  # (else it may still be there: keep it recorded)
+                await self.record.set(addr, None)
+        log.warning("released %s%s%s", addr, f" from {iface}" if iface else "",
+                    f", reset {killed} connections" if killed else "")
+        self.tickles.forget(addr)
+        if addr not in self.addresses.configured:
+            self.addresses.removed.pop(addr, None)
+        return {"released": removed, "connections": [list(x) for x in conns]}
+
+    async def _ctl_take_ip(self, src, args):
+        addr = args["address"]
+        pa = self.addresses.configured.get(addr)
+        if pa is None:
+            raise ValueError(f"{addr} is not one of this node's public addresses")
+        async with self.netlock:
+            iface = await self.net.run(self._usable_iface, pa)
+            if iface is None:
+                raise ValueError(f"no usable interface for {addr} (configured: "
+                                 f"{','.join(pa.interfaces)})")
+            await self.record.set(addr, (pa.prefix, iface))
+            try:
+                await self.net.run(netops.add_address, iface, addr, pa.prefix)
+            except Exception:
+                if addr not in self.assigned:
+                    await self.record.set(addr, None)
+                raise
+            self.assigned[addr] = iface
+            await self.net.run(netops.announce, iface, addr)
+        await self.events.run("takeip", iface, addr, pa.prefix)
+        conns = self.tickles.for_take(addr, args.get("connections", []))
+        if conns:
+            self.tickles.send_acks(conns)
+        log.warning("took %s on %s%s", addr, iface,
+                    f", tickling {len(conns)} connections" if conns else "")
+        return {"taken": True, "iface": iface}
