@@ -151,7 +151,8 @@ def _sample(arg):
     return _SAMPLES[arg.types[0]]
 
 
-#: method -> index of the op in its arguments (and any method named ``*control``: 1)
+#: method -> index of the op in its arguments (any method named ``*control`` or ``call``:
+#: 1)
 SENDERS = {"control": 1, "on_node": 1, "_on_node": 1, "on_members": 1, "_on_members": 1}
 
 
@@ -183,11 +184,13 @@ def _call_sites():
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
                 continue
             name = node.func.attr
-            if name in SENDERS or name.endswith("control"):
+            if name in SENDERS or name.endswith("control") or name == "call":
                 i = SENDERS.get(name, 1)
                 if len(node.args) <= i or not isinstance(node.args[i], ast.Constant):
                     continue  # a wrapper passing its own op along
                 op, rest = node.args[i].value, node.args[i + 1:]
+                if name == "call" and op not in CONTROLS:
+                    continue  # (``controls.call(pnn, op, ...)``, not any other call)
             elif (path, name) in handler_ops:
                 op, rest = handler_ops[(path, name)], node.args[1:]
             else:
