@@ -8,18 +8,24 @@ import os
 import socket
 
 from pyctdb import API_VERSION
+from pyctdb.errors import PyctdbError
 from pyctdb.protocol.api import DEFAULT_SOCKET
 
 
-class ApiCallError(Exception):
+class ApiCallError(PyctdbError):
+    """The agent answered a request with an error: its ``code`` (errno name) and
+    ``message``; ``str()`` is ``"CODE: message"``."""
+
     def __init__(self, code, message):
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+        super().__init__(message, code)
+        Exception.__init__(self, f"{code}: {message}")
 
 
-class AgentUnavailable(Exception):
-    """The agent's socket cannot be reached."""
+class AgentUnavailable(PyctdbError):
+    """The agent's socket cannot be reached, or the connection to it was lost, or the
+    agent did not answer in time (code ENOTCONN)."""
+
+    code = "ENOTCONN"
 
 
 def default_socket() -> str:
@@ -27,6 +33,10 @@ def default_socket() -> str:
 
 
 class Client:
+    """A synchronous connection to the local agent's API (``path``: its socket, default
+    ``$PYCTDB_SOCKET`` or /run/pyctdb/pyctdbd.socket): :meth:`call` sends one request and
+    returns its result. Connects at the first call."""
+
     def __init__(self, path=None, timeout=10.0):
         self.path = path or default_socket()
         self.timeout = timeout

@@ -18,11 +18,12 @@ Requests go to this node's agent (its local API socket: ``socket=`` or
 Volatile databases have a fast path, as CTDB's client: the library opens the node's
 volatile LMDB environment itself (the agent says where in its ``attach`` answer), and
 ``fetch_locked`` is one LMDB write transaction — the environment's writer lock is the
-record lock — in which it checks the gate (the agent serves, no recovery: see
-``pyctdb/db/gate.py``; it reads it from the agent's memory-mapped ``agent.wait``) and
-that this node is the record's DMASTER, then reads, and the store commits. Only when
-that does not hold does it ask the agent to migrate the record here, and try again. ``fetch`` reads a record this node masters from a read
-transaction. See docs/client.md.
+record lock — in which it checks the gate (the agent serves, no recovery: see the
+agent's ``server/db/gate.py``; it reads it from the agent's memory-mapped
+``agent.wait``) and that this node is the record's DMASTER, then reads, and the store
+commits. Only when that does not hold does it ask the agent to migrate the record here,
+and try again. ``fetch`` reads a record this node masters from a read transaction.
+See docs/client.md.
 """
 
 from __future__ import annotations
@@ -34,20 +35,25 @@ import threading
 import time
 import weakref
 
+import lmdb
+
 from pyctdb.client.connection import ApiCallError, Client
+from pyctdb.errors import PyctdbError
 from pyctdb.protocol.fastpath import (GATE, GATE_AT, GATE_DB, GATE_KEY, WAIT_FILE,
-                                      WAIT_SIZE, defer, lease_key)
+                                      WAIT_SIZE, defer, lease_key, open_env)
 from pyctdb.rules.records import HEADER, MAX_KEY, MAX_VALUE, REC_DELETED
 
 __all__ = ["attach", "Database", "LocalRecord", "LockedRecord", "Transaction",
            "DatabaseError"]
 
 
-class DatabaseError(Exception):
+class DatabaseError(PyctdbError):
+    """A database request failed: its ``code`` (errno name: ENOENT, EINVAL, EDEADLK,
+    EIO...) and ``message``; ``str()`` is ``"CODE: message"``."""
+
     def __init__(self, code, message):
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+        super().__init__(message, code)
+        Exception.__init__(self, f"{code}: {message}")
 
 
 def _b(x) -> str:
@@ -74,7 +80,7 @@ def attach(name, persistent=False, socket=None, timeout=30.0, local=True):
     if local and not db.persistent and res.get("volatile_env") and db.pnn is not None:
         try:
             db._local = _Local(res["volatile_env"], name, db.pnn)
-        except Exception as exc:  # lmdb.Error, OSError (permissions), ImportError
+        except Exception as exc:  # lmdb.Error, OSError (permissions)
             db.local_error = f"{type(exc).__name__}: {exc}"
         else:
             _DATABASES.add(db)
@@ -113,7 +119,6 @@ class _Env:
     __slots__ = ("env", "gate", "holder", "wait", "until", "leases")
 
     def __init__(self, path, env=None):
-        from pyctdb.protocol.fastpath import open_env
         # the agent's agent.wait (gate.WaitFlag): its wait flag and the gate; without it
         # (an agent from before the gate was there, or none) no fast path
         try:
@@ -182,6 +187,10 @@ def _key(key):
 
 
 class Database:
+    """One clustered database from a program: records of a volatile database
+    (:meth:`fetch_locked`, :meth:`fetch`, :meth:`store`, :meth:`delete`, through the fast
+    path when it can), transactions of a persistent one; made by :func:`attach`."""
+
     def __init__(self, name, socket=None, timeout=30.0):
         self.name = name
         self.db_id = None
@@ -271,7 +280,8 @@ class Database:
         return LockedRecord(self, key, res)
 
     def _lmdb_error(self, exc):
-        import lmdb
+        # py-lmdb raises its plain lmdb.Error for a second write transaction in one
+        # thread: only its text tells it apart (a third-party library's error)
         if "while another write transaction is active on the same thread" in str(exc):
             return DatabaseError("EDEADLK", "fetch_locked while this thread holds a "
                                  "record of this node locked: release it first")
@@ -405,6 +415,8 @@ def _holds_lock(loc):
     try:
         loc.begin(None, None, True).abort()
     except Exception as exc:  # lmdb.Error
+        # py-lmdb's plain lmdb.Error: only its text says it is this thread's own write
+        # transaction (a third-party library's error)
         return "same thread" in str(exc)
     loc.e.holder = 0
     return False

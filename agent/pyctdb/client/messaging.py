@@ -43,6 +43,8 @@ BROADCAST_CONNECTED = "connected"
 
 
 class Message(NamedTuple):
+    """One message that arrived for a srvid this connection registered."""
+
     srvid: int
     src: int  #: PNN of the sending node
     data: bytes

@@ -6,6 +6,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pyctdb.client.connection import ApiCallError
+from pyctdb.errors import UsageError
+from pyctdb.tools.commands import Table, arg
+
+COMMANDS = Table()
+
 USAGE = {
     "list": "conf list",
     "import": "conf import [-T|--test] FILENAME [SECTION]",
@@ -20,34 +26,39 @@ NARGS = {"list": (0, 0), "import": (1, 2), "drop": (0, 0), "showsection": (1, 1)
          "setparm": (3, 3), "getparm": (2, 2), "delparm": (2, 2), "delsection": (1, 1)}
 
 
-def _usage(msg):
-    from pyctdb.errors import UsageError
-    return UsageError(msg)
-
-
+@COMMANDS.command(
+    "conf", help="the cluster registry (smb.conf in a persistent database, as 'net conf'): "
+    "list, import FILE [SECTION], drop, showsection SECTION, setparm SECTION PARAM VALUE, "
+    "getparm SECTION PARAM, delparm SECTION PARAM, delsection SECTION",
+    args=[arg("action", metavar="list|import|drop|showsection|setparm|getparm|delparm|"
+                                "delsection"),
+          # everything after the action (values may start with "-"); -T/--test, --json
+          # and -X are picked out of it by cmd_conf
+          arg("args", nargs=argparse.REMAINDER, metavar="ARG",
+              help="import: [-T|--test] (print what would be imported, change nothing) "
+                   "FILENAME [SECTION]")])
 def cmd_conf(c, a):
-    from pyctdb.client.connection import ApiCallError
     action, args = a.action, []
     a.test = False
-    for arg in a.args:
-        if arg in ("-T", "--test"):
+    for word in a.args:
+        if word in ("-T", "--test"):
             a.test = True
-        elif arg == "--json":
+        elif word == "--json":
             a.json = True
-        elif arg == "-X":
+        elif word == "-X":
             a.X = True
         else:
-            args.append(arg)
+            args.append(word)
     if a.json and a.X:
-        raise _usage("-X and --json cannot be used together")
+        raise UsageError("-X and --json cannot be used together")
     if action not in NARGS:
-        raise _usage("usage: pyctdb conf list|import|drop|showsection|setparm|getparm|"
-                     "delparm|delsection ...")
+        raise UsageError("usage: pyctdb conf list|import|drop|showsection|setparm|getparm|"
+                         "delparm|delsection ...")
     lo, hi = NARGS[action]
     if not lo <= len(args) <= hi:
-        raise _usage("usage: pyctdb " + USAGE[action])
+        raise UsageError("usage: pyctdb " + USAGE[action])
     if a.test and action != "import":
-        raise _usage("-T/--test is only for conf import")
+        raise UsageError("-T/--test is only for conf import")
     try:
         return _run(c, a, action, args)
     except ApiCallError as exc:
@@ -90,22 +101,3 @@ def _run(c, a, action, args):
     res = c.call(command, **dict(zip(keys, args)))
     return (res if a.json else None), 0
 
-
-COMMANDS = {
-    "conf": (cmd_conf, "the cluster registry (smb.conf in a persistent database, as "
-                       "'net conf'): list, import FILE [SECTION], drop, showsection "
-                       "SECTION, setparm SECTION PARAM VALUE, getparm SECTION PARAM, "
-                       "delparm SECTION PARAM, delsection SECTION"),
-}
-
-
-def add_arguments(name, sp):
-    if name != "conf":
-        return
-    sp.add_argument("action", metavar="list|import|drop|showsection|setparm|getparm|"
-                                       "delparm|delsection")
-    # everything after the action (values may start with "-"); -T/--test, --json and -X
-    # are picked out of it by cmd_conf
-    sp.add_argument("args", nargs=argparse.REMAINDER, metavar="ARG",
-                    help="import: [-T|--test] (print what would be imported, change "
-                         "nothing) FILENAME [SECTION]")

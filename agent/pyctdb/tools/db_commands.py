@@ -6,12 +6,17 @@ value starting with ``0x`` is hex."""
 from __future__ import annotations
 
 import base64
+import os
+import sys
+import time
 
-SEP = "|"
+from pyctdb.errors import UsageError
+from pyctdb.tools.commands import SEP, Table, arg
 
-
-class _Usage(Exception):
-    pass
+COMMANDS = Table()
+DB = arg("db", metavar="DB")
+KEY = arg("key", metavar="KEY")
+VALUE = arg("value", metavar="VALUE")
 
 
 def _arg(s):
@@ -31,9 +36,12 @@ def _show(b64):
     return base64.b64decode(b64).decode("utf-8", "backslashreplace")
 
 
+@COMMANDS.command("attach", help="attach a database DB ('persistent': a persistent one) on "
+                  "every node",
+                  args=[DB, arg("flag", nargs="?", metavar="persistent")])
 def cmd_attach(c, a):
     if a.flag not in (None, "persistent"):
-        raise _usage(f"unknown attach flag {a.flag!r} (only 'persistent')")
+        raise UsageError(f"unknown attach flag {a.flag!r} (only 'persistent')")
     res = c.call("attach", db_name=a.db, persistent=a.flag == "persistent")
     if a.json:
         return res, 0
@@ -41,6 +49,7 @@ def cmd_attach(c, a):
         f"\nnot attached on node {p}: {e}" for p, e in sorted(res["failed"].items()))), 0
 
 
+@COMMANDS.command("getdbmap", help="list the databases of this node")
 def cmd_getdbmap(c, a):
     res = c.call("getdbmap")
     if a.json:
@@ -61,6 +70,8 @@ def cmd_getdbmap(c, a):
     return "\n".join(lines), 0
 
 
+@COMMANDS.command("catdb", help="dump the records of database DB held on this node",
+                  args=[DB])
 def cmd_catdb(c, a):
     res = c.call("catdb", db_name=a.db)
     if a.json:
@@ -75,6 +86,8 @@ def cmd_catdb(c, a):
     return "\n".join(out), 0
 
 
+@COMMANDS.command("readkey", help="read KEY of volatile database DB (migrates it here)",
+                  args=[DB, KEY])
 def cmd_readkey(c, a):
     res = c.call("readkey", db_name=a.db, key=_b(a.key))
     if a.json:
@@ -83,21 +96,34 @@ def cmd_readkey(c, a):
     return "Data: size:%d ptr:[%s]" % (len(v), _show(res["value"])), 0
 
 
-def _quiet(command, with_value):
+def _quiet(c, a, command, with_value):
     """writekey, deletekey, pstore, pdelete: no output (the API's result with --json)."""
-    def run(c, a):
-        args = {"db_name": a.db, "key": _b(a.key)}
-        if with_value:
-            args["value"] = _b(a.value)
-        res = c.call(command, **args)
-        return (res if a.json else None), 0
-    return run
+    args = {"db_name": a.db, "key": _b(a.key)}
+    if with_value:
+        args["value"] = _b(a.value)
+    res = c.call(command, **args)
+    return (res if a.json else None), 0
 
 
-cmd_writekey, cmd_deletekey = _quiet("writekey", True), _quiet("deletekey", False)
-cmd_pstore, cmd_pdelete = _quiet("pstore", True), _quiet("pdelete", False)
+@COMMANDS.command("writekey", help="write KEY VALUE to volatile database DB",
+                  args=[DB, KEY, VALUE])
+def cmd_writekey(c, a):
+    return _quiet(c, a, "writekey", True)
 
 
+@COMMANDS.command("deletekey", help="delete KEY from volatile database DB", args=[DB, KEY])
+def cmd_deletekey(c, a):
+    return _quiet(c, a, "deletekey", False)
+
+
+@COMMANDS.command("pstore", help="store KEY VALUE in persistent database DB (a transaction)",
+                  args=[DB, KEY, VALUE])
+def cmd_pstore(c, a):
+    return _quiet(c, a, "pstore", True)
+
+
+@COMMANDS.command("pfetch", help="print the value of KEY of persistent database DB",
+                  args=[DB, KEY])
 def cmd_pfetch(c, a):
     res = c.call("pfetch", db_name=a.db, key=_b(a.key))
     if a.json:
@@ -105,16 +131,28 @@ def cmd_pfetch(c, a):
     return (_show(res["value"]) if res["exists"] else None), 0
 
 
+@COMMANDS.command("pdelete", help="delete KEY from persistent database DB (a transaction)",
+                  args=[DB, KEY])
+def cmd_pdelete(c, a):
+    return _quiet(c, a, "pdelete", False)
+
+
+@COMMANDS.command("getdbseqnum", help="show the sequence number of database DB", args=[DB])
 def cmd_getdbseqnum(c, a):
     res = c.call("getdbseqnum", db_name=a.db)
     return (res if a.json else "0x%x" % res["seqnum"]), 0
 
 
+@COMMANDS.command("wipedb", help="remove every record of database DB on every node",
+                  args=[DB])
 def cmd_wipedb(c, a):
     res = c.call("wipedb", db_name=a.db)
     return (res if a.json else "Database %s wiped" % a.db), 0
 
 
+@COMMANDS.command("detach", help="detach volatile databases DB... on every node (needs "
+                  "AllowClientDBAttach=0 on all nodes)",
+                  args=[arg("dbs", nargs="+", metavar="DB")])
 def cmd_detach(c, a):
     res = c.call("detach", db_names=a.dbs)
     if a.json:
@@ -122,11 +160,12 @@ def cmd_detach(c, a):
     lines = [f"No database matching '{n}' found" for n in res["missing"]]
     lines += [f"Database {n} detach failed" for n in sorted(res["failed"])]
     if lines:
-        import sys
         print("\n".join(lines), file=sys.stderr)
     return None, (1 if res["failed"] else 0)
 
 
+@COMMANDS.command("getdbstatus", help="show the status of database DB on this node",
+                  args=[DB])
 def cmd_getdbstatus(c, a):
     res = c.call("getdbstatus", db_name=a.db)
     if a.json:
@@ -149,7 +188,7 @@ def _unquote(s, lineno, pos):
     """A ``"..."`` string at ``s[pos:]`` with catdb's escapes (``\\XX`` hex):
     (bytes, position after the closing quote)."""
     if pos >= len(s) or s[pos] != '"':
-        raise _usage(f"line {lineno}: expected a quoted string at column {pos + 1}")
+        raise UsageError(f"line {lineno}: expected a quoted string at column {pos + 1}")
     out = bytearray()
     i = pos + 1
     while i < len(s):
@@ -161,13 +200,13 @@ def _unquote(s, lineno, pos):
             try:
                 out.append(int(hx, 16))
             except ValueError:
-                raise _usage(f"line {lineno}: bad escape \\{hx!s} (use \\XX, two hex "
-                             "digits)") from None
+                raise UsageError(f"line {lineno}: bad escape \\{hx!s} (use \\XX, two hex "
+                                 "digits)") from None
             i += 3
             continue
         out += ch.encode()
         i += 1
-    raise _usage(f"line {lineno}: unterminated string")
+    raise UsageError(f"line {lineno}: unterminated string")
 
 
 def parse_ptrans(text):
@@ -183,21 +222,23 @@ def parse_ptrans(text):
             i += 1
         value, i = _unquote(s, n, i)
         if s[i:].strip():
-            raise _usage(f"line {n}: unexpected text after the value: {s[i:]!r}")
+            raise UsageError(f"line {n}: unexpected text after the value: {s[i:]!r}")
         if not key:
-            raise _usage(f"line {n}: empty key")
+            raise UsageError(f"line {n}: empty key")
         writes.append((key, value or None))
     return writes
 
 
+@COMMANDS.command("ptrans", help="one transaction on persistent database DB from '\"key\" "
+                  "\"value\"' lines in FILE (default: standard input)",
+                  args=[DB, arg("file", nargs="?", metavar="FILE")])
 def cmd_ptrans(c, a):
-    import sys
     if a.file:
         try:
             with open(a.file, encoding="utf-8", errors="surrogateescape") as f:
                 text = f.read()
         except OSError as exc:
-            raise _usage(f"cannot read {a.file}: {exc.strerror}") from None
+            raise UsageError(f"cannot read {a.file}: {exc.strerror}") from None
     else:
         text = sys.stdin.read()
     writes = parse_ptrans(text)
@@ -207,8 +248,9 @@ def cmd_ptrans(c, a):
     return (res if a.json else None), 0
 
 
+@COMMANDS.command("backupdb", help="back up database DB to FILE",
+                  args=[DB, arg("file", metavar="FILE")])
 def cmd_backupdb(c, a):
-    import os
     res = c.call("backupdb", db_name=a.db, file=os.path.abspath(a.file))
     if a.json:
         return res, 0
@@ -216,9 +258,10 @@ def cmd_backupdb(c, a):
         res["db_name"], res["file"], res["records"]), 0
 
 
+@COMMANDS.command("restoredb", help="replace database DB (default: the one backed up) on "
+                  "every node with the backup in FILE",
+                  args=[arg("file", metavar="FILE"), arg("db", nargs="?", metavar="DB")])
 def cmd_restoredb(c, a):
-    import os
-    import time
     args = {"file": os.path.abspath(a.file)}
     if a.db:
         args["db_name"] = a.db
@@ -228,57 +271,3 @@ def cmd_restoredb(c, a):
     when = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(res["backup_time"]))
     return "Restoring database '%s' from backup @ %s\n%d records restored" % (
         res["db_name"], when, res["records"]), 0
-
-
-def _usage(msg):
-    from pyctdb.errors import UsageError
-    return UsageError(msg)
-
-
-COMMANDS = {
-    "attach": (cmd_attach, "attach a database DB ('persistent': a persistent one) on every "
-                           "node"),
-    "getdbmap": (cmd_getdbmap, "list the databases of this node"),
-    "catdb": (cmd_catdb, "dump the records of database DB held on this node"),
-    "readkey": (cmd_readkey, "read KEY of volatile database DB (migrates it here)"),
-    "writekey": (cmd_writekey, "write KEY VALUE to volatile database DB"),
-    "deletekey": (cmd_deletekey, "delete KEY from volatile database DB"),
-    "pstore": (cmd_pstore, "store KEY VALUE in persistent database DB (a transaction)"),
-    "pfetch": (cmd_pfetch, "print the value of KEY of persistent database DB"),
-    "pdelete": (cmd_pdelete, "delete KEY from persistent database DB (a transaction)"),
-    "getdbseqnum": (cmd_getdbseqnum, "show the sequence number of database DB"),
-    "wipedb": (cmd_wipedb, "remove every record of database DB on every node"),
-    "detach": (cmd_detach, "detach volatile databases DB... on every node (needs "
-                           "AllowClientDBAttach=0 on all nodes)"),
-    "getdbstatus": (cmd_getdbstatus, "show the status of database DB on this node"),
-    "ptrans": (cmd_ptrans, "one transaction on persistent database DB from '\"key\" "
-                           "\"value\"' lines in FILE (default: standard input)"),
-    "backupdb": (cmd_backupdb, "back up database DB to FILE"),
-    "restoredb": (cmd_restoredb, "replace database DB (default: the one backed up) on "
-                                 "every node with the backup in FILE"),
-}
-
-
-def add_arguments(name, sp):
-    """The positional arguments of database command ``name`` (no-op for others)."""
-    if name not in COMMANDS or name == "getdbmap":
-        return
-    if name == "detach":
-        sp.add_argument("dbs", nargs="+", metavar="DB")
-        return
-    if name == "restoredb":
-        sp.add_argument("file", metavar="FILE")
-        sp.add_argument("db", nargs="?", metavar="DB")
-        return
-    sp.add_argument("db", metavar="DB")
-    if name == "ptrans":
-        sp.add_argument("file", nargs="?", metavar="FILE")
-    elif name == "backupdb":
-        sp.add_argument("file", metavar="FILE")
-    if name == "attach":
-        sp.add_argument("flag", nargs="?", metavar="persistent")
-    elif name in ("readkey", "deletekey", "pfetch", "pdelete"):
-        sp.add_argument("key", metavar="KEY")
-    elif name in ("writekey", "pstore"):
-        sp.add_argument("key", metavar="KEY")
-        sp.add_argument("value", metavar="VALUE")

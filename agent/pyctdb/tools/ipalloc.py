@@ -20,18 +20,17 @@ import argparse
 import sys
 from typing import List, Optional
 
+from pyctdb.errors import UsageError
 from pyctdb.rules import ipalloc
 
 PROG = "pyctdb ipalloc"
 
 
-class _Usage(Exception):
-    pass
-
-
 class _Parser(argparse.ArgumentParser):
+    """The argument parser of ``pyctdb ipalloc``: a bad argument is a UsageError."""
+
     def error(self, message):           # one line, no usage dump, our exit code
-        raise _Usage(message)
+        raise UsageError(message)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,9 +69,9 @@ def _int_list(text: str, what: str, base: int = 10) -> List[int]:
         try:
             v = int(part, base)
         except ValueError:
-            raise _Usage("invalid %s value %r in %r" % (what, part, text)) from None
+            raise UsageError("invalid %s value %r in %r" % (what, part, text)) from None
         if v < 0:
-            raise _Usage("invalid %s value %r in %r" % (what, part, text))
+            raise UsageError("invalid %s value %r in %r" % (what, part, text))
         out.append(v)
     return out
 
@@ -81,7 +80,7 @@ def _node_flags(text: str) -> List[int]:
     flags = _int_list(text, "node flags", 0)       # decimal or 0x...
     for f in flags:
         if f > 0xFFFFFFFF:
-            raise _Usage("invalid node flags value %#x" % f)
+            raise UsageError("invalid node flags value %#x" % f)
     return flags
 
 
@@ -95,8 +94,8 @@ def _runstates(text: str) -> List[int]:
         try:
             out.append(int(part, 10))
         except ValueError:
-            raise _Usage("invalid runstate %r (a number 0-6 or a name such as "
-                         "RUNNING)" % part) from None
+            raise UsageError("invalid runstate %r (a number 0-6 or a name such as "
+                              "RUNNING)" % part) from None
     return out
 
 
@@ -106,7 +105,7 @@ def _log_level(text: str) -> int:
         return ipalloc.LOG_LEVELS[t]
     if t.isdigit():
         return int(t)
-    raise _Usage("invalid log level %r (ERR, WARNING, NOTICE, INFO or DEBUG)" % text)
+    raise UsageError("invalid log level %r (ERR, WARNING, NOTICE, INFO or DEBUG)" % text)
 
 
 def _run(argv: List[str], stdin, stdout, stderr) -> int:
@@ -114,14 +113,14 @@ def _run(argv: List[str], stdin, stdout, stderr) -> int:
     try:
         algorithm = ipalloc.ALGORITHMS[ipalloc._algorithm_index(args.algorithm)]
     except ValueError as e:
-        raise _Usage(str(e)) from None
+        raise UsageError(str(e)) from None
     flags = _node_flags(args.node_flags)
     num = len(flags)
     runstates = None
     if args.runstates is not None:
         runstates = _runstates(args.runstates)
         if len(runstates) != num:
-            raise _Usage("--runstates has %d values for %d nodes" % (len(runstates), num))
+            raise UsageError("--runstates has %d values for %d nodes" % (len(runstates), num))
     force = None
     if args.force_rebalance is not None:
         force = _int_list(args.force_rebalance, "--force-rebalance")
@@ -132,42 +131,42 @@ def _run(argv: List[str], stdin, stdout, stderr) -> int:
             with open(args.home_nodes) as f:
                 text = f.read()
         except OSError as e:
-            raise _Usage("cannot read home_nodes file %s: %s"
-                         % (args.home_nodes, e.strerror or e)) from None
+            raise UsageError("cannot read home_nodes file %s: %s"
+                              % (args.home_nodes, e.strerror or e)) from None
         try:
             home = ipalloc.parse_home_nodes(text)
         except ValueError as e:
-            raise _Usage("home_nodes file %s: %s" % (args.home_nodes, e)) from None
+            raise UsageError("home_nodes file %s: %s" % (args.home_nodes, e)) from None
         if algorithm != "det":
             stderr.write("%s: warning: --home-nodes only affects --algorithm det\n" % PROG)
 
     try:
         text = stdin.read()
     except (OSError, UnicodeDecodeError) as e:
-        raise _Usage("cannot read stdin: %s" % e) from None
+        raise UsageError("cannot read stdin: %s" % e) from None
     try:
         if args.multi:
             ips = ipalloc.parse_multi(text)
             blocks = _count_blocks(text)
             if blocks > num:
-                raise _Usage("stdin has %d blocks (one per node) but --node-flags gives "
-                             "%d nodes" % (blocks, num))
+                raise UsageError("stdin has %d blocks (one per node) but --node-flags gives "
+                                  "%d nodes" % (blocks, num))
         else:
             ips = ipalloc.parse_input(text)
         for ip in ips:
             for n in ip.available_on or ():
                 if n >= num:
-                    raise _Usage("%s is allowed on node %d, but --node-flags gives %d "
-                                 "nodes" % (ip.address, n, num))
+                    raise UsageError("%s is allowed on node %d, but --node-flags gives %d "
+                                      "nodes" % (ip.address, n, num))
         logs: List[str] = []
         result = ipalloc.allocate(ips, flags, algorithm=algorithm,
-                            no_ip_failback=args.no_ip_failback,
-                            no_ip_takeover=args.no_ip_takeover,
-                            runstates=runstates, home_nodes=home,
-                            force_rebalance_nodes=force,
-                            log=lambda lvl, msg: logs.append(msg), log_level=level)
+                                  no_ip_failback=args.no_ip_failback,
+                                  no_ip_takeover=args.no_ip_takeover,
+                                  runstates=runstates, home_nodes=home,
+                                  force_rebalance_nodes=force,
+                                  log=lambda lvl, msg: logs.append(msg), log_level=level)
     except ValueError as e:
-        raise _Usage("stdin: %s" % e) from None
+        raise UsageError("stdin: %s" % e) from None
     for msg in logs:
         stderr.write(msg + "\n")
     stdout.write(ipalloc.format_result(result))
@@ -197,7 +196,7 @@ def main(argv: Optional[List[str]] = None, *, stdin=None, stdout=None, stderr=No
     stderr = sys.stderr if stderr is None else stderr
     try:
         return _run(list(argv), stdin, stdout, stderr)
-    except _Usage as e:
+    except UsageError as e:
         stderr.write("%s: error: %s\n" % (PROG, e))
         return 2
     except SystemExit as e:                      # --help

@@ -1,0 +1,94 @@
+"""The one way a ``pyctdb`` command is registered.
+
+Each command module has a :class:`Table` and registers its commands on it with a
+decorator::
+
+    COMMANDS = Table()
+
+    @COMMANDS.command("getvar", help="show a tunable", args=[arg("name")])
+    def cmd_getvar(client, a):
+        ...
+        return output, exit_code
+
+``tools/cli.py`` imports the command modules, puts their tables together with
+:func:`merge` (in the order of its help) and builds its parser from them. This module
+imports no command module and not cli.py.
+
+A command runs as ``run(client, a) -> (output, exit code)``: ``client`` the local API's
+:class:`~pyctdb.client.connection.Client`, ``a`` the parsed arguments (with the common
+options ``-X``, ``--json``, ``-n``...); ``output`` is printed (as JSON with ``--json``)
+unless None. An *offline* command runs as ``run(argv) -> exit code``, with its own
+arguments and without the agent (``pyctdb ipalloc``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, NamedTuple, Tuple
+
+#: the field separator of CTDB's machine-readable output (-X)
+SEP = "|"
+
+
+class Arg(NamedTuple):
+    """One ``add_argument`` call of a command's parser."""
+
+    names: Tuple[str, ...]
+    options: dict
+
+
+def arg(*names, **options) -> Arg:
+    """An argument of a command, as ``ArgumentParser.add_argument(*names, **options)``."""
+    return Arg(names, options)
+
+
+class Command(NamedTuple):
+    """One command of the tool: its name, help line, arguments and function."""
+
+    name: str
+    run: Callable
+    help: str
+    args: Tuple[Arg, ...] = ()
+    #: acts on another node with ``-n PNN`` (one of CTDB's "remote" commands we have)
+    remote: bool = False
+    #: ``run(argv) -> exit code``, without the agent and the common options
+    offline: bool = False
+
+    def add_parser(self, subparsers, common):
+        """Add this command's parser to ``subparsers`` (``common``: the parser of the
+        common options, a parent of every command that is not offline)."""
+        if self.offline:   # its own parser parses its arguments (see its --help)
+            return subparsers.add_parser(self.name, help=self.help, add_help=False)
+        sp = subparsers.add_parser(self.name, help=self.help, parents=[common],
+                                   description=self.help)
+        for a in self.args:
+            sp.add_argument(*a.names, **a.options)
+        return sp
+
+
+class Table:
+    """The commands one module registers, in the order registered (the order of the
+    tool's help)."""
+
+    def __init__(self):
+        self.commands: Dict[str, Command] = {}
+
+    def command(self, name, help, args=(), remote=False, offline=False):
+        """Decorator: register the function as command ``name`` (see :class:`Command`)."""
+        def register(fn):
+            if name in self.commands:
+                raise ValueError(f"command {name!r} registered twice")
+            self.commands[name] = Command(name, fn, help, tuple(args), remote, offline)
+            return fn
+        return register
+
+
+def merge(*tables: Table) -> Dict[str, Command]:
+    """The commands of ``tables``, in order: name -> :class:`Command` (a name in two
+    tables is an error)."""
+    out: Dict[str, Command] = {}
+    for table in tables:
+        for name, cmd in table.commands.items():
+            if name in out:
+                raise ValueError(f"command {name!r} registered twice")
+            out[name] = cmd
+    return out
