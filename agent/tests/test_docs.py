@@ -6,6 +6,7 @@ import pathlib
 import re
 from types import SimpleNamespace
 
+from pyctdb.server.api.operations import NodeOperations
 from pyctdb.server.api.server import ApiServer
 
 AGENT_SRC = pathlib.Path(__file__).resolve().parent.parent / "pyctdb"
@@ -50,7 +51,7 @@ def test_protocol_md_documents_every_control():
 
 
 def test_api_md_documents_every_command():
-    api = ApiServer("/nonexistent", SimpleNamespace(control_handlers={}), None)
+    api = ApiServer("/nonexistent", NodeOperations(SimpleNamespace(control_handlers={}), None))
     text = (DOCS / "api.md").read_text()
     documented = set()
     for heading in re.findall(r"^### (.+)$", text, re.M):

@@ -3,7 +3,7 @@
 import pytest
 
 from pyctdb.rules import registry as R
-from pyctdb.server.api.conf_commands import TunablesWatcher
+from pyctdb.server.api.registry_ops import TunablesWatcher
 from pyctdb.common.tunables import Tunables
 
 SMB = """\

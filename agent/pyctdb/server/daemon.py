@@ -22,6 +22,7 @@ import sys
 from pyctdb import __version__
 from pyctdb.protocol.api import DEFAULT_SOCKET
 from pyctdb.errors import ApiError
+from pyctdb.server.api.operations import NodeOperations
 from pyctdb.server.api.server import ApiServer
 
 log = logging.getLogger("pyctdb.daemon")
@@ -95,12 +96,12 @@ async def _serve(config, me, tunables, socket_path, ring):
     from pyctdb.server.db.databases import Databases
     databases = Databases(cluster, config)
     databases.open()
-    from pyctdb.server.api.conf_commands import (TunablesWatcher)  # [pyctdb:tunables] of the registry
+    from pyctdb.server.api.registry_ops import TunablesWatcher  # [pyctdb:tunables] of the registry
     TunablesWatcher(databases, tunables, cluster)
-    api = ApiServer(socket_path, cluster, tunables, log_buffer=ring, failover=failover,
-                    events=events, db=databases)
     from pyctdb.server.messaging import Messaging
-    api.messaging = Messaging(cluster)
+    ops = NodeOperations(cluster, tunables, log_buffer=ring, failover=failover, events=events,
+                         databases=databases, messaging=Messaging(cluster))
+    api = ApiServer(socket_path, ops)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

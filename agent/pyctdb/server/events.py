@@ -29,7 +29,9 @@ import signal
 import stat
 import time
 
+from pyctdb.errors import PyctdbError
 from pyctdb.rules import nodeflags
+from pyctdb.server.tasks import spawn
 
 log = logging.getLogger("pyctdb.events")
 
@@ -38,11 +40,17 @@ EVENTS = ("init", "setup", "startup", "monitor", "takeip", "releaseip", "updatei
 OUTPUT_LIMIT = 4096
 
 
-class EventError(Exception):
-    pass
+class EventError(PyctdbError):
+    """A request about events the runner cannot do: ``code`` EINVAL (an unknown event)
+    or ENOENT (no such script)."""
+
+    code = "EINVAL"
 
 
 class EventRunner:
+    """Runs an event's enabled scripts in order, with the event's timeout, and keeps
+    each event's last result; enables and disables scripts."""
+
     def __init__(self, config_dir, tunables, component="legacy"):
         self.dir = os.path.join(config_dir, "events", component)
         self.config_dir = config_dir
@@ -78,7 +86,7 @@ class EventRunner:
                 x = stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
                 os.chmod(path, (mode | x) if enabled else (mode & ~x))
                 return {"script": n, "enabled": enabled}
-        raise EventError(f"no event script {name!r} in {self.dir}")
+        raise EventError(f"no event script {name!r} in {self.dir}", "ENOENT")
 
     # -- running -------------------------------------------------------------------------
     async def run(self, event, *args, timeout=None):
@@ -168,7 +176,7 @@ class Monitor:
             cluster.my_flags |= nodeflags.UNHEALTHY  # until the first successful monitor
 
     def start(self):
-        self._task = asyncio.create_task(self._loop(), name="monitor")
+        self._task = spawn(self._loop(), name="monitor")
 
     async def stop(self):
         if self._task:

@@ -25,6 +25,7 @@ import binascii
 import logging
 import time
 
+from pyctdb.errors import PyctdbError
 from pyctdb.protocol import frames
 from pyctdb.server.transport import later
 
@@ -38,23 +39,23 @@ MAX_CLIENT_BACKLOG = 4 * 1024 * 1024
 BROADCASTS = ("all", "connected")
 
 
-class MessagingError(Exception):
+class MessagingError(PyctdbError):
     """A request the caller got wrong (``code`` is the API error code)."""
 
     def __init__(self, code, message):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(message, code)
 
 
 class _Sink:
-    """One API connection's side of messaging: its srvids and what was dropped for it."""
+    """One client connection's side of messaging: its srvids, how a message is written
+    to it, and what was dropped for it."""
 
-    __slots__ = ("transport", "srvids", "dropped", "delivered", "last_warn",
+    __slots__ = ("transport", "encode", "srvids", "dropped", "delivered", "last_warn",
                  "pending", "pending_size")
 
-    def __init__(self, transport):
+    def __init__(self, transport, encode):
         self.transport = transport
+        self.encode = encode  # (srvid, src, data, dropped) -> bytes: its front end's form
         self.srvids = set()
         self.dropped = 0
         self.delivered = 0
@@ -91,6 +92,10 @@ def check_data(data) -> str:
 
 
 class Messaging:
+    """Delivers messages by srvid: registrations of this node's client connections,
+    messages sent to nodes or broadcast, and those that arrive, pushed to the clients
+    registered for them."""
+
     def __init__(self, cluster, backlog=MAX_CLIENT_BACKLOG):
         self.cluster = cluster
         self.backlog = backlog
@@ -100,16 +105,17 @@ class Messaging:
                       "dropped_slow_client": 0}
         cluster.frame_handlers[frames.MsgType.MESSAGE] = self._on_frame
 
-    # -- registrations (per API connection) ------------------------------------------
+    # -- registrations (per client connection) ---------------------------------------
     def is_client(self, key) -> bool:
         return key in self._sinks
 
-    def register(self, key, transport, srvid) -> bool:
-        """Register ``srvid`` for the connection ``key`` (whose asyncio transport is
-        ``transport``); returns False when it was already registered there."""
+    def register(self, key, srvid) -> bool:
+        """Register ``srvid`` for the client connection ``key`` (a ClientConnection:
+        messages go to its ``transport`` in its ``encode_message`` form); returns False
+        when it was already registered there."""
         sink = self._sinks.get(key)
         if sink is None:
-            sink = self._sinks[key] = _Sink(transport)
+            sink = self._sinks[key] = _Sink(key.transport, key.encode_message)
         if srvid in sink.srvids:
             return False
         sink.srvids.add(srvid)
@@ -194,7 +200,7 @@ class Messaging:
             log.debug("message from node %d for srvid %#x: nobody registered, dropped",
                       src, srvid)
             return
-        line = None
+        line = encode = None
         for sink in conns.values():
             t = sink.transport
             if t.is_closing():
@@ -210,13 +216,12 @@ class Messaging:
                                 t.get_write_buffer_size(), sink.dropped)
                 continue
             if sink.dropped:
-                out = (b'{"message":{"srvid":%d,"src":%d,"data":"%s","dropped":%d}}\n'
-                       % (srvid, src, data.encode("ascii"), sink.dropped))
+                out = sink.encode(srvid, src, data, sink.dropped)
                 sink.dropped = 0
             else:
-                if line is None:
-                    line = (b'{"message":{"srvid":%d,"src":%d,"data":"%s"}}\n'
-                            % (srvid, src, data.encode("ascii")))
+                if sink.encode is not encode:  # one form per front end, made once
+                    encode = sink.encode
+                    line = encode(srvid, src, data)
                 out = line
             # Lines for one client in one batch (transport.hold: what one read of a peer
             # or of a client brought) or one pass of the event loop go out in one write.

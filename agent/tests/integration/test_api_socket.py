@@ -1,7 +1,7 @@
-"""The local API socket's line handling (api._ApiProtocol) against a real agent: answers
-in request order when requests are pipelined, including behind a command that has to
-wait; bad lines answered or refused; an unterminated request at the end; a
-connection that closes while its command runs."""
+"""The local API socket's line handling (ApiProtocol, server/api/connection.py) against
+a real agent: answers in request order when requests are pipelined, including behind a
+command that has to wait; bad lines answered or refused; an unterminated request at the
+end; a connection that closes while its command runs."""
 
 import json
 import socket

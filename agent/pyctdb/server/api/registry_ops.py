@@ -1,35 +1,40 @@
-"""The cluster registry's API commands (``conf_*``, docs/api.md) and the watcher that
-applies the registry's ``[pyctdb:tunables]`` to this node's tunables.
+"""The cluster registry on this node: its node operations (``conf_*``, docs/api.md) and
+the watcher that applies the registry's ``[pyctdb:tunables]`` to this node's tunables.
 
 The registry lives in the persistent database ``pyctdb_registry.tdb`` (attached on every
-node at the first change); every change is one persistent transaction."""
+node at the first change); every change is one persistent transaction. Errors:
+RegistryError (EINVAL), DbError, ApiError, with their codes."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
+from pyctdb.errors import ApiError, DbError
+from pyctdb.rules import records as record_rules
 from pyctdb.rules import registry
-from pyctdb.server.api.db_commands import db_command
 
 log = logging.getLogger("pyctdb.registry")
 
 
-def _api_error(code, message):
-    from pyctdb.errors import ApiError
-    return ApiError(code, message)
+class RegistryOperations:
+    """Reads and changes the registry (in ``databases``, a Databases, or None: this
+    agent runs without them) as ``net conf`` does; a change is a read-modify-write
+    retried when another node changed the registry meanwhile."""
 
-
-def commands(server):
-    """The ``conf_*`` commands for ApiServer ``server`` (its ``db``: Databases or None)."""
-    from pyctdb.errors import DbError
-    lock = asyncio.Lock()  # read-modify-write of this node's requests, one at a time
     CONFLICT_RETRIES = 20
 
-    def wrap(fn):
-        return db_command(server, fn, errors=((registry.RegistryError, "EINVAL"),))
+    def __init__(self, databases):
+        self.databases = databases
+        self._lock = asyncio.Lock()  # read-modify-write of this node's requests, one at a time
 
-    async def records(db):
+    def _db(self):
+        if self.databases is None:
+            raise ApiError("EIO", "this agent runs without the database layer")
+        return self.databases
+
+    async def _records(self):
+        db = self._db()
         try:
             db.find(registry.DB_NAME)
         except DbError as exc:
@@ -38,22 +43,23 @@ def commands(server):
             raise
         return [(k, r.value) for k, r in await db.traverse(registry.DB_NAME)]
 
-    async def current(db):
-        recs = await records(db)
+    async def _current(self):
+        recs = await self._records()
         return recs, registry.decode(recs)
 
-    def seqnum(db):
+    def _seqnum(self):
         try:
-            return db.find(registry.DB_NAME)[1]["seqnum"]
+            return self._db().find(registry.DB_NAME)[1]["seqnum"]
         except DbError:
             return 0
 
-    async def commit(db, writes, expect):
+    async def _commit(self, writes, expect):
         """One transaction: ``writes`` [(key, value bytes or None)], computed from the
         registry at sequence number ``expect``; DbError EBUSY if another node changed it
         since."""
         if not writes:
-            return seqnum(db)
+            return self._seqnum()
+        db = self._db()
         try:
             db.find(registry.DB_NAME)
         except DbError as exc:
@@ -62,28 +68,28 @@ def commands(server):
             await db.attach(registry.DB_NAME, True)
         return await db.commit(registry.DB_NAME, writes, expect_seqnum=expect)
 
-    async def read_modify_write(db, change, check=False):
+    async def _read_modify_write(self, change, check=False):
         """``change(recs)`` -> (writes, result) from the registry's records, committed
         only if no other writer changed the registry in between; on a conflict it is read
         and computed again (concurrent edits on several nodes both take effect, the
         second on top of the first). ``check``: compute, commit nothing. Returns
         (result, seqnum, writes)."""
-        for attempt in range(CONFLICT_RETRIES):
-            async with lock:
-                seq = seqnum(db)
-                writes, result = change(await records(db))
+        for attempt in range(self.CONFLICT_RETRIES):
+            async with self._lock:
+                seq = self._seqnum()
+                writes, result = change(await self._records())
                 if not writes or check:
                     return result, seq, writes
                 try:
-                    return result, await commit(db, writes, seq), writes
+                    return result, await self._commit(writes, seq), writes
                 except DbError as exc:
-                    if exc.code != "EBUSY" or attempt == CONFLICT_RETRIES - 1:
+                    if exc.code != "EBUSY" or attempt == self.CONFLICT_RETRIES - 1:
                         raise
                     log.info("registry: changed by another node meanwhile (%s); again",
                              exc.message)
             await asyncio.sleep(0.01 * (attempt + 1))  # our copy catches up meanwhile
 
-    def section_writes(recs, old, new):
+    def _section_writes(self, recs, old, new):
         """The write that turns section ``old`` into ``new`` (either may be None)."""
         if new is None:
             return [(registry.key_of(old["name"]), None)] if old is not None else []
@@ -93,57 +99,63 @@ def commands(server):
         orders = registry.orders(recs)
         order = orders.get(k, max(orders.values(), default=0) + 1)
         value = registry.encode(new, order)
-        from pyctdb.rules import records as record_rules
         try:
             record_rules.check_value(value)
         except ValueError as exc:
             raise registry.RegistryError(f"section [{new['name']}]: {exc}") from None
         return [(k, value)]
 
-    def show(sec):
+    @staticmethod
+    def _show(sec):
         return None if sec is None else {"name": sec["name"], "params": sec["params"],
                                          "text": registry.format_section(sec)}
 
-    async def conf_list(db):
-        _recs, secs = await current(db)
-        return {"sections": secs, "text": registry.format_config(secs), "seqnum": seqnum(db)}
+    async def conf_list(self):
+        self._db()
+        _recs, secs = await self._current()
+        return {"sections": secs, "text": registry.format_config(secs),
+                "seqnum": self._seqnum()}
 
-    async def conf_showsection(db, section):
-        _recs, secs = await current(db)
+    async def conf_showsection(self, section):
+        self._db()
+        _recs, secs = await self._current()
         sec = registry.find(secs, section)
         if sec is None:
-            raise _api_error("ENOENT", f"error getting share parameters: section "
-                                       f"'{registry.section_name(section)}' does not exist")
-        return show(sec)
+            raise ApiError("ENOENT", f"error getting share parameters: section "
+                                     f"'{registry.section_name(section)}' does not exist")
+        return self._show(sec)
 
-    async def existing(db, section, param):
+    async def _existing(self, section, param):
         """(section, value) of a set parameter; net conf's errors otherwise."""
-        _recs, secs = await current(db)
+        _recs, secs = await self._current()
         sec = registry.find(secs, section)
         if sec is None:
-            raise _api_error("ENOENT", f"Error: given service '{registry.section_name(section)}' "
-                                       "does not exist.")
+            raise ApiError("ENOENT", f"Error: given service "
+                                     f"'{registry.section_name(section)}' does not exist.")
         value = registry.get_param(sec, param)
         if value is None:
-            raise _api_error("ENOENT", f"Error: given parameter "
-                                       f"'{registry.param_name(sec['name'], param)}' is not set.")
+            raise ApiError("ENOENT", f"Error: given parameter "
+                                     f"'{registry.param_name(sec['name'], param)}' is not set.")
         return sec, value
 
-    async def conf_getparm(db, section, param):
-        sec, value = await existing(db, section, param)
+    async def conf_getparm(self, section, param):
+        self._db()
+        sec, value = await self._existing(section, param)
         return {"section": sec["name"], "param": registry.param_name(sec["name"], param),
                 "value": value}
 
-    async def conf_update(db, section, set=None, delete=None, exclusive=False,
+    async def conf_update(self, section, set=None, delete=None, exclusive=False,
                           delete_section=False, check=False):
         """Change one section in one transaction: set ``set`` ({param: value}), delete
         the parameters ``delete``, keep only ``set`` (``exclusive``) or remove the
         section (``delete_section``). ``check``: compute, change nothing."""
+        self._db()
         if set is not None and not isinstance(set, dict):
             raise registry.RegistryError("set must be an object {param: value}")
         if delete is not None and not (isinstance(delete, list) and all(
                 isinstance(p, str) for p in delete)):
             raise registry.RegistryError("delete must be a list of parameter names")
+
         def change(recs):
             old = registry.find(registry.decode(recs), section)
             if delete_section:
@@ -151,49 +163,56 @@ def commands(server):
                 new = None
             else:
                 new = registry.update_section(old, section, set, delete, bool(exclusive))
-            return section_writes(recs, old, new), (old, new)
+            return self._section_writes(recs, old, new), (old, new)
 
-        (old, new), seq, writes = await read_modify_write(db, change, check)
+        (old, new), seq, writes = await self._read_modify_write(change, check)
         if writes and not check:
-            log.warning("registry: section [%s] %s (seqnum %d)", registry.section_name(section),
+            log.warning("registry: section [%s] %s (seqnum %d)",
+                        registry.section_name(section),
                         "deleted" if new is None else "changed", seq)
         return {"changed": bool(writes), "section": registry.section_name(section),
-                "before": show(old), "after": show(new), "seqnum": seq}
+                "before": self._show(old), "after": self._show(new), "seqnum": seq}
 
-    async def conf_setparm(db, section, param, value):
-        return await conf_update(db, section, set={param: value})
+    async def conf_setparm(self, section, param, value):
+        self._db()
+        return await self.conf_update(section, set={param: value})
 
-    async def conf_delparm(db, section, param):
-        await existing(db, section, param)
-        return await conf_update(db, section, delete=[param])
+    async def conf_delparm(self, section, param):
+        self._db()
+        await self._existing(section, param)
+        return await self.conf_update(section, delete=[param])
 
-    async def conf_delsection(db, section):
-        _recs, secs = await current(db)
+    async def conf_delsection(self, section):
+        self._db()
+        _recs, secs = await self._current()
         if registry.find(secs, section) is None:
-            raise _api_error("ENOENT", f"Error deleting share {registry.section_name(section)}: "
-                                       "no such section")
-        return await conf_update(db, section, delete_section=True)
+            raise ApiError("ENOENT", f"Error deleting share "
+                                     f"{registry.section_name(section)}: no such section")
+        return await self.conf_update(section, delete_section=True)
 
-    async def conf_drop(db):
+    async def conf_drop(self):
+        self._db()
         def change(recs):
             return [(k, None) for k, _v in recs if k.startswith(registry.PREFIX)], None
 
-        _none, seq, writes = await read_modify_write(db, change)
+        _none, seq, writes = await self._read_modify_write(change)
         log.warning("registry dropped (%d sections, seqnum %d)", len(writes), seq)
         return {"sections": len(writes), "seqnum": seq}
 
-    async def conf_import(db, text, source="<input>", section=None, test=False):
+    async def conf_import(self, text, source="<input>", section=None, test=False):
         """Replace the configuration with smb.conf-style ``text`` (only ``section`` of
         it: replace that section), as ``net conf import``; one transaction."""
+        self._db()
         if not isinstance(text, str) or not isinstance(source, str):
             raise registry.RegistryError("text and source must be strings")
         secs = registry.parse(text, source)
         if section is not None:
             want = registry.find(secs, section)
             if want is None:
-                raise _api_error("ENOENT", f"Share {registry.section_name(section)} not found in "
-                                           f"file {source}")
+                raise ApiError("ENOENT", f"Share {registry.section_name(section)} not found "
+                                         f"in file {source}")
             secs = [want]
+
         def change(recs):
             if section is None:
                 writes = {k: None for k, _v in recs if k.startswith(registry.PREFIX)}
@@ -202,27 +221,23 @@ def commands(server):
                 writes = list(writes.items())
             else:
                 old = registry.find(registry.decode(recs), section)
-                writes = section_writes(recs, old, secs[0])
-            from pyctdb.rules import records as record_rules
+                writes = self._section_writes(recs, old, secs[0])
             for k, v in writes:
                 if v is not None:
                     try:
                         record_rules.check_value(v)
                     except ValueError as exc:
-                        raise registry.RegistryError(f"{source}: section {k[len(registry.PREFIX):]!r}: "
-                                              f"{exc}") from None
+                        raise registry.RegistryError(
+                            f"{source}: section {k[len(registry.PREFIX):]!r}: {exc}") from None
             return writes, None
 
-        _none, seq, _writes = await read_modify_write(db, change, bool(test))
+        _none, seq, _writes = await self._read_modify_write(change, bool(test))
         if not test:
             log.warning("registry: imported %d sections from %s (seqnum %d)", len(secs),
                         source, seq)
         return {"sections": secs, "text": registry.format_config(secs), "test": bool(test),
                 "seqnum": seq}
 
-    return {f.__name__: wrap(f) for f in (
-        conf_list, conf_showsection, conf_getparm, conf_update, conf_setparm, conf_delparm,
-        conf_delsection, conf_drop, conf_import)}
 
 
 class TunablesWatcher:

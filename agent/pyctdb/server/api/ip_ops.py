@@ -1,0 +1,136 @@
+"""Node operations on public addresses: list them, move one, add and delete them at
+run time, reload a node's public_addresses file, and ask for a takeover run."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+
+from pyctdb.errors import ApiError, ControlError
+
+
+class IpOperations:
+    """Public addresses for clients: what each node has and hosts, and their changes,
+    each followed by a takeover run on the leader."""
+
+    def __init__(self, cluster, failover, controls):
+        self.cluster = cluster
+        self.failover = failover
+        self.controls = controls
+
+    async def takeover_run(self, reason):
+        """Ask the leader for a takeover run and wait for it. Returns the run's summary,
+        ``{"skipped": why}`` when there is nothing to ask, or ``{"error": ...}``."""
+        c = self.cluster
+        if self.failover is None or self.failover.disabled:
+            return {"skipped": "failover is disabled"}
+        if c.leader is None:
+            return {"skipped": "no leader: the next leader's takeover run applies it"}
+        try:
+            return await c.control(c.leader, "ipreallocate", {"reason": reason},
+                                   timeout=20.0)
+        except ControlError as exc:
+            return {"error": str(exc)}
+
+    async def ipreallocate(self):
+        res = await self.takeover_run("ipreallocate")
+        if "error" in res:
+            raise ApiError("EIO", res["error"])
+        return res
+
+    async def addip(self, address, prefix, interfaces, pnn=None, check=False):
+        target = self.controls.target(pnn)
+        res = await self.controls.on_node(target, "add_public_ip", {
+            "address": address, "prefix": prefix, "interfaces": interfaces,
+            "check": bool(check)})
+        if res["changed"] and not check:
+            res["takeover"] = await self.takeover_run(f"addip {res['address']} on node "
+                                                      f"{target}")
+        return res
+
+    async def delip(self, address, pnn=None, check=False):
+        target = self.controls.target(pnn)
+        res = await self.controls.on_node(target, "del_public_ip",
+                                          {"address": address, "check": bool(check)})
+        if res["changed"] and not check:
+            res["takeover"] = await self.takeover_run(f"delip {res['address']} on node "
+                                                      f"{target}")
+        return res
+
+    async def reloadips(self, pnns=None, check=False):
+        """Re-read the public_addresses file on ``pnns`` (a list, ``"all"``, or None for
+        this node), then one takeover run."""
+        c = self.cluster
+        if pnns is None:
+            targets = [c.pnn]
+        elif pnns == "all":
+            targets = [n.pnn for n in c.nodes if not n.deleted]
+        elif isinstance(pnns, list) and pnns:
+            targets = [self.controls.target(p) for p in pnns]
+        else:
+            raise ApiError("EINVAL", "pnns must be a non-empty list of PNNs or \"all\"")
+        results = await asyncio.gather(*(self.controls.on_node(p, "reload_public_ips",
+                                                               {"check": bool(check)})
+                                         for p in targets), return_exceptions=True)
+        nodes, failed = [], []
+        for p, r in zip(targets, results):
+            if isinstance(r, ApiError):
+                failed.append({"pnn": p, "code": r.code, "error": r.message})
+            elif isinstance(r, Exception):
+                raise r
+            else:
+                nodes.append(r)
+        res = {"nodes": nodes, "failed": failed}
+        if not check and any(n["added"] or n["removed"] or n["changed"] for n in nodes):
+            res["takeover"] = await self.takeover_run(
+                "reloadips on node" + ("s " if len(targets) > 1 else " ")
+                + ",".join(map(str, targets)))
+        return res
+
+    async def ip(self, all=False):
+        """Public addresses and who hosts them, as this node learns from the cluster.
+
+        ``all``: every address known to any connected node; otherwise this node's."""
+        c = self.cluster
+        targets = [c.pnn] + ([p.pnn for p in c.peers.values() if p.link_up] if all else [])
+        infos = await asyncio.gather(*(c.control(p, "get_public_ips", timeout=3.0)
+                                       for p in targets), return_exceptions=True)
+        ips = {}
+        for pnn, info in zip(targets, infos):
+            if isinstance(info, ControlError) or isinstance(info, Exception):
+                continue
+            for a in info["configured"]:
+                e = ips.setdefault(a["address"], {"address": a["address"], "pnn": -1,
+                                                  "prefix": a["prefix"], "nodes": []})
+                e["nodes"].append(pnn)
+                if pnn == c.pnn:
+                    e["interfaces"] = a["interfaces"]
+                    e["prefix"] = a["prefix"]
+            for addr in info["hosted"]:
+                e = ips.setdefault(addr, {"address": addr, "pnn": -1, "nodes": []})
+                e["pnn"] = pnn
+        if not all:
+            mine = {a["address"] for a in (infos[0]["configured"]
+                                           if not isinstance(infos[0], Exception) else [])}
+            # this node's view of who hosts its addresses comes from the cluster
+            others = [p.pnn for p in c.peers.values() if p.link_up]
+            more = await asyncio.gather(*(c.control(p, "get_public_ips", timeout=3.0)
+                                          for p in others), return_exceptions=True)
+            for pnn, info in zip(others, more):
+                if isinstance(info, Exception):
+                    continue
+                for addr in info["hosted"]:
+                    if addr in ips:
+                        ips[addr]["pnn"] = pnn
+            ips = {k: v for k, v in ips.items() if k in mine}
+        order = sorted(ips, key=lambda a: (ipaddress.ip_address(a).version,
+                                           int(ipaddress.ip_address(a))))
+        return {"pnn": c.pnn, "all": bool(all), "ips": [ips[a] for a in order]}
+
+    async def moveip(self, address, pnn):
+        c = self.cluster
+        self.controls.target(pnn)
+        if c.leader is None:
+            raise ApiError("ENOTCONN", "no leader: cannot move addresses now")
+        return await self.controls.on_node(c.leader, "move_ip",
+                                           {"address": address, "pnn": pnn}, timeout=20.0)
