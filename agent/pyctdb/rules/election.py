@@ -37,6 +37,9 @@ NOT_ELIGIBLE = nodeflags.INACTIVE | nodeflags.UNKNOWN
 
 @dataclass(frozen=True)
 class PeerView:
+    """One peer as the election sees it: connected, its flags, whether it claims to
+    lead and may lead."""
+
     pnn: int
     connected: bool
     flags: int = 0
@@ -46,6 +49,8 @@ class PeerView:
 
 @dataclass(frozen=True)
 class ElectionInput:
+    """All that one node's election decides on (see :func:`decide`)."""
+
     me: int
     my_flags: int = 0
     my_leader_capable: bool = True
@@ -67,6 +72,8 @@ class ElectionInput:
 
 @dataclass(frozen=True)
 class Decision:
+    """What :func:`decide` tells the node to do, the leader it recognises and why."""
+
     #: "lead" (keep leading), "campaign" (try to become leader), "follow",
     #: "step_down" (stop leading, then follow ``leader`` if any), "wait"
     action: str

@@ -38,6 +38,9 @@ class ClusterLock:
 
 
 class FcntlLock(ClusterLock):
+    """The cluster lock as an fcntl (POSIX) write lock on a file on shared storage,
+    taken and checked in a worker thread with a timeout."""
+
     def __init__(self, path: str, timeout: float = 5.0):
         self.path = path
         self.timeout = timeout
@@ -112,6 +115,9 @@ def _die_with_parent():
 
 
 class HelperLock(ClusterLock):
+    """The cluster lock held by a CTDB-style mutex helper process: taken when it
+    answers ``0``, held while it runs, released by killing it."""
+
     def __init__(self, command: str, timeout: float = 10.0):
         self.argv = shlex.split(command)
         self.timeout = timeout

@@ -20,9 +20,22 @@ import signal
 import sys
 
 from pyctdb import __version__
+from pyctdb.common.config import load_config, resolve_node_address
+from pyctdb.common.logsetup import setup as setup_logging
+from pyctdb.common.tunables import Tunables
+from pyctdb.errors import ApiError, ConfigError
 from pyctdb.protocol.api import DEFAULT_SOCKET
-from pyctdb.errors import ApiError
+from pyctdb.server import netops
+from pyctdb.server.cluster import Cluster
+from pyctdb.server.clusterlock import make_lock
+from pyctdb.server.db.databases import Databases
+from pyctdb.server.events import EventRunner, Monitor
+from pyctdb.server.failover import Failover
+from pyctdb.server.hosted import hosted_ips_path, read_hosted, write_hosted
+from pyctdb.server.messaging import Messaging
+from pyctdb.server.sdnotify import notify
 from pyctdb.server.api.operations import NodeOperations
+from pyctdb.server.api.registry_ops import TunablesWatcher  # [pyctdb:tunables] of the registry
 from pyctdb.server.api.server import ApiServer
 
 log = logging.getLogger("pyctdb.daemon")
@@ -50,8 +63,6 @@ def parse_args(argv):
 
 def load(args):
     """Load and check everything; return ``(config, me, tunables)`` or raise ConfigError."""
-    from pyctdb.common.config import load_config, resolve_node_address
-    from pyctdb.common.tunables import Tunables
     config = load_config(args.config_dir)
     me = resolve_node_address(config)
     tunables = Tunables(config.tunables)
@@ -69,7 +80,7 @@ def event_loop():
     agent's loop: threads that make their own loops (pyroute2's) keep asyncio's."""
     want = os.environ.get("PYCTDB_EVENT_LOOP", "uvloop")
     if want != "asyncio" and hasattr(asyncio, "Runner"):  # (Python 3.11)
-        try:
+        try:  # (an optional dependency, imported only when it is used)
             import uvloop
         except ImportError:
             pass
@@ -79,26 +90,15 @@ def event_loop():
 
 
 async def _serve(config, me, tunables, socket_path, ring):
-    from pyctdb.server.cluster import Cluster
-    from pyctdb.server.clusterlock import make_lock
-    from pyctdb.server.sdnotify import notify
-
-    from pyctdb.server.events import EventRunner, Monitor
-    from pyctdb.server.failover import Failover
-    from pyctdb.server.hosted import hosted_ips_path
-
     lock = make_lock(config.cluster_lock)
     cluster = Cluster(config, me, tunables, lock=lock)
     events = EventRunner(config.config_dir, tunables)
     monitor = Monitor(cluster, events, tunables)
     failover = Failover(cluster, config, tunables, events=events,
                         hosted_file=hosted_ips_path(socket_path))
-    from pyctdb.server.db.databases import Databases
     databases = Databases(cluster, config)
     databases.open()
-    from pyctdb.server.api.registry_ops import TunablesWatcher  # [pyctdb:tunables] of the registry
     TunablesWatcher(databases, tunables, cluster)
-    from pyctdb.server.messaging import Messaging
     ops = NodeOperations(cluster, tunables, log_buffer=ring, failover=failover, events=events,
                          databases=databases, messaging=Messaging(cluster))
     api = ApiServer(socket_path, ops)
@@ -149,7 +149,6 @@ def drop_public_ips(config, hosted_file):
     """Remove from this host's interfaces every address of the public_addresses file and
     every address recorded in ``hosted_file`` (what the agent hosted, including runtime
     additions); the record is then removed, or keeps what could not be removed."""
-    from pyctdb.server.hosted import read_hosted, write_hosted
     rc = 0
     try:
         recorded = read_hosted(hosted_file)
@@ -160,7 +159,6 @@ def drop_public_ips(config, hosted_file):
     todo.update({a: prefix for a, (prefix, _iface) in recorded.items()})
     if not todo:
         return rc
-    from pyctdb.server import netops
     present = netops.all_addresses()
     left = {}
     for addr, prefix in todo.items():
@@ -187,14 +185,12 @@ def drop_public_ips(config, hosted_file):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from pyctdb.errors import ConfigError
     try:
         config, me, tunables = load(args)
     except ConfigError as exc:
         print(f"pyctdbd: {exc}", file=sys.stderr)
         return 2
     if args.drop_public_ips:
-        from pyctdb.server.hosted import hosted_ips_path
         return drop_public_ips(config, hosted_ips_path(socket_path_of(args)))
     if args.check_config:
         active = [n for n in config.nodes if not n.deleted]
@@ -203,8 +199,7 @@ def main(argv=None):
               f"{len(config.public_addresses)} public addresses; cluster lock: "
               f"{config.cluster_lock or 'none'}")
         return 0
-    from pyctdb.common.logsetup import setup
-    ring = setup("stderr" if args.log_stderr else config.log_location, config.log_level)
+    ring = setup_logging("stderr" if args.log_stderr else config.log_location, config.log_level)
     socket_path = socket_path_of(args)
     loop_name, loop_factory = event_loop()
     log.warning("pyctdbd %s starting: node %d (%s), config %s, socket %s, event loop %s",

@@ -22,6 +22,7 @@ import socket
 import time
 
 from pyctdb.protocol import frames as wire
+from pyctdb.server import tasks
 
 log = logging.getLogger("pyctdb.transport")
 
@@ -190,6 +191,9 @@ class _FrameProtocol(asyncio.Protocol):
 
 
 class Transport:
+    """The TCP links of this node with every other node: dials each one, accepts and
+    checks their connections, sends frames and hands over the frames received."""
+
     def __init__(self, *, pnn, address, port, nodes, hello, on_frame, on_link_up,
                  on_link_down, max_payload=wire.MAX_PAYLOAD):
         """``nodes``: {pnn: address} of every non-deleted node (including this one).
@@ -230,7 +234,7 @@ class Transport:
                 self._start_loop(pnn)
 
     def _start_loop(self, pnn):
-        task = asyncio.create_task(self._outbound_loop(pnn), name=f"outbound-{pnn}")
+        task = tasks.spawn(self._outbound_loop(pnn), name=f"outbound-{pnn}")
         self._tasks.append(task)
         self._loops[pnn] = task
 

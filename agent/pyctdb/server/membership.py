@@ -1,0 +1,271 @@
+"""The other nodes as this node sees them: links, last reported state, silence.
+
+:class:`Membership` owns the node-to-node transport. It tracks each peer's link and the
+last STATE the peer sent, sends this node's STATE (when it changes, and as the
+keepalive), drops peers that stay silent for KeepaliveInterval x KeepaliveLimit, and
+applies a new nodes list (``reloadnodes``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from pyctdb import __version__
+from pyctdb.common.config import nodes_changes, read_nodes
+from pyctdb.errors import ConfigError, ControlError
+from pyctdb.protocol import frames
+from pyctdb.rules import election, nodeflags
+from pyctdb.server.transport import Transport
+
+log = logging.getLogger("pyctdb.cluster")
+
+
+def nodes_digest(nodes) -> str:
+    text = "\n".join(n.address if not n.deleted else "#" for n in nodes)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class Peer:
+    pnn: int
+    address: str
+    link_up: bool = False
+    instance: str = ""
+    state: dict = None
+    last_heard: float = 0.0
+    down_since: float = field(default_factory=time.monotonic)
+
+
+class Membership:
+    """The peers of this node: their links (from the transport), the STATE each last
+    sent, when each was last heard from; this node's STATE sent to them; the nodes
+    list. Frames other than STATE and BYE go to :attr:`frame_handlers`."""
+
+    def __init__(self, config, me, tunables, clock, state_payload, on_change):
+        """``state_payload()``: this node's STATE fields but ``connected``;
+        ``on_change()``: something the cycle acts on changed (a link, a peer's state)."""
+        self.config = config
+        self.pnn = me.pnn
+        self.address = me.address
+        self.tunables = tunables
+        self.clock = clock
+        self.instance = secrets.token_hex(8)
+        self.nodes = list(config.nodes)
+        self.digest = nodes_digest(self.nodes)
+        self.peers = {n.pnn: Peer(n.pnn, n.address) for n in self.nodes
+                      if not n.deleted and n.pnn != self.pnn}
+        #: MsgType -> sync callable(src_pnn, payload) for the frame types other than
+        #: STATE and BYE; run on the event loop, after the stale-instance check
+        self.frame_handlers = {}
+        #: callables(pnn, reason) run when a peer's link goes down
+        self.link_lost = []
+        #: the controls this part serves (op -> handler), for the cluster's Controls
+        self.control_handlers = {"reload_nodes": self._ctl_reload_nodes}
+        self._state_fields = state_payload
+        self._on_change = on_change
+        self._last_sent = None
+        self._last_sent_at = -1e9
+        self.transport = Transport(
+            pnn=self.pnn, address=self.address, port=config.port,
+            nodes={n.pnn: n.address for n in self.nodes if not n.deleted},
+            hello=self._hello, on_frame=self._on_frame, on_link_up=self._on_link_up,
+            on_link_down=self._on_link_down)
+
+    # -- tunables ------------------------------------------------------------------------
+    @property
+    def keepalive_interval(self) -> float:
+        return float(self.tunables.get("KeepaliveInterval"))
+
+    @property
+    def keepalive_window(self) -> float:
+        return self.keepalive_interval * int(self.tunables.get("KeepaliveLimit"))
+
+    # -- transport callbacks -------------------------------------------------------------
+    def _hello(self):
+        return {"pnn": self.pnn, "address": self.address, "instance": self.instance,
+                "nodes_digest": self.digest, "agent_version": __version__}
+
+    def _on_link_up(self, pnn, hello):
+        peer = self.peers.get(pnn)
+        if peer is None:  # deleted by reloadnodes meanwhile
+            return
+        peer.link_up = True
+        peer.instance = hello["instance"]
+        peer.state = None
+        peer.last_heard = self.clock()
+        log.info("node %d (%s) connected", pnn, peer.address)
+        self.transport.send(pnn, frames.MsgType.STATE, self.state_payload())
+        self._on_change()
+
+    def _on_link_down(self, pnn, reason):
+        peer = self.peers.get(pnn)
+        if peer is None:  # deleted by reloadnodes meanwhile
+            return
+        was = peer.link_up
+        peer.link_up = False
+        peer.state = None
+        peer.down_since = self.clock()
+        if was:
+            log.warning("node %d (%s) is DISCONNECTED: %s", pnn, peer.address, reason)
+        for callback in self.link_lost:
+            callback(pnn, reason)
+        self._on_change()
+
+    def _on_frame(self, pnn, frame):
+        peer = self.peers.get(pnn)
+        if peer is None:  # deleted by reloadnodes meanwhile
+            return
+        peer.last_heard = self.clock()
+        p = frame.payload
+        if p.get("instance") != peer.instance:
+            return  # a stale frame from an older process of that node
+        if frame.type == frames.MsgType.STATE:
+            old = peer.state
+            peer.state = p
+            if old is None or any(old.get(k) != v for k, v in p.items() if k != "connected"):
+                self._on_change()
+        elif frame.type == frames.MsgType.BYE:
+            log.info("node %d is shutting down", pnn)
+            self.transport.drop(pnn, "node shut down")
+        else:
+            handler = self.frame_handlers.get(frame.type)
+            if handler is not None:
+                handler(pnn, p)
+
+    # -- what the peers are --------------------------------------------------------------
+    def is_connected(self, pnn) -> bool:
+        peer = self.peers.get(pnn)
+        return peer is not None and peer.link_up
+
+    def connected(self) -> set:
+        """The PNNs of the peers whose link is up."""
+        return {p.pnn for p in self.peers.values() if p.link_up}
+
+    def peer_flags(self, peer) -> int:
+        if not peer.link_up:
+            return nodeflags.DISCONNECTED
+        if peer.state is None:
+            return nodeflags.UNKNOWN
+        return int(peer.state["flags"])
+
+    def heard_all(self) -> bool:
+        """Every peer is connected and has sent its state."""
+        return all(p.link_up and p.state is not None for p in self.peers.values())
+
+    def has_quorum(self) -> bool:
+        """More than half of the non-deleted nodes are connected (this one included)."""
+        total = 1 + len(self.peers)
+        seen = 1 + sum(1 for p in self.peers.values() if p.link_up and p.state is not None)
+        return 2 * seen > total
+
+    def active_members(self, my_flags) -> list:
+        """The active nodes (this one if ``my_flags`` say so), by PNN."""
+        members = [self.pnn] if nodeflags.is_active(my_flags) else []
+        for p in self.peers.values():
+            if p.link_up and p.state is not None and nodeflags.is_active(self.peer_flags(p)):
+                members.append(p.pnn)
+        return sorted(members)
+
+    def lmaster_capability(self) -> dict:
+        """{pnn: can be a location master} of the peers that sent their state."""
+        return {p.pnn: bool(p.state.get("lmaster_capable", True))
+                for p in self.peers.values() if p.state is not None}
+
+    def peer_views(self) -> tuple:
+        """The peers as the election sees them."""
+        views = []
+        for p in self.peers.values():
+            st = p.state or {}
+            views.append(election.PeerView(
+                pnn=p.pnn, connected=p.link_up and p.state is not None,
+                flags=self.peer_flags(p), claims_leader=bool(st.get("is_leader")),
+                leader_capable=bool(st.get("leader_capable", True))))
+        return tuple(views)
+
+    # -- keepalive -----------------------------------------------------------------------
+    def silent_deadline(self):
+        """When the first connected peer would count as silent (None: no peer is
+        connected)."""
+        heard = [p.last_heard for p in self.peers.values() if p.link_up]
+        if not heard:
+            return None
+        return min(heard) + self.keepalive_window + 0.002
+
+    def drop_silent(self, now) -> list:
+        """Drop the peers silent for KeepaliveInterval x KeepaliveLimit; their PNNs."""
+        dropped = []
+        for peer in self.peers.values():
+            if peer.link_up and now - peer.last_heard > self.keepalive_window:
+                log.warning("node %d (%s) silent for %.1fs (KeepaliveInterval %s x "
+                            "KeepaliveLimit %s): dropping it", peer.pnn, peer.address,
+                            now - peer.last_heard, self.tunables.get("KeepaliveInterval"),
+                            self.tunables.get("KeepaliveLimit"))
+                self.transport.drop(peer.pnn, "keepalive timeout")
+                dropped.append(peer.pnn)
+        return dropped
+
+    def state_payload(self) -> dict:
+        return {**self._state_fields(),
+                "connected": sorted(p.pnn for p in self.peers.values() if p.link_up)}
+
+    def broadcast_state(self, now, force=False):
+        """Send this node's STATE to every peer when it changed (or ``force``), else when
+        the keepalive is due."""
+        payload = self.state_payload()
+        # A change of the "connected" list alone does not trigger a send (it is news to
+        # nobody, and during formation it would multiply the traffic by N); it goes out
+        # with the next keepalive.
+        changed = self._last_sent is None or any(
+            payload[k] != self._last_sent.get(k) for k in payload if k != "connected")
+        if force or changed or now - self._last_sent_at >= self.keepalive_interval:
+            self.transport.broadcast(frames.MsgType.STATE, payload)
+            self._last_sent = payload
+            self._last_sent_at = now
+
+    # -- the nodes list ------------------------------------------------------------------
+    def reload_nodes(self, new_nodes):
+        """Apply a new nodes list (``reloadnodes``, CTDB's rules: nodes.changes). New
+        nodes are connected to and join as any returning node does; deleted ones are
+        disconnected and forgotten. Returns [(pnn, change)]; ValueError (nothing
+        changed) if the change is not allowed."""
+        changes, errors = nodes_changes(self.nodes, new_nodes)
+        if not errors and (self.pnn, "DELETED") in changes:
+            errors = [f"this node ({self.pnn}) is deleted in the new nodes list: stop it "
+                      "instead"]
+        if errors:
+            raise ValueError("; ".join(errors))
+        self.nodes = list(new_nodes)
+        self.digest = nodes_digest(self.nodes)
+        for n in self.nodes:
+            if not n.deleted and n.pnn != self.pnn and n.pnn not in self.peers:
+                self.peers[n.pnn] = Peer(n.pnn, n.address)
+        self.transport.set_nodes({n.pnn: n.address for n in self.nodes if not n.deleted})
+        for pnn, what in changes:
+            if what == "DELETED":
+                self.peers.pop(pnn, None)
+        done = [f"{p} {w}" for p, w in changes if w != "unchanged"]
+        log.warning("nodes list reloaded: %d nodes%s", len(self.nodes),
+                    f" ({', '.join(done)})" if done else ", no change")
+        self._on_change()
+        return changes
+
+    async def _ctl_reload_nodes(self, src, args):
+        """reloadnodes on this node: read the nodes list again; it must be the one the
+        asking node read (``digest``), so that every node moves to the same list."""
+        try:
+            new = read_nodes(self.config)
+        except ConfigError as exc:
+            raise ControlError(self.pnn, str(exc)) from None
+        if nodes_digest(new) != args["digest"]:
+            raise ControlError(self.pnn, f"the nodes list on node {self.pnn} "
+                               f"({self.config.nodes_source}) differs from node {src}'s: "
+                               "copy the same file to every node first")
+        try:
+            changes = self.reload_nodes(new)
+        except ValueError as exc:
+            raise ControlError(self.pnn, str(exc)) from None
+        return {"changes": changes}
