@@ -284,7 +284,7 @@ class Cluster:
         role = ("leader" if v.am_leader else
                 f"follower of node {v.leader}" if v.leader is not None else "no leader")
         decision = d.action + (f" node {d.leader}" if d.leader is not None
-                               and d.action != "campaign" else "")
+                               and d.action in ("follow", "step_down") else "")
         report = CycleReport(role, decision, d.reason, tuple(actions))
         news = report.actions or self._last_report is None \
             or report.key() != self._last_report.key()
