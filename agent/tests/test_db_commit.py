@@ -62,3 +62,16 @@ def test_a_frozen_coordinator_refuses(tmp_path):
         asyncio.run(go())
     finally:
         dbs.close()
+
+
+def test_a_failed_commit_is_told_by_its_code_and_old_agents_by_their_text():
+    from pyctdb.server.db.transactions import AMBIGUOUS, AMBIGUOUS_CODE, CONFLICT, _failure
+    assert _failure(ControlError(2, "whatever", code="EBUSY")) == "conflict"
+    assert _failure(ControlError(2, "whatever", code=AMBIGUOUS_CODE)) == "doubt"
+    assert _failure(ControlError(2, "node 2 disconnected", code="ENOTCONN")) == "unreachable"
+    assert _failure(ControlError(2, "control x timed out", code="ETIMEDOUT")) == "timeout"
+    # an agent answering without codes (EIO), and a frozen coordinator's refusal
+    assert _failure(ControlError(2, f"{CONFLICT}: sequence number 3")) == "conflict"
+    assert _failure(ControlError(2, f"{AMBIGUOUS}: not applied")) == "doubt"
+    assert _failure(ControlError(2, "RuntimeError: databases frozen: recovery")) == "frozen"
+    assert _failure(ControlError(2, "RuntimeError: something else")) == "fail"

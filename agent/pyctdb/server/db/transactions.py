@@ -22,8 +22,9 @@ from pyctdb.server.db.wire import b64, rec_from_wire, rec_to_wire, unb64
 
 log = logging.getLogger("pyctdb.db")
 
-CONFLICT = "transaction conflict"  # an expect_seqnum that no longer holds
+CONFLICT = "transaction conflict"  # an expect_seqnum that no longer holds (code EBUSY)
 AMBIGUOUS = "transaction in doubt"  # applied on some members only: a recovery decides
+AMBIGUOUS_CODE = "EINPROGRESS"      # (its code: the outcome is the next recovery's)
 #: A persistent database's record of its last transactions ({"txids": [[txid, seqnum]]}),
 #: replicated with it, so that after a failed commit the recovered copy tells whether the
 #: transaction is in it (CTDB's ``__db_sequence_number__`` record plays this part).
@@ -33,16 +34,17 @@ TXIDS_KEPT = 64
 
 def _failure(exc: ControlError):
     """What a failed ``db_trans_commit`` means for the requester: ``"conflict"``,
-    ``"doubt"`` (applied on some members only), ``"retry"`` (the coordinator was
-    frozen, not connected or did not answer), else ``"fail"``. By the error's code where
-    it has one (ENOTCONN, ETIMEDOUT: the control did not reach the coordinator); a
-    coordinator's own answer crosses the wire as text only (a control's REPLY carries no
-    code), so the coordinator's conditions are told by the constants it answers with."""
-    if exc.code == "ETIMEDOUT":
-        return "timeout"
-    if exc.code == "ENOTCONN":
-        return "unreachable"
-    if exc.code == "EBUSY" or CONFLICT in exc.message:
+    ``"doubt"`` (applied on some members only), ``"timeout"``, ``"unreachable"``,
+    ``"frozen"`` (worth another try), else ``"fail"``. By the error's code: EBUSY,
+    AMBIGUOUS_CODE (the coordinator's answers), ETIMEDOUT, ENOTCONN (the control layer's).
+    The text is looked at only where no code tells: a frozen coordinator's refusal (a
+    RuntimeError of its handler, answered as EIO) and the answers of agents from before
+    the codes (EIO for all)."""
+    by_code = {"EBUSY": "conflict", AMBIGUOUS_CODE: "doubt", "ETIMEDOUT": "timeout",
+               "ENOTCONN": "unreachable"}.get(exc.code)
+    if by_code is not None:
+        return by_code
+    if CONFLICT in exc.message:
         return "conflict"
     if AMBIGUOUS in exc.message:
         return "doubt"
@@ -268,7 +270,7 @@ class Transactions:
                 f"transaction on {name} not applied on {sorted(failed)}"),
                 name="db-ask-recovery", owner=self._tasks)
             raise ControlError(self.pnn, f"{AMBIGUOUS}: not applied on nodes "
-                                         f"{sorted(failed)}: {failed}")
+                                         f"{sorted(failed)}: {failed}", code=AMBIGUOUS_CODE)
         for fut, n in done:
             if not fut.done():
                 fut.set_result({"seqnum": n, "nodes": members})
