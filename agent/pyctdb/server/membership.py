@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from pyctdb import __version__
 from pyctdb.common.config import nodes_changes, read_nodes
+from pyctdb.common.logsetup import NOTICE
 from pyctdb.errors import ConfigError, ControlError
 from pyctdb.protocol import frames
 from pyctdb.rules import election, nodeflags
@@ -31,6 +32,9 @@ def nodes_digest(nodes) -> str:
 
 @dataclass
 class Peer:
+    """Another node as this one knows it: its link, process instance, last STATE, and
+    when it was last heard from or went down."""
+
     pnn: int
     address: str
     link_up: bool = False
@@ -141,6 +145,11 @@ class Membership:
         peer = self.peers.get(pnn)
         return peer is not None and peer.link_up
 
+    def state_of(self, pnn):
+        """The last STATE node ``pnn`` sent (None: none since its link came up)."""
+        peer = self.peers.get(pnn)
+        return peer.state if peer is not None else None
+
     def connected(self) -> set:
         """The PNNs of the peers whose link is up."""
         return {p.pnn for p in self.peers.values() if p.link_up}
@@ -248,8 +257,8 @@ class Membership:
             if what == "DELETED":
                 self.peers.pop(pnn, None)
         done = [f"{p} {w}" for p, w in changes if w != "unchanged"]
-        log.warning("nodes list reloaded: %d nodes%s", len(self.nodes),
-                    f" ({', '.join(done)})" if done else ", no change")
+        log.log(NOTICE, "nodes list reloaded: %d nodes%s", len(self.nodes),
+                f" ({', '.join(done)})" if done else ", no change")
         self._on_change()
         return changes
 

@@ -194,8 +194,7 @@ class RecoveryDriver:
             v.generation = None
             v.recmode = RECMODE_ACTIVE
             return None
-        peer = self.membership.peers.get(v.leader)
-        st = peer.state if peer is not None else None
+        st = self.membership.state_of(v.leader)
         if not st or not st.get("is_leader"):
             v.recmode = RECMODE_ACTIVE
             return None
