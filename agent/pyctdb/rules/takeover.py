@@ -35,7 +35,7 @@ ALGORITHMS = {0: "det", 1: "nondet", 2: "lcp2"}
 
 # why a release is planned
 MOVED = "moves to another node"
-UNASSIGNED = "no node can host it"
+UNASSIGNED = "it stays with nobody"
 DUPLICATE = "also on a lower-numbered node"
 UNLISTED = "listed by no node"
 

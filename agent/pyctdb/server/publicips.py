@@ -38,6 +38,8 @@ class PublicAddressList:
         return self.configured.get(addr) or self.removed.get(addr)
 
     def changed(self, what):
+        """The list changed (``what``, logged): a new version, and a cycle now so that the
+        leader sees it."""
         self.version += 1
         self.cluster.extra_state["ips_version"] = self.version
         log.warning("public addresses: %s", what)
