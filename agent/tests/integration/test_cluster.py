@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -140,6 +141,11 @@ def test_leader_lost_new_leader_takes_the_lock(cluster3):
     assert c.status(new)["generation"] != gen
     assert elapsed < 5.0  # far inside the leader timeout; the benchmark shows the real figure
     assert "now the LEADER" in c.log(new)
+    # each cycle's report, logged when it says something new: the new leader's recovery
+    log = c.log(new)
+    assert "NOTICE: cycle: leader, decided lead (" in log
+    assert re.search(rf"cycle: leader, .*; did: recovered to generation \d+ with members "
+                     rf"\[[\d, ]+\] \(left \[{old}\]\)", log), log[-3000:]
     c.start_node(old)
     c.wait_healthy(30)
     assert c.status(old)["leader"] == new
