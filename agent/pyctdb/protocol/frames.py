@@ -42,6 +42,8 @@ MAX_PAYLOAD = 4 * 1024 * 1024
 
 @enum.unique  # two types with one number would silently alias: fail at import instead
 class MsgType(enum.IntEnum):
+    """The type of a frame: the header's u16 ``type``."""
+
     HELLO = 1  # first frame on every connection: who is calling
     STATE = 2  # a node's state; also the keepalive
     BYE = 3  # the sender is shutting down cleanly
@@ -61,6 +63,9 @@ class ProtocolError(PyctdbError):
 
 @dataclass(frozen=True)
 class Frame:
+    """One decoded frame: the header's version and type, and its payload (a JSON
+    object)."""
+
     version: int
     type: MsgType
     payload: dict
