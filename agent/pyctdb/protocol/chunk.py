@@ -9,11 +9,12 @@ big-endian::
     count times:  key length u16 | data length u32 | key | data
     CRC-32 (u32) of every byte before it
 
-``data`` is the record as stored (:mod:`.logic`): the 16-byte header (RSN u64, DMASTER
-u32, flags u32) followed by the value. :func:`decode` checks everything — magic, version,
-lengths against the limits, known flags, a deleted record without a value, the record
-count, no bytes left over, the checksum — and raises :class:`ChunkError` saying what is
-wrong: a damaged chunk is refused whole, never stored in part.
+``data`` is the record as stored (:mod:`pyctdb.rules.records`): the 16-byte header
+(RSN u64, DMASTER u32, flags u32) followed by the value. :func:`decode` checks
+everything — magic, version, lengths against the limits, known flags, a deleted record
+without a value, the record count, no bytes left over, the checksum — and raises
+:class:`ChunkError` saying what is wrong: a damaged chunk is refused whole, never stored
+in part.
 """
 
 from __future__ import annotations

@@ -203,8 +203,8 @@ class Databases:
         """Wait until this node may serve database requests: joined and not frozen."""
         c = self.cluster
         if not nodeflags.is_active(c.my_flags):
-            raise DbError("ENOTCONN", f"node {self.pnn} is inactive ({nodeflags.pretty(c.my_flags)}): "
-                          "it serves no database requests")
+            raise DbError("ENOTCONN", f"node {self.pnn} is inactive "
+                          f"({nodeflags.pretty(c.my_flags)}): it serves no database requests")
         deadline = time.monotonic() + timeout
         while self.frozen or not c.is_joined() or not c.vnnmap:
             left = deadline - time.monotonic()

@@ -4,9 +4,10 @@ Two LMDB environments per node, in the directories of pyctdb.conf's ``[database]
 section: ``volatile database directory`` (emptied when the agent starts, as CTDB wipes
 its volatile databases; written without fsync) and ``persistent database directory``
 (fsync'd). In each, a named sub-database ``db:NAME`` per clustered database holds
-``key -> header + value`` (see :mod:`.logic`), and the sub-database ``__dbmap__`` holds
-``NAME -> {"db_id", "persistent", "seqnum"}`` (JSON). The sequence number is updated in
-the same LMDB transaction as the records.
+``key -> header + value`` (see :mod:`pyctdb.rules.records`), and the sub-database
+``__dbmap__`` holds ``NAME -> {"db_id", "persistent", "seqnum"}`` (JSON). The sequence
+number is updated in the same LMDB transaction as the records. :class:`Store` is the
+LMDB :class:`~.backend.StorageBackend`.
 
 Reads run on the event loop (LMDB readers never block); every write runs in the store's
 single worker thread, so a write transaction (and its fsync) never blocks the loop and
