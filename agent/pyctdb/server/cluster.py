@@ -69,7 +69,8 @@ class CycleReport:
 class Cluster:
     """The cluster layer of one agent: holds its components (membership, controls,
     leadership, the recovery driver, node administration), runs the cycle that drives
-    them, and answers the rest of the agent (status, controls, hooks)."""
+    them, and answers the rest of the agent (status, controls); the daemon sets the
+    recovery steps and cycle tasks of the other components, in one place."""
 
     ADMIN = NodeAdmin.ADMIN
 
@@ -92,8 +93,9 @@ class Cluster:
         self.start_mono = clock()
         self.joined = asyncio.Event()
         self.on_joined = []  # callables run once, when this node first joins
-        #: sync callables(now) run at the end of every cycle (failover, later databases)
-        self.cycle_hooks = []
+        #: sync callables(now) run at the end of every cycle, in this order: set once by
+        #: the daemon (:meth:`set_cycle_tasks`)
+        self.cycle_tasks = ()
         #: extra fields other components add to this node's STATE
         self.extra_state = {}
         self._kick = asyncio.Event()
@@ -109,7 +111,7 @@ class Cluster:
                                  is_connected=self.membership.is_connected)
         self.driver = RecoveryDriver(self.view, self.membership, clock=clock,
                                      lmaster_capable=self.lmaster_capable,
-                                     keep_up=self._keep_up, kick=self.kick, hook_arg=self)
+                                     keep_up=self._keep_up, kick=self.kick, step_arg=self)
         self.leadership = Leadership(
             self.view, self.membership, lock, leader_capable=self.leader_capable,
             leader_timeout=float(config.leader_timeout), clock=clock,
@@ -132,11 +134,19 @@ class Cluster:
     #: (messaging: MESSAGE); run on the event loop, after the stale-instance check
     frame_handlers = property(lambda self: self.membership.frame_handlers)
     #: op -> async handler(src_pnn, args) -> result (JSON-able); see control()
+    def set_recovery_steps(self, during, after):
+        """What the leader's recovery runs, in order (the daemon says it once, in one
+        place): ``during`` while the cluster is in recovery mode, ``after`` once the new
+        generation is in place. Each is an async callable ``(cluster, members)``."""
+        self.driver.steps_during = tuple(during)
+        self.driver.steps_after = tuple(after)
+
+    def set_cycle_tasks(self, tasks):
+        """What every cycle runs after the election, in order: sync callables ``(now)``
+        (the daemon says it once, in one place)."""
+        self.cycle_tasks = tuple(tasks)
+
     control_handlers = property(lambda self: self.controls.control_handlers)
-    #: async callables(cluster, members) run by the leader in a recovery
-    recovery_hooks = property(lambda self: self.driver.recovery_hooks)
-    #: ... and these once the new generation is in place (recovery mode NORMAL)
-    recovered_hooks = property(lambda self: self.driver.recovered_hooks)
     last_recovery_started = property(lambda self: self.driver.last_recovery_started)
     last_recovery_finished = property(lambda self: self.driver.last_recovery_finished)
     am_leader = property(lambda self: self.view.am_leader)
@@ -268,11 +278,11 @@ class Cluster:
             actions.append(done)
         if self._update_joined():
             actions.append("joined the cluster")
-        for hook in self.cycle_hooks:
+        for task in self.cycle_tasks:
             try:
-                hook(now)
+                task(now)
             except Exception:
-                log.exception("cycle hook failed")
+                log.exception("cycle task %s failed", getattr(task, "__qualname__", task))
         self.membership.broadcast_state(now)
         self._report(decision, actions)
 

@@ -98,7 +98,15 @@ async def _serve(config, me, tunables, socket_path, ring):
                         hosted_file=hosted_ips_path(socket_path))
     databases = Databases(cluster, config)
     databases.open()
-    TunablesWatcher(databases, tunables, cluster)
+    watcher = TunablesWatcher(databases, tunables, cluster)
+    # The leader's recovery, in CTDB's order: the startrecovery event on every member
+    # (the takeover run starts then, beside the databases' recovery), the databases;
+    # in the new generation the databases are thawed before the recovered event.
+    cluster.set_recovery_steps(during=(failover.start_recovery, databases.recover),
+                               after=(databases.recovered, failover.recovered))
+    # Every cycle, after the election: the leader's takeover runs and the node's address
+    # checks, the databases (an inactive node's copies, vacuuming), the registry's tunables.
+    cluster.set_cycle_tasks((failover.on_cycle, databases.on_cycle, watcher.on_cycle))
     ops = NodeOperations(cluster, tunables, log_buffer=ring, failover=failover, events=events,
                          databases=databases, messaging=Messaging(cluster))
     api = ApiServer(socket_path, ops)

@@ -229,9 +229,9 @@ class TakeoverRunner:
 
 class Failover:
     """Public address failover on this node: builds its components (see the module doc),
-    drives them from the cluster's cycle and recovery hooks, lets go of all addresses
-    after ``RecoveryDropAllIPs`` seconds without a leader, and moves them away before a
-    graceful shutdown (``evacuate``)."""
+    is driven by the cluster's cycle and recovery steps (wired in the daemon), lets go
+    of all addresses after ``RecoveryDropAllIPs`` seconds without a leader, and moves
+    them away before a graceful shutdown (``evacuate``)."""
 
     def __init__(self, cluster, config, tunables, events=None, hosted_file=None):
         self.cluster = cluster
@@ -258,13 +258,6 @@ class Failover:
                                         self.check, self._spawn)
         self.takeovers = TakeoverRunner(cluster, tunables, self.addresses, self.events,
                                         self._spawn, self.disabled)
-        cluster.cycle_hooks.append(self.on_cycle)
-        # CTDB's startrecovery / recovered events, on every member, around each recovery;
-        # the takeover run of a recovery starts after startrecovery, beside the databases'
-        # recovery (the hooks after this one)
-        cluster.recovery_hooks.append(self._start_recovery)
-        cluster.recovered_hooks.append(
-            lambda c, members: self.events.on_nodes(members, "recovered"))
 
     def _spawn(self, coro, name=None):
         return tasks.spawn(coro, name, owner=self._tasks)
@@ -338,14 +331,19 @@ class Failover:
         else:
             self._leaderless_since = None
 
-    async def _start_recovery(self, cluster, members):
-        """The leader's first recovery hook: ``startrecovery`` on every member, then a
+    async def start_recovery(self, cluster, members):
+        """The leader's first recovery step: ``startrecovery`` on every member, then a
         takeover run in the background. Public addresses do not depend on the databases,
         so the addresses of a node that left move while the databases recover (the
-        recovery hooks that follow this one) instead of after them."""
+        recovery steps that follow this one) instead of after them."""
         await self.events.on_nodes(members, "startrecovery")
         if not self.disabled and cluster.am_leader:
             self.takeovers.start(f"recovery of {sorted(members)}", cluster.clock())
+
+    async def recovered(self, cluster, members):
+        """A recovery step once the new generation is in place: CTDB's ``recovered``
+        event on every member."""
+        await self.events.on_nodes(members, "recovered")
 
     async def evacuate(self, timeout=10.0):
         """Graceful shutdown: mark this node STOPPED so the leader moves its addresses to

@@ -1,9 +1,9 @@
 """The generation this node is in: made by the leader's recovery, adopted by followers.
 
 As leader, :class:`RecoveryDriver` runs a recovery whenever the set of active members
-changes (or one is asked for): recovery mode ACTIVE, the recovery hooks (the databases,
+changes (or one is asked for): recovery mode ACTIVE, the recovery steps (the databases,
 the addresses) while watching that no member is lost, then a new generation and vnn map
-in NORMAL mode, then the hooks run once it is in place. As follower it adopts the
+in NORMAL mode, then the steps after run once it is in place. As follower it adopts the
 leader's generation from the leader's STATE.
 """
 
@@ -39,21 +39,23 @@ class RecoveryDriver:
     generation by a recovery; a follower adopts its leader's."""
 
     def __init__(self, view, membership, *, clock, lmaster_capable, keep_up, kick,
-                 hook_arg):
+                 step_arg):
         """``keep_up(now) -> seconds``: what the cycle does every tick (keepalive,
         dropping silent peers, the lock watch), done while a recovery blocks the cycle;
         it returns how long to wait at most before doing it again. ``kick()`` runs the
-        cycle soon. ``hook_arg``: the first argument of the hooks (the cluster)."""
+        cycle soon. ``step_arg``: the first argument of the recovery steps (the cluster)."""
         self.view = view
         self.membership = membership
         self.clock = clock
         self.lmaster_capable = lmaster_capable
         self._keep_up = keep_up
         self._kick = kick
-        self._hook_arg = hook_arg
-        self.recovery_hooks = []  # async callables(cluster, members), run by the leader
-        # ... and these once the new generation is in place (recovery mode NORMAL)
-        self.recovered_hooks = []
+        self._step_arg = step_arg
+        #: async callables(cluster, members) the leader runs in a recovery, in order
+        #: (:meth:`Cluster.set_recovery_steps`) ...
+        self.steps_during = ()
+        #: ... and these once the new generation is in place (recovery mode NORMAL)
+        self.steps_after = ()
         self.last_recovery_started = None
         self.last_recovery_finished = None
         self._wanted = None  # why a recovery was asked for (request)
@@ -104,7 +106,7 @@ class RecoveryDriver:
         self.last_recovery_started = time.time()
         t0 = time.monotonic()
         self.membership.broadcast_state(self.clock(), force=True)
-        aborted = await self._while_watched(self._run_hooks(self.recovery_hooks, members),
+        aborted = await self._while_watched(self._run_steps(self.steps_during, members),
                                             members)
         if aborted is not None:
             log.warning("leader: recovery aborted after %.1f ms: %s%s",
@@ -132,18 +134,18 @@ class RecoveryDriver:
                 (time.monotonic() - t0) * 1000, gen, members,
                 f" ({', '.join(why)})" if why else "")
         self.membership.broadcast_state(self.clock(), force=True)
-        failed = await self._while_watched(self._run_hooks(self.recovered_hooks, members))
+        failed = await self._while_watched(self._run_steps(self.steps_after, members))
         if failed is not None:
             log.warning("leader: after the recovery: %s", failed)
         return f"recovered to generation {gen} with members {members}" + (
             f" ({', '.join(why)})" if why else "")
 
-    async def _run_hooks(self, hooks, members):
-        for hook in hooks:
-            await hook(self._hook_arg, members)
+    async def _run_steps(self, steps, members):
+        for step in steps:
+            await step(self._step_arg, members)
 
     async def _while_watched(self, coro, abort_unless=None):
-        """Run ``coro`` (the recovery hooks, which the cycle waits for: seconds for a
+        """Run ``coro`` (the recovery steps, which the cycle waits for: seconds for a
         large database) while keeping up what the blocked cycle would do (``keep_up``:
         the keepalive, or the other nodes drop this leader; dropping silent peers, or a
         control to a dead member waits for its timeout; the leader's check of its

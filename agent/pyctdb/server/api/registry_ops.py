@@ -253,8 +253,6 @@ class TunablesWatcher:
         self.seen = None
         self.base = {}  # tunable -> its value before the registry set it
         self.applied = {}
-        if cluster is not None:
-            cluster.cycle_hooks.append(self.on_cycle)
 
     def on_cycle(self, now=None):
         st = self.db.stores[True]

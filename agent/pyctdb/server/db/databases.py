@@ -252,6 +252,23 @@ class Databases:
         return True
 
     # -- the components' public methods ------------------------------------------------------
+    # -- the leader's recovery and the cycle (wired by the daemon) -------------------------
+    async def recover(self, cluster, members):
+        """A recovery step: the databases' part of the leader's recovery (pull every
+        copy, merge, push; :meth:`Recovery.recover`)."""
+        await self.recovery.recover(cluster, members)
+
+    async def recovered(self, cluster, members):
+        """A recovery step once the new generation is in place: thaw (before the
+        ``recovered`` event, as in CTDB)."""
+        await self.recovery.recovered(cluster, members)
+
+    def on_cycle(self, now):
+        """Every cycle: the recovery's node side (an inactive node's volatile copies),
+        then vacuuming."""
+        self.recovery.on_cycle(now)
+        self.vacuum.on_cycle(now)
+
     async def lock(self, name, key, timeout=15.0):
         return await self.migration.lock(name, key, timeout)
 

@@ -44,11 +44,6 @@ class Recovery:
         cluster.control_handlers.update({
             "db_freeze": self._ctl_freeze, "db_pull": self._ctl_pull,
             "db_push": self._ctl_push, "db_thaw": self._ctl_thaw})
-        cluster.recovery_hooks.append(self._recovery)
-        # first: the `recovered` event (failover's hook) comes once the databases are
-        # thawed, as in CTDB
-        cluster.recovered_hooks.insert(0, self._recovered)
-        cluster.cycle_hooks.append(self._on_cycle)
 
     # -- the node's side -------------------------------------------------------------------
     async def _ctl_freeze(self, src, args):
@@ -131,7 +126,7 @@ class Recovery:
         if self.dbs.thaw(members):
             self._staged.clear()
 
-    def _on_cycle(self, now):
+    def on_cycle(self, now):
         c, dbs = self.cluster, self.dbs
         if dbs.frozen and c.recmode == 0 and c.generation is not None \
                 and c.generation != dbs.freeze_gen and not c.am_leader:
@@ -161,7 +156,7 @@ class Recovery:
             log.warning("node %d is inactive: its volatile databases were emptied", self.pnn)
 
     # -- the leader --------------------------------------------------------------------------
-    async def _recovery(self, cluster, members):
+    async def recover(self, cluster, members):
         t0 = time.monotonic()
         infos = await asyncio.gather(*(cluster.control(m, "db_freeze", {}, timeout=CTL_TIMEOUT)
                                        for m in members))
@@ -253,7 +248,7 @@ class Recovery:
                 "seqnum": seqnum},
                 timeout=CTL_TIMEOUT)
 
-    async def _recovered(self, cluster, members):
+    async def recovered(self, cluster, members):
         await asyncio.gather(*(cluster.control(m, "db_thaw", {"members": list(members)},
                                                timeout=CTL_TIMEOUT)
                                for m in members), return_exceptions=True)

@@ -53,7 +53,6 @@ class Vacuum:
         self.stats = {}  # name -> {"runs", "removed", "last"}
         self.cluster.control_handlers.update({
             "db_vacuum_fetch": self._ctl_fetch, "db_vacuum_delete": self._ctl_delete})
-        self.cluster.cycle_hooks.append(self._on_cycle)
 
     def interval(self):
         try:
@@ -66,7 +65,7 @@ class Vacuum:
         return (not self.dbs.frozen and c.is_joined() and c.vnnmap
                 and nodeflags.is_active(c.my_flags) and c.recmode == RECMODE_NORMAL)
 
-    def _on_cycle(self, now):
+    def on_cycle(self, now):
         iv = self.interval()
         if iv <= 0 or (self._task is not None and not self._task.done()):
             return
