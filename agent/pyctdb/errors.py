@@ -67,6 +67,14 @@ class DbError(PyctdbError):
         super().__init__(message, code)
 
 
+class FrozenError(PyctdbError, RuntimeError):
+    """The databases are frozen (a recovery runs, or a database waits for the recovery
+    that follows a failed transaction): try again after it. Code EAGAIN. (Also a
+    RuntimeError, as the refusal was before it had a type of its own.)"""
+
+    code = "EAGAIN"
+
+
 class UsageError(PyctdbError):
     """A command line the tool cannot run (exit code 2 in CTDB's tool: see the CLI)."""
 

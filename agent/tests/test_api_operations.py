@@ -28,7 +28,7 @@ def _cluster(raise_exc=None):
 
 @pytest.mark.parametrize("exc,pnn,code,message", [
     # codes as the REPLY carries them since issue 10
-    (ControlError(2, "ValueError: bad value", code="EINVAL"), 2, "EINVAL", "bad value"),
+    (ControlError(2, "bad value", code="EINVAL"), 2, "EINVAL", "bad value"),
     (ControlError(2, "missing argument 'x'", code="EINVAL"), 2, "EINVAL",
      "missing argument 'x'"),
     (ControlError(2, "node 2 disconnected", code="ENOTCONN"), 2, "ENOTCONN",
@@ -39,9 +39,9 @@ def _cluster(raise_exc=None):
      "node 2: control x timed out after 1s"),
     (ControlError(2, "RuntimeError: boom", code="EIO"), 2, "EIO",
      "node 2: RuntimeError: boom"),
-    # legacy: peers before issue 10 answer without a code (EIO)
-    (ControlError(2, "ValueError: bad value"), 2, "EINVAL", "bad value"),
-    (ControlError(2, "node 2 is not connected"), 2, "ENOTCONN", "node 2 is not connected"),
+    # without a code (EIO), the text says nothing
+    (ControlError(2, "ValueError: bad value"), 2, "EIO", "node 2: ValueError: bad value"),
+    (ControlError(2, "node 2 is not connected"), 2, "EIO", "node 2: node 2 is not connected"),
     # this node's handler, called directly
     (ValueError("bad value"), 0, "EINVAL", "bad value"),
 ])

@@ -118,10 +118,10 @@ def test_control_error_carries_the_handlers_code():
                      "error": "frozen", "code": "EAGAIN"}
 
 
-def test_a_handlers_value_error_is_einval_with_the_old_text(caplog):
+def test_a_handlers_value_error_is_einval_with_its_message(caplog):
     with caplog.at_level(logging.DEBUG, logger="pyctdb.cluster"):
         out, reply, _ = _ask("admin", {"action": "x"}, _raise(ValueError("no such action")))
-    assert out.code == "EINVAL" and out.message == "ValueError: no such action"
+    assert out.code == "EINVAL" and out.message == "no such action"
     assert not [r for r in caplog.records if r.exc_info]  # the caller's mistake
 
 
@@ -258,3 +258,12 @@ def test_next_wake_is_the_tick_a_silent_peer_or_a_campaign_retry():
     c.leadership._retry_at = 100.05
     assert c._next_wake(100.0) == pytest.approx(0.05)
     assert c._next_wake(100.06) == 0.25  # (a retry that is past is no reason to wake)
+
+
+def test_an_error_of_ours_is_answered_with_its_own_code_and_message():
+    from pyctdb.errors import DbError, FrozenError
+    out, reply, _ = _ask("admin", {"action": "x"}, _raise(DbError("ENOENT", "no such db")))
+    assert out.code == "ENOENT" and out.message == "no such db"
+    assert reply["code"] == "ENOENT" and reply["error"] == "no such db"
+    out, _, _ = _ask("admin", {"action": "x"}, _raise(FrozenError("databases frozen")))
+    assert out.code == "EAGAIN" and out.message == "databases frozen"

@@ -64,14 +64,22 @@ def test_a_frozen_coordinator_refuses(tmp_path):
         dbs.close()
 
 
-def test_a_failed_commit_is_told_by_its_code_and_old_agents_by_their_text():
+def test_a_failed_commit_is_told_by_its_code_never_its_text():
     from pyctdb.server.db.transactions import AMBIGUOUS, AMBIGUOUS_CODE, CONFLICT, _failure
     assert _failure(ControlError(2, "whatever", code="EBUSY")) == "conflict"
     assert _failure(ControlError(2, "whatever", code=AMBIGUOUS_CODE)) == "doubt"
     assert _failure(ControlError(2, "node 2 disconnected", code="ENOTCONN")) == "unreachable"
     assert _failure(ControlError(2, "control x timed out", code="ETIMEDOUT")) == "timeout"
-    # an agent answering without codes (EIO), and a frozen coordinator's refusal
-    assert _failure(ControlError(2, f"{CONFLICT}: sequence number 3")) == "conflict"
-    assert _failure(ControlError(2, f"{AMBIGUOUS}: not applied")) == "doubt"
-    assert _failure(ControlError(2, "RuntimeError: databases frozen: recovery")) == "frozen"
-    assert _failure(ControlError(2, "RuntimeError: something else")) == "fail"
+    assert _failure(ControlError(2, "databases frozen", code="EAGAIN")) == "frozen"
+    # the text says nothing: without a code it is a failure
+    assert _failure(ControlError(2, f"{CONFLICT}: sequence number 3")) == "fail"
+    assert _failure(ControlError(2, f"{AMBIGUOUS}: not applied")) == "fail"
+    assert _failure(ControlError(2, "RuntimeError: databases frozen: recovery")) == "fail"
+
+
+def test_a_frozen_coordinator_answers_eagain_through_the_control_layer():
+    from pyctdb.errors import FrozenError
+    from pyctdb.server.db.transactions import _failure
+    exc = FrozenError("databases frozen: recovery in progress")
+    assert exc.code == "EAGAIN" and isinstance(exc, RuntimeError)
+    assert _failure(ControlError(2, exc.message, code=exc.code)) == "frozen"

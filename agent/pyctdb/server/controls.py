@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 
-from pyctdb.errors import ControlError
+from pyctdb.errors import ControlError, PyctdbError
 from pyctdb.protocol import controls as control_defs
 from pyctdb.protocol import frames
 from pyctdb.server import tasks
@@ -122,12 +122,15 @@ class Controls:
         reply = {"pnn": self.pnn, "instance": self.instance, "req_id": p["req_id"]}
         try:
             reply.update(ok=True, result=await self._run(pnn, op, p["args"]))
-        except ControlError as exc:
-            reply.update(ok=False, error=exc.message, code=exc.code)
         except control_defs.ControlArgumentError as exc:
             log.info("control %s from node %d refused: %s", op, pnn, exc.message)
             reply.update(ok=False, error=exc.message, code=exc.code)
-        except ARGUMENT_ERRORS as exc:  # the caller's mistake: no traceback
+        except PyctdbError as exc:  # an error of ours: its code says what it is
+            reply.update(ok=False, error=exc.message or str(exc), code=exc.code)
+        except ValueError as exc:  # the caller's mistake: no traceback
+            log.info("control %s from node %d failed: %s", op, pnn, exc)
+            reply.update(ok=False, error=str(exc), code="EINVAL")
+        except ARGUMENT_ERRORS as exc:  # (TypeError, KeyError: the name says more)
             log.info("control %s from node %d failed: %s: %s", op, pnn,
                      type(exc).__name__, exc)
             reply.update(ok=False, error=f"{type(exc).__name__}: {exc}", code="EINVAL")

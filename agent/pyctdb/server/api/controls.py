@@ -5,9 +5,6 @@ from __future__ import annotations
 
 from pyctdb.errors import ApiError, ControlError
 
-#: the text a handler's ValueError had in the REPLY frame before controls carried codes
-_VALUE_ERROR = "ValueError: "
-
 
 class NodeControls:
     """Runs a control on a node for a client's request: checks the PNN it names and
@@ -41,15 +38,8 @@ class NodeControls:
         except ValueError as exc:
             raise ApiError("EINVAL", str(exc)) from None
         except ControlError as exc:
-            code, message = exc.code, exc.message
-            if message.startswith(_VALUE_ERROR):
-                message = message[len(_VALUE_ERROR):]
-                if code == "EIO":  # legacy: peers before issue 10 (no code in the REPLY)
-                    code = "EINVAL"
-            elif code == "EIO" and "not connected" in message:
-                code = "ENOTCONN"  # legacy: peers before issue 10
-            if code == "EINVAL":
-                raise ApiError("EINVAL", message) from None
-            if code == "ENOTCONN" and pnn != self.cluster.pnn:
+            if exc.code == "EINVAL":
+                raise ApiError("EINVAL", exc.message) from None
+            if exc.code == "ENOTCONN" and pnn != self.cluster.pnn:
                 raise ApiError("ENOTCONN", f"node {pnn} is not connected") from None
             raise ApiError("EIO", str(exc)) from None

@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 
-from pyctdb.errors import DbError
+from pyctdb.errors import DbError, FrozenError
 from pyctdb.rules import nodeflags
 from pyctdb.rules import records as record_rules
 from pyctdb.server.db.backend import StoreError
@@ -224,7 +224,7 @@ class Databases:
 
     def not_frozen(self):
         if self.frozen:
-            raise RuntimeError("databases frozen: recovery in progress")
+            raise FrozenError("databases frozen: recovery in progress")
 
     def check_epoch(self, epoch):
         """A ``check`` for a storage write: refuses it once a freeze ended ``epoch``."""

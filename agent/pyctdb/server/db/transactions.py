@@ -14,7 +14,7 @@ import logging
 import secrets
 import time
 
-from pyctdb.errors import ControlError, DbError
+from pyctdb.errors import ControlError, DbError, FrozenError
 from pyctdb.rules import records as record_rules
 from pyctdb.server import tasks
 from pyctdb.server.db.migration import CTL_TIMEOUT, KeyLocks
@@ -35,26 +35,12 @@ TXIDS_KEPT = 64
 def _failure(exc: ControlError):
     """What a failed ``db_trans_commit`` means for the requester: ``"conflict"``,
     ``"doubt"`` (applied on some members only), ``"timeout"``, ``"unreachable"``,
-    ``"frozen"`` (worth another try), else ``"fail"``. By the error's code: EBUSY,
-    AMBIGUOUS_CODE (the coordinator's answers), ETIMEDOUT, ENOTCONN (the control layer's).
-    The text is looked at only where no code tells: a frozen coordinator's refusal (a
-    RuntimeError of its handler, answered as EIO) and the answers of agents from before
-    the codes (EIO for all)."""
-    by_code = {"EBUSY": "conflict", AMBIGUOUS_CODE: "doubt", "ETIMEDOUT": "timeout",
-               "ENOTCONN": "unreachable"}.get(exc.code)
-    if by_code is not None:
-        return by_code
-    if CONFLICT in exc.message:
-        return "conflict"
-    if AMBIGUOUS in exc.message:
-        return "doubt"
-    if "timed out" in exc.message:
-        return "timeout"
-    if "not connected" in exc.message:
-        return "unreachable"
-    if "frozen" in exc.message:
-        return "frozen"
-    return "fail"
+    ``"frozen"`` (worth another try), else ``"fail"``. By the error's code, never its
+    text: EBUSY, AMBIGUOUS_CODE (the coordinator's answers), EAGAIN (a frozen
+    coordinator: :class:`~pyctdb.errors.FrozenError`), ETIMEDOUT, ENOTCONN (the control
+    layer's)."""
+    return {"EBUSY": "conflict", AMBIGUOUS_CODE: "doubt", "EAGAIN": "frozen",
+            "ETIMEDOUT": "timeout", "ENOTCONN": "unreachable"}.get(exc.code, "fail")
 
 
 class Transactions:
@@ -241,8 +227,8 @@ class Transactions:
         self.dbs.not_frozen()
         if name in self._trans_blocked:
             if self._trans_blocked[name] == self.cluster.generation:
-                raise RuntimeError(f"database {name} frozen until the recovery that follows "
-                                   "a failed transaction")
+                raise FrozenError(f"database {name} frozen until the recovery that follows "
+                                  "a failed transaction")
             del self._trans_blocked[name]
         st, meta = self.dbs.usable_ctl(name)
         pending, done, seqnum = self._round_records(st, name, batch)
