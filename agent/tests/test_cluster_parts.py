@@ -45,9 +45,9 @@ def test_spawn_keeps_a_reference_until_done_and_logs_a_crash(caplog):
         await asyncio.sleep(0)
         assert not owner and t2 not in tasks._running and t3 not in tasks._running
 
-    with caplog.at_level(logging.DEBUG, logger="pyctdb.tasks"):
+    with caplog.at_level(logging.DEBUG, logger="pyctdb"):
         run(main())
-    errors = [r for r in caplog.records if r.name == "pyctdb.tasks"]
+    errors = [r for r in caplog.records if r.name == "pyctdb.server.tasks"]
     assert len(errors) == 1 and errors[0].levelno == logging.ERROR
     assert "boomer" in errors[0].getMessage() and errors[0].exc_info[0] is RuntimeError
 
@@ -119,7 +119,7 @@ def test_control_error_carries_the_handlers_code():
 
 
 def test_a_handlers_value_error_is_einval_with_its_message(caplog):
-    with caplog.at_level(logging.DEBUG, logger="pyctdb.cluster"):
+    with caplog.at_level(logging.DEBUG, logger="pyctdb"):
         out, reply, _ = _ask("admin", {"action": "x"}, _raise(ValueError("no such action")))
     assert out.code == "EINVAL" and out.message == "no such action"
     assert not [r for r in caplog.records if r.exc_info]  # the caller's mistake
@@ -132,7 +132,7 @@ def test_type_and_key_errors_are_einval(exc):
 
 
 def test_any_other_failure_is_eio_with_a_traceback(caplog):
-    with caplog.at_level(logging.DEBUG, logger="pyctdb.cluster"):
+    with caplog.at_level(logging.DEBUG, logger="pyctdb"):
         out, _, _ = _ask("admin", {"action": "x"}, _raise(RuntimeError("bug")))
     assert out.code == "EIO" and out.message == "RuntimeError: bug"
     assert [r for r in caplog.records if r.exc_info and r.exc_info[0] is RuntimeError]
@@ -201,7 +201,7 @@ def test_malformed_control_and_reply_are_logged_once_and_dropped(caplog):
         c.on_reply(0, {"pnn": 0, "instance": "i0", "ok": True})
         await asyncio.sleep(0.01)
         assert pair.sent == []
-    with caplog.at_level(logging.DEBUG, logger="pyctdb.cluster"):
+    with caplog.at_level(logging.DEBUG, logger="pyctdb"):
         run(main())
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "malformed CONTROL" in warnings[0].getMessage()
@@ -230,7 +230,7 @@ def test_the_cycle_report_is_logged_when_it_says_something_new(caplog):
     now = [100.0]
     c = _cluster(lambda: now[0])
     follow = Decision("follow", 1, "node 1 is the leader")
-    with caplog.at_level(logging.DEBUG, logger="pyctdb.cluster"):
+    with caplog.at_level(logging.DEBUG, logger="pyctdb"):
         c.view.leader = 1
         r = c._report(follow, [])
         assert isinstance(r, CycleReport)

@@ -147,7 +147,7 @@ def test_a_damaged_push_chunk_is_rejected_and_nothing_is_stored(tmp_path, caplog
         bad = bytearray(C.encode(new[10:20]))
         bad[40] ^= 0xFF
         await push(0, args(wire(new[:10]), first=True))
-        with caplog.at_level(logging.ERROR, logger="pyctdb.db"):
+        with caplog.at_level(logging.ERROR, logger="pyctdb"):
             with pytest.raises(RuntimeError, match="rejected: chunk checksum mismatch"):
                 await push(0, args(base64.b64encode(bytes(bad)).decode()))
         assert "damaged records of r.tdb from node 0 rejected" in caplog.text

@@ -44,7 +44,7 @@ from pyctdb.server.recovery_driver import RecoveryDriver
 # RECMODE_* and nodes_digest: where the rest of the agent has always found them
 __all__ = ["Cluster", "CycleReport", "RECMODE_ACTIVE", "RECMODE_NORMAL", "nodes_digest"]
 
-log = logging.getLogger("pyctdb.cluster")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import os
 import shlex
 import signal
 
-log = logging.getLogger("pyctdb.lock")
+log = logging.getLogger(__name__)
 
 TAKEN, CONTENDED, ERROR = "taken", "contended", "error"
 

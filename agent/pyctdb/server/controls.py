@@ -18,7 +18,7 @@ from pyctdb.protocol import controls as control_defs
 from pyctdb.protocol import frames
 from pyctdb.server import tasks
 
-log = logging.getLogger("pyctdb.cluster")
+log = logging.getLogger(__name__)
 
 #: Exceptions of a handler that mean the caller's arguments were wrong (EINVAL).
 ARGUMENT_ERRORS = (ValueError, TypeError, KeyError)

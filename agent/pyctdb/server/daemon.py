@@ -38,7 +38,7 @@ from pyctdb.server.api.operations import NodeOperations
 from pyctdb.server.api.registry_ops import TunablesWatcher  # [pyctdb:tunables] of the registry
 from pyctdb.server.api.server import ApiServer
 
-log = logging.getLogger("pyctdb.daemon")
+log = logging.getLogger(__name__)
 
 
 def parse_args(argv):

@@ -33,7 +33,7 @@ from pyctdb.errors import PyctdbError
 from pyctdb.rules import nodeflags
 from pyctdb.server.tasks import spawn
 
-log = logging.getLogger("pyctdb.events")
+log = logging.getLogger(__name__)
 
 EVENTS = ("init", "setup", "startup", "monitor", "takeip", "releaseip", "updateip",
           "startipreallocate", "ipreallocated", "startrecovery", "recovered", "shutdown")

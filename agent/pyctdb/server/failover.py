@@ -41,7 +41,7 @@ from pyctdb.server.localips import LocalAddresses, NetThread
 from pyctdb.server.publicips import PublicAddressAdmin, PublicAddressList
 from pyctdb.server.tickles import Tickles
 
-log = logging.getLogger("pyctdb.failover")
+log = logging.getLogger(__name__)
 
 CONSISTENCY_INTERVAL = 2.0  # seconds between node-side interface checks
 TAKEOVER_REFRESH = 10.0  # seconds between leader takeover runs when nothing changed

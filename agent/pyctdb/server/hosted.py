@@ -17,7 +17,7 @@ import os
 
 from pyctdb.rules.takeover import sort_key
 
-log = logging.getLogger("pyctdb.failover")
+log = logging.getLogger(__name__)
 
 
 def hosted_ips_path(socket_path):

@@ -10,7 +10,7 @@ import logging
 from pyctdb.rules.takeover import interface_moves
 from pyctdb.server import netops
 
-log = logging.getLogger("pyctdb.failover")
+log = logging.getLogger(__name__)
 
 
 class InterfaceCheck:

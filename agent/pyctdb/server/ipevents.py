@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-log = logging.getLogger("pyctdb.failover")
+log = logging.getLogger(__name__)
 
 EVENT_TIMEOUT = 2.0  # seconds for another node to answer run_event
 

@@ -17,7 +17,7 @@ from pyctdb.server import tasks
 from pyctdb.server.clusterlock import CONTENDED, TAKEN
 from pyctdb.server.clusterview import RECMODE_ACTIVE
 
-log = logging.getLogger("pyctdb.cluster")
+log = logging.getLogger(__name__)
 
 CAMPAIGN_RETRY = 0.1  # seconds between two tries to take a contended cluster lock
 LOCK_CHECK_INTERVAL = 5.0  # seconds between two checks that the held lock is still ours

@@ -15,7 +15,7 @@ import logging
 from pyctdb.rules.takeover import sort_key
 from pyctdb.server import netops
 
-log = logging.getLogger("pyctdb.failover")
+log = logging.getLogger(__name__)
 
 
 class NetThread:

@@ -22,7 +22,7 @@ from pyctdb.protocol import frames
 from pyctdb.rules import election, nodeflags
 from pyctdb.server.transport import Transport
 
-log = logging.getLogger("pyctdb.cluster")
+log = logging.getLogger(__name__)
 
 
 def nodes_digest(nodes) -> str:

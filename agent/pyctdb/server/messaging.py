@@ -29,7 +29,7 @@ from pyctdb.errors import PyctdbError
 from pyctdb.protocol import frames
 from pyctdb.server.transport import later
 
-log = logging.getLogger("pyctdb.messaging")
+log = logging.getLogger(__name__)
 
 #: Bytes a client may have unread before messages for it are dropped.
 MAX_CLIENT_BACKLOG = 4 * 1024 * 1024

@@ -25,7 +25,7 @@ import threading
 
 from pyctdb.errors import PyctdbError
 
-log = logging.getLogger("pyctdb.netops")
+log = logging.getLogger(__name__)
 
 _ipr = None
 _ipr_lock = threading.RLock()

@@ -7,7 +7,7 @@ import logging
 from pyctdb.common.logsetup import NOTICE
 from pyctdb.rules import nodeflags
 
-log = logging.getLogger("pyctdb.cluster")
+log = logging.getLogger(__name__)
 
 
 class NodeAdmin:

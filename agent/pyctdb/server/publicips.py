@@ -17,7 +17,7 @@ from pyctdb.common.config import public_address, read_public_addresses
 from pyctdb.errors import ConfigError
 from pyctdb.rules.takeover import sort_key
 
-log = logging.getLogger("pyctdb.failover")
+log = logging.getLogger(__name__)
 
 
 class PublicAddressList:

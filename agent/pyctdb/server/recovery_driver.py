@@ -20,7 +20,7 @@ from pyctdb.rules import election
 from pyctdb.server import tasks
 from pyctdb.server.clusterview import INVALID_GENERATION, RECMODE_ACTIVE, RECMODE_NORMAL
 
-log = logging.getLogger("pyctdb.cluster")
+log = logging.getLogger(__name__)
 
 
 async def _outcome(coro):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-log = logging.getLogger("pyctdb.tasks")
+log = logging.getLogger(__name__)
 
 # Tasks started without an owner: held here until they finish.
 _running: set = set()

@@ -14,7 +14,7 @@ import logging
 
 from pyctdb.server import netops
 
-log = logging.getLogger("pyctdb.failover")
+log = logging.getLogger(__name__)
 
 SEND_TIMEOUT = 2.0  # seconds for another node to accept this node's connections
 

@@ -24,7 +24,7 @@ import time
 from pyctdb.protocol import frames as wire
 from pyctdb.server import tasks
 
-log = logging.getLogger("pyctdb.transport")
+log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 2.0

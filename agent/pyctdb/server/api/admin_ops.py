@@ -11,7 +11,7 @@ from pyctdb.common.config import nodes_changes, read_nodes
 from pyctdb.errors import ApiError, ConfigError, ControlError
 from pyctdb.server.cluster import nodes_digest
 
-log = logging.getLogger("pyctdb.api")
+log = logging.getLogger(__name__)
 
 
 class AdminOperations:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import abc
 import logging
 
-log = logging.getLogger("pyctdb.api")
+log = logging.getLogger(__name__)
 
 
 class Frontend(abc.ABC):

@@ -10,7 +10,7 @@ from pyctdb import API_VERSION, PROTOCOL_VERSION, __version__
 from pyctdb.common import tunables as tunable_defs
 from pyctdb.errors import ApiError, ControlError
 
-log = logging.getLogger("pyctdb.api")
+log = logging.getLogger(__name__)
 
 
 class InfoOperations:

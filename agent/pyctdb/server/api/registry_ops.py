@@ -14,7 +14,7 @@ from pyctdb.errors import ApiError, DbError
 from pyctdb.rules import records as record_rules
 from pyctdb.rules import registry
 
-log = logging.getLogger("pyctdb.registry")
+log = logging.getLogger(__name__)
 
 
 class RegistryOperations:

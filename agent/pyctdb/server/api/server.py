@@ -22,7 +22,7 @@ from pyctdb.server.api.commands import NO_ANSWER
 from pyctdb.server.api.connection import ApiProtocol
 from pyctdb.server.api.frontend import Frontend
 
-log = logging.getLogger("pyctdb.api")
+log = logging.getLogger(__name__)
 
 
 class ApiServer(Frontend):

@@ -37,7 +37,7 @@ from pyctdb.server.db.vacuum import Vacuum
 __all__ = ["Databases", "AMBIGUOUS", "CONFLICT", "CTL_TIMEOUT", "GIVE_LOCK_WAIT",
            "LEASE_SECONDS", "TXIDS_KEPT", "TXIDS_KEY", "KeyLocks", "Retry"]
 
-log = logging.getLogger("pyctdb.db")
+log = logging.getLogger(__name__)
 
 
 class Databases:

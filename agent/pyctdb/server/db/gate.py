@@ -62,7 +62,7 @@ from pyctdb.server import tasks
 from pyctdb.protocol.fastpath import (GATE, GATE_AT, GATE_DB, GATE_KEY, TTL, WAIT_FILE,
                                       WAIT_SINCE, WAIT_SIZE, lease_key)
 
-log = logging.getLogger("pyctdb.db")
+log = logging.getLogger(__name__)
 
 RENEW = 1.0
 HELD_WARN = 5.0   # a renewal waiting this long for the writer lock is logged

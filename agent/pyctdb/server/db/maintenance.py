@@ -21,7 +21,7 @@ from pyctdb.rules import records as record_rules
 from pyctdb.server.cluster import RECMODE_ACTIVE
 from pyctdb.server.db.wire import STEP_RECORDS, cooperative, from_wire, wire_frames
 
-log = logging.getLogger("pyctdb.db")
+log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
 

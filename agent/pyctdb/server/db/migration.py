@@ -17,7 +17,7 @@ from pyctdb.rules import records as record_rules
 from pyctdb.server import tasks
 from pyctdb.server.db.wire import b64, handover, rec_from_wire, rec_to_wire, unb64
 
-log = logging.getLogger("pyctdb.db")
+log = logging.getLogger(__name__)
 
 CTL_TIMEOUT = 10.0
 GIVE_LOCK_WAIT = 1.0      # a DMASTER waits this long for a locked record, then says busy

@@ -23,7 +23,7 @@ from pyctdb.server.db.transactions import TXIDS_KEY
 from pyctdb.server.db.wire import (CHUNK_BYTES, PULL_BYTES, STEP_RECORDS, b64, chunk_frames,
                                    cooperative, rec_to_wire, stored_records, unb64)
 
-log = logging.getLogger("pyctdb.db")
+log = logging.getLogger(__name__)
 
 
 class Recovery:

@@ -36,7 +36,7 @@ from pyctdb.server.db.gate import WaitFlag
 
 __all__ = ["Store", "StoreError", "remove_tree"]
 
-log = logging.getLogger("pyctdb.db")
+log = logging.getLogger(__name__)
 
 DBMAP = b"__dbmap__"
 

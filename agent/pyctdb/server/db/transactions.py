@@ -20,7 +20,7 @@ from pyctdb.server import tasks
 from pyctdb.server.db.migration import CTL_TIMEOUT, KeyLocks
 from pyctdb.server.db.wire import b64, rec_from_wire, rec_to_wire, unb64
 
-log = logging.getLogger("pyctdb.db")
+log = logging.getLogger(__name__)
 
 CONFLICT = "transaction conflict"  # an expect_seqnum that no longer holds (code EBUSY)
 AMBIGUOUS = "transaction in doubt"  # applied on some members only: a recovery decides

@@ -30,7 +30,7 @@ from pyctdb.server import tasks
 from pyctdb.server.cluster import RECMODE_NORMAL
 from pyctdb.server.db.wire import b64, unb64
 
-log = logging.getLogger("pyctdb.db")
+log = logging.getLogger(__name__)
 
 BATCH = 500            # keys per db_vacuum_fetch / db_vacuum_delete
 FETCH_PARALLEL = 16    # migrations at a time at the LMASTER

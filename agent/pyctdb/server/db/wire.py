@@ -11,7 +11,7 @@ import logging
 from pyctdb.protocol import chunk as chunk_codec
 from pyctdb.rules import records
 
-log = logging.getLogger("pyctdb.db")
+log = logging.getLogger(__name__)
 
 PULL_BYTES = 1 << 20      # per db_pull / db_push frame (frames are limited to 4 MiB)
 CHUNK_BYTES = 2 << 20     # records per binary chunk (db_pull/db_push): 2.7 MiB of base64
