@@ -30,7 +30,7 @@ def _done(task: asyncio.Task, holder: set) -> None:
 def spawn(coro, name=None, owner=None) -> asyncio.Task:
     """Start ``coro`` as a task named ``name`` and keep it referenced until it ends:
     in ``owner`` (a set) when given, else in a module-level set. An exception other
-    than cancellation is logged at ERROR with its traceback on ``pyctdb.tasks``."""
+    than cancellation is logged at ERROR with its traceback on ``pyctdb.server.tasks``."""
     task = asyncio.ensure_future(coro)
     if name is not None:
         task.set_name(name)
