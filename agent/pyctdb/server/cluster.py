@@ -143,7 +143,8 @@ class Cluster:
 
     def set_cycle_tasks(self, tasks):
         """What every cycle runs after the election, in order: sync callables ``(now)``
-        (the daemon says it once, in one place)."""
+        (the daemon says it once, in one place). A task returns a short sentence of what
+        it started, for the cycle's report, or None."""
         self.cycle_tasks = tuple(tasks)
 
     control_handlers = property(lambda self: self.controls.control_handlers)
@@ -280,9 +281,12 @@ class Cluster:
             actions.append("joined the cluster")
         for task in self.cycle_tasks:
             try:
-                task(now)
+                did = task(now)
             except Exception:
                 log.exception("cycle task %s failed", getattr(task, "__qualname__", task))
+            else:
+                if did:
+                    actions.append(did)
         self.membership.broadcast_state(now)
         self._report(decision, actions)
 

@@ -75,10 +75,13 @@ class TakeoverRunner:
 
     # -- when -----------------------------------------------------------------------------
     def on_cycle(self, now):
+        """The leader starts a takeover run when the cluster changed (and every
+        TAKEOVER_REFRESH seconds anyway); returns what the cycle's report says of it
+        (None for a periodic run: routine)."""
         c = self.cluster
         if not (c.am_leader and c.recmode == 0 and c.generation is not None):
             self._key = None
-            return
+            return None
         key = self._state_key()
         if key != self._key or now - self._last >= TAKEOVER_REFRESH:
             if self._task is None or self._task.done():
@@ -86,8 +89,9 @@ class TakeoverRunner:
                 self._key = key
                 self._last = now
                 self._task = self._spawn(self.run(reason), "takeover")
-            else:
-                self._key = None  # run again when the current run finishes
+                return None if reason == "periodic check" else f"takeover run ({reason})"
+            self._key = None  # run again when the current run finishes
+        return None
 
     def start(self, reason, now):
         """A run now, in the background (a recovery's)."""
@@ -299,8 +303,11 @@ class Failover:
 
     # -- the cycle --------------------------------------------------------------------------
     def on_cycle(self, now):
+        """A cycle task: drop addresses without a leader, the interface check and the
+        connection scan when due, the leader's takeover runs; returns what the cycle's
+        report says (a takeover run started), or None."""
         if self.disabled:
-            return
+            return None
         c = self.cluster
         self._drop_when_leaderless(now)
         if (self.configured or self.record.entries) \
@@ -312,7 +319,7 @@ class Failover:
             if now - self._last_tickle_scan >= TICKLE_INTERVAL:
                 self._last_tickle_scan = now
                 self._spawn(self.tickles.scan(), "tickle-scan")
-        self.takeovers.on_cycle(now)
+        return self.takeovers.on_cycle(now)
 
     def _drop_when_leaderless(self, now):
         """A node that has had no leader for RecoveryDropAllIPs seconds lets go of its

@@ -146,6 +146,9 @@ def test_leader_lost_new_leader_takes_the_lock(cluster3):
     assert "NOTICE: cycle: leader, decided lead (" in log
     assert re.search(rf"cycle: leader, .*; did: recovered to generation \d+ with members "
                      rf"\[[\d, ]+\] \(left \[{old}\]\)", log), log[-3000:]
+    # ... and the takeover run its cycle tasks started once the generation changed
+    assert re.search(r"cycle: leader, .*did: .*takeover run \(cluster changed\)", log), \
+        log[-3000:]
     c.start_node(old)
     c.wait_healthy(30)
     assert c.status(old)["leader"] == new
