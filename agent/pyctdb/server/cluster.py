@@ -133,7 +133,6 @@ class Cluster:
     #: MsgType -> sync callable(src_pnn, payload) for frame types other components own
     #: (messaging: MESSAGE); run on the event loop, after the stale-instance check
     frame_handlers = property(lambda self: self.membership.frame_handlers)
-    #: op -> async handler(src_pnn, args) -> result (JSON-able); see control()
     def set_recovery_steps(self, during, after):
         """What the leader's recovery runs, in order (the daemon says it once, in one
         place): ``during`` while the cluster is in recovery mode, ``after`` once the new
@@ -147,6 +146,7 @@ class Cluster:
         it started, for the cycle's report, or None."""
         self.cycle_tasks = tuple(tasks)
 
+    #: op -> async handler(src_pnn, args) -> result (JSON-able); see control()
     control_handlers = property(lambda self: self.controls.control_handlers)
     last_recovery_started = property(lambda self: self.driver.last_recovery_started)
     last_recovery_finished = property(lambda self: self.driver.last_recovery_finished)

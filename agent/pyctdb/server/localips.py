@@ -82,7 +82,7 @@ class LocalAddresses:
             # (it leaves ``assigned`` only once it is off the interface: a shutdown waits
             # for an empty ``assigned`` before it lets the process exit)
             iface = self.assigned.get(addr)
-            conns = netops.tcp_connections([addr])
+            conns = await self.net.run(netops.tcp_connections, [addr])  # (reads /proc)
             removed = failed = False
             for cand in ([iface] if iface else []) + (list(pa.interfaces) if pa else []):
                 try:

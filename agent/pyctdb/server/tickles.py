@@ -9,7 +9,6 @@ for each connection it had elsewhere.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from pyctdb.server import netops
@@ -62,7 +61,7 @@ class Tickles:
         """Read the connections of the addresses hosted here; if they changed, send them
         to every connected node."""
         addrs = self._hosted()
-        conns = await asyncio.to_thread(netops.tcp_connections, addrs)
+        conns = await self._run(netops.tcp_connections, addrs)
         per = {a: [] for a in addrs}
         for x in conns:
             per.setdefault(x[0], []).append(list(x))
