@@ -183,6 +183,17 @@ cluster_lock:
   returned: when the agent answered
   type: dict
   sample: {configured: true, lock: /shared/.pyctdb.lock, held: true}
+transport_authenticated:
+  description:
+    - Whether the agent's node-to-node transport is authenticated with the cluster key
+      (C(transport.authenticated) of the agent's status).
+    - V(false) when the agent runs without a key (anyone who reaches its port could act
+      as a node; the agent warns when it starts); V(null) when the agent is too old to
+      tell.
+  returned: when the agent answered
+  type: bool
+  sample: true
+  version_added: 0.5.0
 ok_nodes:
   description: Number of nodes whose state is V(OK).
   returned: when the agent answered
@@ -262,6 +273,16 @@ def _node_name(node):
     return "node %s" % node.get("pnn")
 
 
+def transport_authenticated(status):
+    """``transport.authenticated`` of a status answer: True/False, None when the agent
+    does not say (an agent older than the authenticated transport)."""
+    transport = status.get("transport")
+    if not isinstance(transport, dict):
+        return None
+    value = transport.get("authenticated")
+    return value if isinstance(value, bool) else None
+
+
 def summarize(status, public_addresses=None):
     """The module's return values for one API status answer (and the public addresses
     of the cluster)."""
@@ -281,6 +302,7 @@ def summarize(status, public_addresses=None):
         "joined": bool(status.get("joined")),
         "healthy": bool(status.get("healthy")),
         "cluster_lock": status.get("cluster_lock"),
+        "transport_authenticated": transport_authenticated(status),
         "ok_nodes": sum(1 for n in nodes if n.get("state") == "OK"),
         "public_addresses": public_addresses or {},
         "status": status,

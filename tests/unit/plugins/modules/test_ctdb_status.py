@@ -25,12 +25,44 @@ def test_reads_status(fake_agent, helpers):
     assert [set(n) for n in r["nodes"]] == [NODE_KEYS] * 3
     assert r["this_node"]["pnn"] == 0 and r["this_node"]["this_node"] is True
     assert r["status"] == helpers.healthy_status()
+    # an agent older than the authenticated transport does not say: null
+    assert "transport" not in r["status"] and r["transport_authenticated"] is None
     assert [q["command"] for q in agent.requests] == ["status", "ip"]
     assert agent.requests[1]["args"] == {"all": True}
     # this fake agent does not know "ip": the status is still returned
     assert r["public_addresses"] == {}
     assert "cannot read the public addresses: unknown command 'ip' (EINVAL)" == \
         r["public_addresses_error"]
+
+
+@pytest.mark.parametrize("transport, expected", [
+    ({"authenticated": True}, True),
+    ({"authenticated": False}, False),
+    ({}, None),
+    ({"authenticated": "yes"}, None),
+    ("garbage", None),
+])
+def test_transport_authenticated(fake_agent, helpers, transport, expected):
+    """transport.authenticated of the status JSON (pyctdb status --json), null when the
+    agent does not tell."""
+    agent = fake_agent()
+    agent.status = dict(helpers.healthy_status(), transport=transport)
+    rc, r = helpers.run_module("ctdb_status", {"socket": agent.path})
+    assert rc == 0, r
+    assert r["transport_authenticated"] is expected
+    assert r["status"]["transport"] == transport
+
+
+def test_transport_authenticated_while_waiting(fake_agent, helpers):
+    """The value comes from the last status read, the one the wait ended on."""
+    agent = fake_agent()
+    agent.status_sequence = [dict(helpers.degraded_status(),
+                                  transport={"authenticated": False})]
+    agent.status = dict(helpers.healthy_status(), transport={"authenticated": True})
+    rc, r = helpers.run_module("ctdb_status", {
+        "socket": agent.path, "wait_for": "healthy", "timeout": 20, "delay": 0.1})
+    assert rc == 0, r
+    assert r["healthy"] is True and r["transport_authenticated"] is True
 
 
 IPS = {"pnn": 0, "all": True, "ips": [
@@ -270,4 +302,5 @@ def test_ansible_doc_renders(helpers, kind):
                        env=helpers.ansible_env(), capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "wait_for" in p.stdout and "expected_nodes" in p.stdout
+    assert "transport_authenticated" in p.stdout
     assert "[WARNING]" not in p.stderr and "ERROR" not in p.stderr
