@@ -139,6 +139,76 @@ def test_interface_moves_is_part_of_the_plan_rules():
     assert takeover.interface_moves({A1: "eth0"}, conf, {"eth1"}) == [(A1, "eth0", "eth1")]
 
 
+# -- no take from a connected-but-silent node (address fencing) ----------------------------
+def test_a_silent_node_s_addresses_are_kept_where_they_are():
+    # node 2's link is up but it did not answer: it may still serve A3
+    reports = {0: report(ALL, [A1]), 1: report(ALL, [A2])}
+    plan = plan_takeover(reports, [0, 0, nodeflags.DISCONNECTED], silent={2},
+                         presumed={A1: 0, A2: 1, A3: 2})
+    assert plan.takes == () and plan.releases == ()
+    assert not plan.moving
+    assert plan.kept == {A3: "holder 2 did not answer"}
+    assert plan.allocation == {A1: 0, A2: 1, A3: 2}  # (where it presumably is)
+    assert plan.unassigned == {}
+
+
+def test_with_a_silent_node_an_address_of_unknown_holder_is_kept():
+    # a new term: the leader does not know who holds A3, and node 2 is silent
+    reports = {0: report(ALL, [A1]), 1: report(ALL, [A2])}
+    plan = plan_takeover(reports, [0, 0, nodeflags.DISCONNECTED], silent={2})
+    assert plan.takes == ()
+    assert plan.kept == {A3: "holder unknown: node 2 did not answer"}
+    assert A3 not in plan.allocation
+    plan = plan_takeover({0: report(ALL, [A1])},
+                         [0, nodeflags.DISCONNECTED, nodeflags.DISCONNECTED], silent={1, 2},
+                         presumed={A1: 0})
+    assert plan.kept == {A2: "holder unknown: nodes 1, 2 did not answer",
+                         A3: "holder unknown: nodes 1, 2 did not answer"}
+
+
+def test_a_disconnected_node_s_addresses_move_even_while_another_is_silent():
+    # node 2 was dropped (DISCONNECTED: not silent), node 1 is silent; the last run of
+    # this term left A3 on node 2, A2 on node 1
+    reports = {0: report(ALL, [A1])}
+    plan = plan_takeover(reports, [0, nodeflags.DISCONNECTED, nodeflags.DISCONNECTED],
+                         silent={1}, presumed={A1: 0, A2: 1, A3: 2})
+    assert plan.takes == (Take(A3, 0, -1, ("eth0",)),)
+    assert plan.kept == {A2: "holder 1 did not answer"}
+    assert plan.allocation == {A1: 0, A2: 1, A3: 0}
+
+
+def test_an_address_nobody_held_in_this_term_is_placed_despite_a_silent_node():
+    reports = {0: report(ALL, [A1]), 1: report(ALL, [A2])}
+    plan = plan_takeover(reports, [0, 0, nodeflags.DISCONNECTED], silent={2},
+                         presumed={A1: 0, A2: 1, A3: -1})
+    assert [(t.address, t.pnn) for t in plan.takes] == [(A3, 0)]
+    assert plan.kept == {}
+
+
+def test_an_answering_node_s_moves_go_on_beside_a_silent_node():
+    # node 1 (banned) answered and releases A2; node 2 is silent and keeps A3
+    reports = {0: report(ALL, [A1]), 1: report(ALL, [A2])}
+    plan = plan_takeover(reports, [0, nodeflags.BANNED, nodeflags.DISCONNECTED],
+                         silent={2}, presumed={A1: 0, A2: 1, A3: 2})
+    assert plan.releases == (Release(A2, 1, takeover.MOVED),)
+    assert plan.takes == (Take(A2, 0, 1, ("eth0",)),)
+    assert plan.kept == {A3: "holder 2 did not answer"}
+
+
+def test_moveip_does_not_take_a_kept_address():
+    reports = {0: report(ALL, [A1]), 1: report(ALL, [A2])}
+    plan = plan_takeover(reports, [0, 0, nodeflags.DISCONNECTED], silent={2},
+                         presumed={A1: 0, A2: 1, A3: 2}, moves={A3: 1})
+    assert plan.takes == ()
+    assert plan.allocation[A3] == 2
+
+
+def test_without_a_silent_node_nothing_is_kept():
+    reports = {0: report(ALL, [A1]), 1: report(ALL, [A2])}
+    plan = plan_takeover(reports, [0, 0, nodeflags.DISCONNECTED], presumed={A3: 2})
+    assert plan.kept == {} and [t.address for t in plan.takes] == [A3]
+
+
 # -- the leader executes the plan -----------------------------------------------------------
 class FakeCluster:
     """Three connected nodes answering controls from ``reports``; every control is
@@ -155,6 +225,12 @@ class FakeCluster:
         self.fail_release = set(fail_release)
         self.control_handlers = {}
         self.calls = []
+        self.am_leader = True
+        self.term = 7
+        self.step_down_hooks = []
+
+    def on_step_down(self, hook):
+        self.step_down_hooks.append(hook)
 
     def peer_flags(self, peer):
         return self.flags[peer.pnn]
@@ -206,7 +282,8 @@ def test_the_leader_hands_the_released_connections_to_the_taker():
         return await control(pnn, op, args, timeout)
     c.control = spy
     run_takeover(c)
-    assert seen == [{"address": A2, "connections": [[A2, 445, "10.9.9.9", 5000]]}]
+    assert seen == [{"address": A2, "connections": [[A2, 445, "10.9.9.9", 5000]],
+                     "term": 7}]
 
 
 def test_a_failed_release_on_a_connected_node_blocks_its_address():
@@ -223,3 +300,29 @@ def test_nothing_to_move_runs_no_event_and_no_control():
     runner, run = run_takeover(c)
     assert {op for op, _, _ in c.calls} == {"get_public_ips"}
     assert run["moves"] == [] and run["unreachable"] == []
+
+
+def test_a_silent_peer_keeps_its_addresses_a_disconnected_one_loses_them(caplog):
+    """The leader's run: node 2 does not answer get_public_ips. While its link is up
+    (connected but silent) nothing of its is taken; once it is dropped (link down,
+    DISCONNECTED) its address moves."""
+    flags = [0, 0, 0]
+    c = FakeCluster(balanced(), flags)
+    control = c.control
+
+    async def silent_2(pnn, op, args=None, timeout=None):
+        if pnn == 2:
+            raise ControlError(2, "timed out", code="ETIMEDOUT")
+        return await control(pnn, op, args, timeout)
+    c.control = silent_2
+    runner, run = run_takeover(c)
+    assert not [x for x in c.calls if x[0] in ("take_ip", "release_ip")]
+    assert run["unreachable"] == [2] and run["kept"] == {A3: "holder unknown: node 2 did "
+                                                         "not answer"}
+    assert runner._key is None  # tried again next cycle
+    c.calls.clear()
+    c.peers[2].link_up = False  # dropped by the keepalive rule: DISCONNECTED
+    c.flags = [0, 0, nodeflags.DISCONNECTED]
+    run = asyncio.run(runner.run("test"))
+    assert [(p, a) for op, p, a in c.calls if op == "take_ip"] in ([(0, A3)], [(1, A3)])
+    assert run["kept"] == {}

@@ -296,7 +296,9 @@ _DEFS = [
                 "`move_ip` (to the target), API `ip` (to every connected node)"),
     ControlDef(
         "release_ip",
-        (Arg("address", STR),),
+        (Arg("address", STR),
+         Arg("term", INT, required=False, min=0,
+             doc="the leader's term: refused (ESTALE) if older than the newest seen")),
         Reply(dict, ("released", "connections"),
               doc="whether the address was on an interface, and the TCP connections it "
                   "had (to tickle from the new holder)"),
@@ -308,7 +310,9 @@ _DEFS = [
         "take_ip",
         (Arg("address", STR),
          Arg("connections", LIST, required=False, default=[], items=LIST,
-             doc="connections to tickle")),
+             doc="connections to tickle"),
+         Arg("term", INT, required=False, min=0,
+             doc="the leader's term: refused (ESTALE) if older than the newest seen")),
         Reply(dict, ("taken", "iface")),
         sent_by="the leader in a takeover run, once every release is done. The receiver "
                 "adds the address to the first configured interface that is up, announces "

@@ -23,12 +23,21 @@ The rules:
 
 A node that already leads keeps leading while rule 2 allows: a returning node with a
 lower PNN follows the leader it finds instead of taking over (no needless failover).
+
+**Leadership terms** (address fencing). Every leadership has a term: a number above
+every term the new leader has seen (:func:`next_term`; at least the wall clock in ms, so
+that a node restarted without memory of earlier terms still starts above them as long as
+the clocks agree). Each node publishes the newest term it has seen in its STATE
+(:func:`state_term` reads it back). A takeover run belongs to the term it started in and
+is abandoned when that term ends; a node refuses a ``take_ip`` or ``release_ip`` of a
+term older than the newest it has seen (:func:`order_refused`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pyctdb.errors import PyctdbError
 from pyctdb.rules import nodeflags
 
 #: Flags that make a node ineligible to lead.
@@ -169,3 +178,39 @@ def recovery_abort(members, me, connected, leading=True):
         return None
     return (f"lost member{'s' if len(lost) > 1 else ''} {lost} during the recovery of "
             f"{sorted(members)}")
+
+
+# -- leadership terms ----------------------------------------------------------------------
+class StaleTerm(PyctdbError):
+    """An order of a leadership term that has ended (code ESTALE): a takeover run of a
+    leader that stepped down, or a ``take_ip`` older than the newest term a node has
+    seen."""
+
+    code = "ESTALE"
+
+
+def next_term(newest_seen, now_ms) -> int:
+    """The term of a new leadership: above ``newest_seen`` (the newest term this node
+    has seen, its own included) and at least ``now_ms`` (wall-clock milliseconds), so
+    that a node that lost its memory (restart) still starts above earlier terms."""
+    return max(int(newest_seen) + 1, int(now_ms))
+
+
+def state_term(state):
+    """The term a peer's STATE names (``term``: the newest it has seen), or None when
+    absent (an older agent) or malformed (not a non-negative integer)."""
+    if not state:
+        return None
+    t = state.get("term")
+    if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+        return None
+    return t
+
+
+def order_refused(op, term, newest_seen):
+    """Why an order ``op`` (``take_ip``, ``release_ip``) of leader term ``term`` (None:
+    an order without a term, from an older agent or this node itself) must be refused,
+    or None. Refused: a newer term than ``term`` has been seen."""
+    if term is None or term >= newest_seen:
+        return None
+    return f"{op} of term {term} refused: a newer leader term {newest_seen} is known"

@@ -17,6 +17,14 @@ pure allocation of :mod:`pyctdb.rules.ipalloc`:
    connected is blocked, not taken by anyone this round, so it is never on two nodes
    (:meth:`TakeoverPlan.blocking`, :meth:`TakeoverPlan.takes_after`).
 
+**No take from a silent node** (address fencing): a node whose link is up but that did
+not answer (``silent``) may still serve its addresses. The addresses that no answering
+node hosts and that may be on a silent node (the ``presumed`` holder of the leader's
+last run in this term is silent, or the leader does not know the holder) are *kept*:
+not allocated, not taken, until the silent node answers again or is dropped as
+DISCONNECTED by the keepalive rule (then it is not ``silent`` but gone, and its
+addresses move). Only a DISCONNECTED node's addresses move to others.
+
 The node side's own decision, which interface a hosted address belongs on, is
 :func:`interface_moves` (CTDB's ``updateip``).
 
@@ -43,6 +51,16 @@ UNLISTED = "listed by no node"
 NO_ELIGIBLE_NODE = "no node that lists it is active and enabled"
 NO_TAKEOVER = "NoIPTakeover: it may not move to another node"
 NOT_PLACED = "the allocation placed it nowhere"
+
+
+def kept_reason(holder, silent) -> str:
+    """Why an address is kept where it may be: its ``holder`` (None: unknown) or one
+    of the ``silent`` nodes may still serve it."""
+    if holder is not None:
+        return f"holder {holder} did not answer"
+    nodes = sorted(silent)
+    return (f"holder unknown: node{'s' if len(nodes) > 1 else ''} "
+            f"{', '.join(map(str, nodes))} did not answer")
 
 
 def sort_key(addr):
@@ -120,8 +138,10 @@ class Take:
 class TakeoverPlan:
     """One takeover run's decision: ``releases`` (in this order, all before any take),
     ``takes`` (in this order), ``allocation`` {address: pnn} (-1: nobody) as the run
-    leaves it, ``previous`` {address: pnn} before it, and ``unassigned`` {address: why}
-    for the addresses nobody hosts after it."""
+    leaves it, ``previous`` {address: pnn} before it, ``unassigned`` {address: why}
+    for the addresses nobody hosts after it, and ``kept`` {address: why} for those
+    left where a silent node may serve them (neither allocated nor taken; in
+    ``allocation`` with their presumed holder when it is known, absent otherwise)."""
 
     algorithm: str
     allocation: dict
@@ -129,6 +149,7 @@ class TakeoverPlan:
     releases: tuple = ()
     takes: tuple = ()
     unassigned: dict = field(default_factory=dict)
+    kept: dict = field(default_factory=dict)
 
     @property
     def moving(self) -> bool:
@@ -156,10 +177,23 @@ class TakeoverPlan:
         return moved + dropped
 
 
-def _collect(reports, moves):
+def _held_by_silent(addr, silent, presumed):
+    """The silent node that may serve ``addr``, which no answering node hosts: its
+    presumed holder if silent, None if unknown (no ``presumed`` map, or no entry), or
+    False when it cannot be on a silent node."""
+    if not silent:
+        return False
+    if presumed is None or addr not in presumed:
+        return None
+    holder = presumed[addr]
+    return holder if holder in silent else False
+
+
+def _collect(reports, moves, silent=frozenset(), presumed=None):
     """Stage 1: the addresses to allocate (:class:`ipalloc.PublicIP`, address order),
     the releases of addresses on two nodes or listed by none, who hosts each address (in
-    the order of ``reports``) and each (address, pnn)'s listed interfaces."""
+    the order of ``reports``), each (address, pnn)'s listed interfaces, and the
+    addresses kept for a ``silent`` node {address: presumed holder or None}."""
     listed, holders, interfaces = {}, {}, {}
     for pnn, info in reports.items():
         for a in info["configured"]:
@@ -167,7 +201,7 @@ def _collect(reports, moves):
             interfaces[(a["address"], pnn)] = tuple(a.get("interfaces", ()))
         for addr in info["hosted"]:
             holders.setdefault(addr, []).append(pnn)
-    ips, extra = [], []
+    ips, extra, kept = [], [], {}
     for addr in sorted(set(listed) | set(holders), key=sort_key):
         hs = sorted(holders.get(addr, []))
         cur = hs[0] if hs else -1
@@ -176,10 +210,15 @@ def _collect(reports, moves):
         if addr not in listed:
             extra.append(Release(addr, cur, UNLISTED))
             continue
+        if not hs:
+            held = _held_by_silent(addr, silent, presumed)
+            if held is not False:  # (None: unknown holder, maybe a silent node)
+                kept[addr] = held
+                continue
         if moves and addr in moves:
             cur = moves[addr]
         ips.append(ipalloc.PublicIP(addr, cur, frozenset(listed[addr])))
-    return ips, extra, holders, listed, interfaces
+    return ips, extra, holders, listed, interfaces, kept
 
 
 def _why_unassigned(addr, listed, node_flags, no_ip_takeover):
@@ -192,18 +231,28 @@ def _why_unassigned(addr, listed, node_flags, no_ip_takeover):
 
 
 def plan_takeover(reports, node_flags, *, algorithm="lcp2", no_ip_failback=False,
-                  no_ip_takeover=False, moves=None) -> TakeoverPlan:
+                  no_ip_takeover=False, moves=None, silent=frozenset(),
+                  presumed=None) -> TakeoverPlan:
     """The takeover plan for the nodes' ``reports`` {pnn: {"configured": [{"address",
     "prefix", "interfaces"}], "hosted": [address]}} (the nodes that answered, this node
     first), ``node_flags`` one per node (:func:`allocation_flags`), the allocation
-    ``algorithm`` and tunables, and ``moves`` {address: pnn} to force (moveip)."""
-    ips, extra, holders, listed, interfaces = _collect(reports, moves)
+    ``algorithm`` and tunables, and ``moves`` {address: pnn} to force (moveip).
+
+    ``silent``: the nodes whose link is up but that did not answer (their flags in
+    ``node_flags`` say DISCONNECTED, so they are given nothing). ``presumed``
+    {address: pnn}: who the leader's last run in this term left each address with (None:
+    no run yet in this term). An address no answering node hosts whose presumed holder
+    is silent, or whose holder is unknown while a node is silent, is kept (see the
+    module doc), even against ``moves``."""
+    ips, extra, holders, listed, interfaces, kept = _collect(reports, moves, silent,
+                                                             presumed)
     allocation = ipalloc.allocate(ips, node_flags, algorithm=algorithm,
                                   no_ip_failback=bool(no_ip_failback),
                                   no_ip_takeover=bool(no_ip_takeover))
     if moves:
         for addr, pnn in moves.items():
-            allocation[addr] = pnn
+            if addr not in kept:
+                allocation[addr] = pnn
     previous = {ip.address: (holders.get(ip.address) or [-1])[0] for ip in ips}
     releases = [Release(addr, pnn, UNASSIGNED if allocation.get(addr, -1) == -1 else MOVED)
                 for addr, pnn in previous.items()
@@ -214,5 +263,9 @@ def plan_takeover(reports, node_flags, *, algorithm="lcp2", no_ip_failback=False
     unassigned = {addr: _why_unassigned(addr, listed, node_flags, no_ip_takeover)
                   for addr, pnn in allocation.items() if pnn == -1}
     unassigned.update({r.address: UNLISTED for r in extra if r.why == UNLISTED})
+    for addr, holder in kept.items():
+        if holder is not None:
+            allocation[addr] = holder
     return TakeoverPlan(algorithm=algorithm, allocation=allocation, previous=previous,
-                        releases=tuple(releases), takes=tuple(takes), unassigned=unassigned)
+                        releases=tuple(releases), takes=tuple(takes), unassigned=unassigned,
+                        kept={a: kept_reason(h, silent) for a, h in kept.items()})

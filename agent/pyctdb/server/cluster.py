@@ -156,6 +156,10 @@ class Cluster:
     vnnmap = property(lambda self: self.view.vnnmap)
     members = property(lambda self: self.view.members)
     recmode = property(lambda self: self.view.recmode)
+    #: this node's leader term (None: not leading); see Leadership.newest_term
+    term = property(lambda self: self.leadership.term)
+    newest_term = property(lambda self: self.leadership.newest_term)
+    on_step_down = property(lambda self: self.leadership.step_down_hooks.append)
 
     @property
     def my_flags(self) -> int:
@@ -359,6 +363,7 @@ class Cluster:
             "generation": v.generation, "recmode": v.recmode,
             "vnnmap": list(v.vnnmap), "members": list(v.members),
             "lmaster_capable": self.lmaster_capable, "leader_capable": self.leader_capable,
+            "term": self.leadership.newest_term(),
             **self.extra_state,
         }
 
@@ -398,6 +403,7 @@ class Cluster:
                              "lock": self.lock.description if self.lock else None,
                              "held": bool(self.lock and self.lock.held)},
             "uptime": self.uptime(),
+            "transport": {"authenticated": self.transport.authenticated},
         }
 
     def uptime(self) -> dict:

@@ -16,6 +16,14 @@ Leader side (a *takeover run*, in a background task, :class:`TakeoverRunner`):
 A run happens whenever the generation, a node's flags or a node's address list changes,
 and every ``TAKEOVER_REFRESH`` seconds anyway.
 
+Address fencing: a run belongs to the leadership term it started in
+(:attr:`Cluster.term`). Before every control that changes something (each
+``release_ip``, ``take_ip``, each event) the runner checks that this node still leads in
+that term, and abandons the run otherwise; stepping down cancels the run under way. The
+takes carry the term, and a node that has seen a newer term refuses them. A node whose
+link is up but that did not answer keeps its addresses (the plan keeps them,
+:mod:`pyctdb.rules.takeover`): only a node dropped as DISCONNECTED loses them.
+
 Node side, in components of their own: the addresses on this node's interfaces
 (:mod:`pyctdb.server.localips`: ``take_ip``, ``release_ip``), the record of them in a
 state file (:mod:`pyctdb.server.hosted`), the check each cycle that the interfaces hold
@@ -32,7 +40,8 @@ import ipaddress
 import logging
 import time
 
-from pyctdb.rules import nodeflags, takeover
+from pyctdb.common.logsetup import NOTICE
+from pyctdb.rules import election, nodeflags, takeover
 from pyctdb.server import tasks
 from pyctdb.server.hosted import HostedRecord
 from pyctdb.server.ipcheck import InterfaceCheck
@@ -52,8 +61,8 @@ CONTROL_TIMEOUT = 2.0
 class TakeoverRunner:
     """The leader's takeover runs: starts one when the cluster changed or the last one
     is old (``on_cycle``), gathers the nodes' reports, has the plan decided
-    (:func:`pyctdb.rules.takeover.plan_takeover`) and executes it; serves ``move_ip`` and
-    ``ipreallocate``. ``last_allocation`` and ``last_run`` describe the last run."""
+    (:func:`pyctdb.rules.takeover.plan_takeover`) and executes it, within one leadership
+    term (see the module doc); serves ``move_ip`` and ``ipreallocate``. ``last_allocation`` and ``last_run`` describe the last run."""
 
     def __init__(self, cluster, tunables, addresses, events, spawn, disabled):
         self.cluster = cluster
@@ -68,6 +77,9 @@ class TakeoverRunner:
         self._last = -1e9
         self.last_allocation = {}  # address -> pnn of the last run
         self.last_run = None  # summary of the last run
+        self._allocation_term = None  # the term of last_allocation
+        self._runs = set()  # the runs under way or waiting (cancelled on step-down)
+        cluster.on_step_down(self._stepped_down)
         cluster.control_handlers.update({
             "move_ip": self._ctl_move_ip,
             "ipreallocate": self._ctl_ipreallocate,
@@ -88,7 +100,7 @@ class TakeoverRunner:
                 reason = "periodic check" if key == self._key else "cluster changed"
                 self._key = key
                 self._last = now
-                self._task = self._spawn(self.run(reason), "takeover")
+                self._task = self._spawn_run(reason)
                 return None if reason == "periodic check" else f"takeover run ({reason})"
             self._key = None  # run again when the current run finishes
         return None
@@ -96,7 +108,7 @@ class TakeoverRunner:
     def start(self, reason, now):
         """A run now, in the background (a recovery's)."""
         self._last = now
-        self._task = self._spawn(self.run(reason), "takeover")
+        self._task = self._spawn_run(reason)
 
     def _state_key(self):
         c = self.cluster
@@ -108,12 +120,63 @@ class TakeoverRunner:
         return (c.generation, tuple(sorted(nodes)), t.get("IPAllocAlgorithm"),
                 t.get("NoIPFailback"), t.get("NoIPTakeover"))
 
+    def _stepped_down(self, term):
+        """This node no longer leads (term ``term`` ended): cancel every run of it."""
+        for task in list(self._runs):
+            task.cancel()
+        self._key = None
+
     # -- the run --------------------------------------------------------------------------
     async def run(self, reason="requested", moves=None):
-        """One takeover run. ``moves``: {address: pnn} to force (moveip). Runs one at a
-        time: a run asked for (moveip, ipreallocate) waits for the one under way."""
-        async with self._lock:
-            return await self._run(reason, moves)
+        """One takeover run, of the term this node leads in now. ``moves``: {address:
+        pnn} to force (moveip). Runs one at a time: a run asked for (moveip,
+        ipreallocate) waits for the one under way. A run whose term ends is abandoned
+        before its next change (logged once at NOTICE) and raises StaleTerm (ESTALE)."""
+        term = self.cluster.term
+        try:
+            self._check_term(term)
+            async with self._lock:
+                return await self._run(reason, moves, term)
+        except election.StaleTerm:
+            self._abandoned(term)
+            raise
+        except asyncio.CancelledError:
+            if not (self.cluster.am_leader and self.cluster.term == term):
+                self._abandoned(term)  # (else the agent is stopping)
+            raise
+
+    def _abandoned(self, term):
+        log.log(NOTICE, "takeover run of term %s abandoned: no longer leader", term)
+        self._key = None
+
+    async def _background(self, reason):
+        try:
+            await self.run(reason)
+        except election.StaleTerm:
+            pass  # (logged)
+
+    def _spawn_run(self, reason):
+        """A run in a task of its own, cancelled when this node steps down."""
+        task = self._spawn(self._background(reason), "takeover")
+        self._runs.add(task)
+        task.add_done_callback(self._runs.discard)
+        return task
+
+    def _check_term(self, term):
+        """Raise StaleTerm unless this node still leads in ``term``."""
+        c = self.cluster
+        if term is None or not c.am_leader or c.term != term:
+            raise election.StaleTerm(f"takeover run of term {term}: no longer leader")
+
+    async def _term_control(self, pnn, op, args, term):
+        """One control of the run that changes something, sent only while ``term``
+        lasts."""
+        self._check_term(term)
+        return await self.cluster.control(pnn, op, args, timeout=CONTROL_TIMEOUT)
+
+    async def _event(self, term, pnns, event):
+        self._check_term(term)
+        await self.events.on_nodes(pnns, event)
 
     def _node_flags(self, unreachable):
         c = self.cluster
@@ -122,8 +185,9 @@ class TakeoverRunner:
         return takeover.allocation_flags(c.nodes, c.pnn, c.my_flags, peer_flags, unreachable)
 
     async def _reports(self):
-        """{pnn: get_public_ips answer} of the nodes that answered (this node first) and
-        the set of those that did not."""
+        """{pnn: get_public_ips answer} of the nodes that answered (this node first),
+        the set of those that did not, and of those among them whose link is still up
+        (silent: they may still serve their addresses)."""
         c = self.cluster
         targets = [c.pnn] + [p.pnn for p in c.peers.values() if p.link_up]
         infos = await asyncio.gather(*(c.control(p, "get_public_ips", timeout=CONTROL_TIMEOUT)
@@ -135,15 +199,20 @@ class TakeoverRunner:
                 log.warning("takeover: node %d did not report its addresses: %s", pnn, info)
             else:
                 known[pnn] = info
-        return known, unreachable
+        silent = {p for p in unreachable
+                  if p == c.pnn or (p in c.peers and c.peers[p].link_up)}
+        return known, unreachable, silent
 
-    async def _release(self, plan):
+    async def _release(self, plan, term):
         """Every planned release, waited for: the addresses blocked (release failed on a
         node still connected) and the connections the released addresses had."""
         c = self.cluster
-        rel = await asyncio.gather(*(c.control(r.pnn, "release_ip", {"address": r.address},
-                                               timeout=CONTROL_TIMEOUT)
+        self._check_term(term)
+        rel = await asyncio.gather(*(self._term_control(r.pnn, "release_ip",
+                                                        {"address": r.address, "term": term},
+                                                        term)
                                      for r in plan.releases), return_exceptions=True)
+        self._check_term(term)
         connected = {c.pnn} | {p.pnn for p in c.peers.values() if p.link_up}
         failures, conns = [], {}
         for r, res in zip(plan.releases, rel):
@@ -158,36 +227,44 @@ class TakeoverRunner:
                       "this round", r.pnn, r.address, err)
         return blocked, conns
 
-    async def _take(self, takes, conns):
+    async def _take(self, takes, conns, term):
         """Every take, waited for; returns [(Take, error)] of those that failed."""
-        c = self.cluster
-        tk = await asyncio.gather(*(c.control(t.pnn, "take_ip", {
-            "address": t.address, "connections": conns.get(t.address, [])},
-            timeout=CONTROL_TIMEOUT) for t in takes), return_exceptions=True)
+        self._check_term(term)
+        tk = await asyncio.gather(*(self._term_control(t.pnn, "take_ip", {
+            "address": t.address, "connections": conns.get(t.address, []), "term": term},
+            term)
+            for t in takes), return_exceptions=True)
+        self._check_term(term)
         failed = [(t, r) for t, r in zip(takes, tk) if isinstance(r, Exception)]
         for t, r in failed:
             log.error("takeover: node %d failed to take %s: %s", t.pnn, t.address, r)
         return failed
 
-    async def _run(self, reason, moves):
+    async def _run(self, reason, moves, term):
         t0 = time.monotonic()
-        known, unreachable = await self._reports()
+        known, unreachable, silent = await self._reports()
+        self._check_term(term)
         t = self.tunables
         plan = takeover.plan_takeover(
             known, self._node_flags(unreachable),
             algorithm=takeover.algorithm_name(t.get("IPAllocAlgorithm")),
             no_ip_failback=bool(t.get("NoIPFailback")),
-            no_ip_takeover=bool(t.get("NoIPTakeover")), moves=moves)
+            no_ip_takeover=bool(t.get("NoIPTakeover")), moves=moves, silent=silent,
+            presumed=self.last_allocation if self._allocation_term == term else None)
+        for addr, why in plan.kept.items():
+            log.warning("takeover: not moving %s: %s (it moves once the node is "
+                        "DISCONNECTED)", addr, why)
         if plan.moving:  # CTDB: startipreallocate on every node before addresses move
-            await self.events.on_nodes(known, "startipreallocate")
-        blocked, conns = await self._release(plan)  # 1. release everywhere, and wait
+            await self._event(term, known, "startipreallocate")
+        blocked, conns = await self._release(plan, term)  # 1. release everywhere, and wait
         takes = plan.takes_after(blocked)  # 2. take
-        failed = await self._take(takes, conns)
-        if failed or blocked:
+        failed = await self._take(takes, conns, term)
+        if failed or blocked or plan.kept:
             self._key = None  # try again next cycle
         if plan.moving:
-            await self.events.on_nodes(known, "ipreallocated")
+            await self._event(term, known, "ipreallocated")
         self.last_allocation = dict(plan.allocation)
+        self._allocation_term = term
         changes = plan.changes(takes)
         ms = (time.monotonic() - t0) * 1000
         summary = (f"takeover ({reason}, {plan.algorithm}): {len(plan.allocation)} addresses, "
@@ -195,7 +272,8 @@ class TakeoverRunner:
                    + (": " + ", ".join(changes) if changes else ""))
         self.last_run = {"time": time.time(), "reason": reason, "algorithm": plan.algorithm,
                          "duration_ms": ms, "moves": changes,
-                         "unreachable": sorted(unreachable)}
+                         "unreachable": sorted(unreachable), "term": term,
+                         "kept": dict(plan.kept)}
         if changes or failed:
             log.warning("%s", summary)
         else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from pyctdb.common.logsetup import NOTICE
 from pyctdb.rules import election
@@ -30,9 +31,11 @@ class Leadership:
     held."""
 
     def __init__(self, view, membership, lock, *, leader_capable, leader_timeout, clock,
-                 start_mono, kick, on_step_down):
+                 start_mono, kick, on_step_down, wallclock=time.time):
         """``kick()`` runs the cycle soon; ``on_step_down()`` is called when this node
-        stops leading (the recovery in progress, if any, must stop)."""
+        stops leading (the recovery in progress, if any, must stop), and so is every
+        callable in ``step_down_hooks`` (the takeover runner's: its run is cancelled).
+        ``wallclock()``: seconds since the epoch, the floor of a new term."""
         self.view = view
         self.membership = membership
         self.lock = lock
@@ -42,6 +45,13 @@ class Leadership:
         self.start_mono = start_mono
         self._kick = kick
         self._on_step_down = on_step_down
+        self.step_down_hooks = []
+        self.wallclock = wallclock
+        #: the term of this node's leadership (None: it does not lead); see
+        #: :func:`pyctdb.rules.election.next_term`
+        self.term = None
+        self._newest_term = 0  # the newest leader term this node has seen
+        self._bad_terms = set()  # (pnn, instance) whose malformed term was logged
         self._decision = None
         self._waiting_since = None
         self._settled_latch = False
@@ -105,6 +115,10 @@ class Leadership:
         else:
             self._waiting_since = None
 
+        if d.action == "lead" and self.term is not None and self.newest_term() > self.term:
+            # a node has seen a newer term than this (legitimate) leader's: a node that
+            # restarted with a clock behind, say. Its takes would be refused: go above it.
+            self._new_term(f"a node has seen term {self._newest_term}")
         if d.action == "step_down":
             await self.step_down(d.reason)
             self.view.leader = d.leader
@@ -116,6 +130,33 @@ class Leadership:
             self.view.leader = None
             self._maybe_campaign(now, d.reason)
         return d
+
+    # -- terms ---------------------------------------------------------------------------
+    def newest_term(self) -> int:
+        """The newest leader term this node has seen: its own, and those its peers'
+        STATE name (each publishes the newest it has seen). Never goes back."""
+        for p in self.membership.peers.values():
+            if not p.state or "term" not in p.state:
+                continue
+            t = election.state_term(p.state)
+            if t is None:
+                if (p.pnn, p.instance) not in self._bad_terms:
+                    self._bad_terms.add((p.pnn, p.instance))
+                    log.warning("node %d: malformed term %r in its STATE (ignored)",
+                                p.pnn, p.state.get("term"))
+            elif t > self._newest_term:
+                self._newest_term = t
+        if self.term is not None and self.term > self._newest_term:
+            self._newest_term = self.term
+        return self._newest_term
+
+    def _new_term(self, why):
+        """Start a new term of this node's leadership (above every term seen)."""
+        old = self.term
+        self.term = election.next_term(self.newest_term(), self.wallclock() * 1000)
+        self._newest_term = self.term
+        if old is not None:
+            log.log(NOTICE, "leader term %d replaces term %d: %s", self.term, old, why)
 
     # -- becoming the leader -------------------------------------------------------------
     def _maybe_campaign(self, now, reason):
@@ -152,12 +193,13 @@ class Leadership:
                 await self.lock.release()
                 log.info("released the cluster lock again: %s", d.reason)
                 return
+        self._new_term("elected")
         self.view.am_leader = True
         self.view.leader = self.view.pnn
         self._led_with_quorum = self.membership.has_quorum()
         self.view.generation = None  # forces a recovery on the next cycle
         self._last_lock_check = self.clock()
-        log.log(NOTICE, "this node is now the LEADER (%s)%s", reason,
+        log.log(NOTICE, "this node is now the LEADER (%s), term %d%s", reason, self.term,
                 f"; holding cluster lock {self.lock.description}" if self.lock else
                 "; no cluster lock configured")
         self._kick()
@@ -167,7 +209,13 @@ class Leadership:
         if not self.view.am_leader:
             return
         self.view.am_leader = False
+        ended, self.term = self.term, None
         self._on_step_down()
+        for hook in self.step_down_hooks:
+            try:
+                hook(ended)
+            except Exception:
+                log.exception("step-down hook %r failed", hook)
         self._led_with_quorum = False
         self.view.generation = None
         self.view.recmode = RECMODE_ACTIVE
@@ -210,3 +258,4 @@ class Leadership:
         if self.lock is not None:
             await self.lock.release()
         self.view.am_leader = False
+        self.term = None

@@ -4,6 +4,12 @@ leader says (controls ``get_public_ips``, ``take_ip``, ``release_ip``).
 ``take_ip`` adds the address with pyroute2 on the first usable configured interface,
 announces it (gratuitous ARP / unsolicited NA) and sends tickle ACKs for the connections
 the address had elsewhere; ``release_ip`` removes it and resets its connections.
+
+Fencing at the receiver: ``take_ip`` and ``release_ip`` carry the leader's term, and
+are refused (ESTALE) when this node has seen a newer leader term: a leader that has
+stepped down, or does not know yet that it has been replaced, can neither add an
+address here nor remove one the new leader placed here. (Orders without a term, this
+node's own releases and those of older agents, are obeyed.)
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import asyncio
 import concurrent.futures
 import logging
 
+from pyctdb.rules import election
 from pyctdb.rules.takeover import sort_key
 from pyctdb.server import netops
 
@@ -75,6 +82,7 @@ class LocalAddresses:
 
     async def _ctl_release_ip(self, src, args):
         addr = args["address"]
+        self._check_term(src, "release", addr, args.get("term"))
         pa = self.addresses.lookup(addr)
         if addr in self.assigned and pa is not None:
             await self.events.run("releaseip", self.assigned[addr], addr, pa.prefix)
@@ -104,12 +112,21 @@ class LocalAddresses:
             self.addresses.removed.pop(addr, None)
         return {"released": removed, "connections": [list(x) for x in conns]}
 
+    def _check_term(self, src, verb, addr, term):
+        why = election.order_refused(f"{verb}_ip", term, self.cluster.newest_term())
+        if why is not None:
+            log.warning("node %d asked to %s %s: %s", src, verb, addr, why)
+            raise election.StaleTerm(why)
+
     async def _ctl_take_ip(self, src, args):
         addr = args["address"]
+        term = args.get("term")
+        self._check_term(src, "take", addr, term)
         pa = self.addresses.configured.get(addr)
         if pa is None:
             raise ValueError(f"{addr} is not one of this node's public addresses")
         async with self.netlock:
+            self._check_term(src, "take", addr, term)  # (a newer leader may have come meanwhile)
             iface = await self.net.run(self._usable_iface, pa)
             if iface is None:
                 raise ValueError(f"no usable interface for {addr} (configured: "
