@@ -259,8 +259,9 @@ class TakeoverRunner:
         blocked, conns = await self._release(plan, term)  # 1. release everywhere, and wait
         takes = plan.takes_after(blocked)  # 2. take
         failed = await self._take(takes, conns, term)
-        if failed or blocked or plan.kept:
-            self._key = None  # try again next cycle
+        if failed or blocked:
+            self._key = None  # try again next cycle (kept addresses: not before the
+            # silent node is dropped, which is a change, or the next periodic run)
         if plan.moving:
             await self._event(term, known, "ipreallocated")
         self.last_allocation = dict(plan.allocation)
