@@ -12,14 +12,14 @@ def test_roundtrip():
     frame, rest = frames.decode(data)
     assert rest == b""
     assert frame.type == frames.MsgType.STATE
-    assert frame.version == PROTOCOL_VERSION
+    assert frame.version == frames.VERSION_PLAIN
     assert frame.payload == {"pnn": 1, "x": [1, 2]}
 
 
 def test_header_is_big_endian_and_fixed():
     data = frames.encode(frames.MsgType.HELLO, {})
     assert data[:4] == b"PCTD"
-    assert data[4:6] == struct.pack(">H", PROTOCOL_VERSION)
+    assert data[4:6] == struct.pack(">H", frames.VERSION_PLAIN)
     assert data[6:8] == b"\x00\x01"
     assert data[8:12] == struct.pack(">I", len(b"{}"))
     assert data[12:16] == b"\x00\x00\x00\x00"

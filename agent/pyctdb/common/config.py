@@ -5,7 +5,9 @@
 * ``nodes`` -- the private address of every node, one a line (required);
 * ``public_addresses`` -- ``IP/MASKBITS IFACE[,IFACE...]`` lines (optional);
 * ``pyctdb.conf`` -- an INI file like CTDB's ``ctdb.conf`` (optional);
-* ``pyctdb.tunables`` -- ``NAME=VALUE`` lines like CTDB's ``ctdb.tunables`` (optional).
+* ``pyctdb.tunables`` -- ``NAME=VALUE`` lines like CTDB's ``ctdb.tunables`` (optional);
+* ``cluster.key`` -- the transport key file (pyctdb's own, optional: see
+  :func:`read_transport_keys`).
 
 Every problem is reported as a :class:`ConfigError` naming the file and line, what is
 wrong and what would be accepted. Loading never applies part of a file: it returns a
@@ -14,9 +16,11 @@ complete :class:`Config` or raises.
 
 from __future__ import annotations
 
+import binascii
 import difflib
 import ipaddress
 import os
+import stat
 import re
 import shlex
 import socket
@@ -28,7 +32,7 @@ from pyctdb.errors import ConfigError
 
 __all__ = ["DEFAULT_CONFIG_DIR", "ConfigError", "NodeEntry", "PublicAddress", "Config",
            "parse_conf", "parse_nodes", "parse_public_addresses", "load_config",
-           "read_public_addresses", "public_address",
+           "read_public_addresses", "public_address", "read_transport_keys",
            "resolve_node_address", "OPTIONS"]
 
 DEFAULT_CONFIG_DIR = "/etc/pyctdb"
@@ -36,6 +40,11 @@ CONF_FILE = "pyctdb.conf"
 NODES_FILE = "nodes"
 PUBLIC_ADDRESSES_FILE = "public_addresses"
 TUNABLES_FILE = "pyctdb.tunables"
+#: The transport key file's default name in the configuration directory.
+KEY_FILE = "cluster.key"
+#: Shortest key (bytes) of a transport key file, and the most keys it may hold.
+MIN_KEY_BYTES = 32
+MAX_KEYS = 2
 
 #: Seconds a ``nodes list = !command`` may run.
 NODES_COMMAND_TIMEOUT = 10
@@ -213,6 +222,7 @@ OPTIONS = (
     Option("cluster", "leader capability", True, _bool, "leader_capability"),
     Option("cluster", "nodes list", None, _path_or_command, None),
     Option("cluster", "port", 4379, _int_range(1, 65535), "port"),
+    Option("cluster", "transport key file", None, _abspath, "transport_key_file", True),
     Option("database", "volatile database directory", _dir("volatile"), _abspath,
            "volatile_db_dir"),
     Option("database", "persistent database directory", _dir("persistent"), _abspath,
@@ -495,6 +505,10 @@ class Config:
     event_debug_script: str | None = None
     lock_debug_script: str | None = None
     tdb_mutexes: bool = True
+    #: the transport key file read (None: no key, the transport is not authenticated)
+    transport_key_file: str | None = None
+    #: its keys: the first is used to connect, all are accepted from peers
+    transport_keys: tuple = ()
 
     def __post_init__(self):
         if not self.conf_path:
@@ -618,6 +632,17 @@ def load_config(config_dir: str = DEFAULT_CONFIG_DIR) -> Config:
                               f"[cluster] node address {_quote(node_address)} is not a "
                               f"node in {nodes_source} (nodes: {', '.join(active)})")
 
+    key_opt = ("cluster", "transport key file")
+    if key_opt in values:  # set (an empty value: no key even if cluster.key exists)
+        key_file = values[key_opt]
+        keys = (read_transport_keys(key_file, conf_path, lines[key_opt])
+                if key_file is not None else ())
+    else:
+        key_file = os.path.join(config_dir, KEY_FILE)
+        keys = read_transport_keys(key_file) if os.path.lexists(key_file) else ()
+    kwargs["transport_key_file"] = key_file if keys else None
+    kwargs["transport_keys"] = keys
+
     public_addresses = read_public_addresses(config_dir)
 
     tun_path = os.path.join(config_dir, TUNABLES_FILE)
@@ -627,6 +652,88 @@ def load_config(config_dir: str = DEFAULT_CONFIG_DIR) -> Config:
     return Config(config_dir=config_dir, conf_path=conf_path, nodes=nodes,
                   nodes_source=nodes_source, public_addresses=public_addresses,
                   tunables=tunables, **kwargs)
+
+
+def _decode_key(text: str):
+    """A key line's bytes: hex (only hex digits, even length) or base64; None if neither."""
+    if re.fullmatch(r"(?:[0-9a-fA-F]{2})+", text):
+        return bytes.fromhex(text)
+    try:
+        return binascii.a2b_base64(text.encode("ascii"), strict_mode=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        return None
+
+
+def read_transport_keys(path: str, conf_path: str = None, conf_line=None) -> tuple:
+    """The keys of a transport key file: one or two lines, each a key of at least 32
+    bytes written as hex or base64 (``#`` comments and blank lines are ignored). The
+    first key is the one this node connects with; every key is accepted from peers (two
+    during a rotation). The file must be a regular file owned by the agent's user with
+    mode 0600 or stricter. Any problem is a ConfigError naming the file (and line)."""
+    where = (f" (set by [cluster] transport key file in {conf_path}:{conf_line})"
+             if conf_path else "")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        if conf_path:
+            raise ConfigError(conf_path, conf_line, f"[cluster] transport key file "
+                              f"{_quote(path)} not found") from None
+        raise ConfigError(path, None, "transport key file not found") from None
+    except OSError as exc:
+        raise ConfigError(path, None, f"cannot read the transport key file: "
+                          f"{exc.strerror or exc}{where}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(path, None, f"the transport key file is not a regular "
+                              f"file{where}")
+        if st.st_mode & 0o077:
+            raise ConfigError(path, None, f"the transport key file has mode "
+                              f"{stat.S_IMODE(st.st_mode):04o}, which lets its group or "
+                              f"others access it: it must be 0600 or 0400 (chmod 600 "
+                              f"{path}){where}")
+        if st.st_uid != os.geteuid():
+            raise ConfigError(path, None, f"the transport key file is owned by uid "
+                              f"{st.st_uid}, not by the agent's user (uid {os.geteuid()})"
+                              f"{where}")
+        try:
+            data = os.read(fd, 65536)
+        except OSError as exc:
+            raise ConfigError(path, None, f"cannot read the transport key file: "
+                              f"{exc.strerror or exc}{where}") from None
+    finally:
+        os.close(fd)
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ConfigError(path, line, "not ASCII text: a key is written as hex or "
+                          "base64") from None
+    keys, seen = [], {}
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key = _decode_key(line)
+        if key is None:
+            raise ConfigError(path, lineno, "a key must be written as hex (e.g. openssl "
+                              "rand -hex 32) or base64 (e.g. openssl rand -base64 32), "
+                              "one key a line")
+        if len(key) < MIN_KEY_BYTES:
+            raise ConfigError(path, lineno, f"key of {len(key)} bytes is too short: at "
+                              f"least {MIN_KEY_BYTES} random bytes (e.g. openssl rand "
+                              "-hex 32)")
+        if key in seen:
+            raise ConfigError(path, lineno, f"the same key as on line {seen[key]}")
+        if len(keys) == MAX_KEYS:
+            raise ConfigError(path, lineno, f"more than {MAX_KEYS} keys: the file holds "
+                              "the key in use and, during a rotation, one more")
+        seen[key] = lineno
+        keys.append(key)
+    if not keys:
+        raise ConfigError(path, None, f"the transport key file holds no key (one key a "
+                          f"line, hex or base64){where}")
+    return tuple(keys)
 
 
 def can_bind(address: str) -> bool:

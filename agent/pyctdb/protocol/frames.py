@@ -8,10 +8,13 @@ Every frame is a fixed 16-byte header in network byte order followed by a payloa
     +------+--------+--------+------------+------------+----------------+
 
 * ``magic``    4 bytes, ASCII ``PCTD``
-* ``version``  u16, the protocol version (:data:`pyctdb.PROTOCOL_VERSION`)
+* ``version``  u16, 1 (:data:`VERSION_PLAIN`) on a connection without a transport key,
+  2 (:data:`VERSION_AUTH`) on an authenticated one
 * ``type``     u16, the message type (:class:`MsgType`)
 * ``length``   u32, payload length in bytes (at most :data:`MAX_PAYLOAD`)
-* ``reserved`` u32, must be zero in version 1
+* ``reserved`` u32, must be zero in version 1 and in the handshake; a sealed frame
+  (version 2, after the handshake) has its sequence number here and a 16-byte MAC after
+  the payload (:mod:`pyctdb.protocol.auth`)
 
 The payload is a UTF-8 JSON object. Being text with an explicit big-endian header, the
 format does not depend on either side's byte order or word size.
@@ -34,6 +37,10 @@ from pyctdb import PROTOCOL_VERSION
 from pyctdb.errors import PyctdbError
 
 MAGIC = b"PCTD"
+#: The frames of a connection without a transport key (as before version 2).
+VERSION_PLAIN = 1
+#: The frames of an authenticated connection: its handshake, then sealed frames.
+VERSION_AUTH = PROTOCOL_VERSION  # 2
 HEADER = struct.Struct("!4sHHII")
 HEADER_SIZE = HEADER.size  # 16
 #: Largest payload accepted (bytes). Larger frames are refused before being read.
@@ -50,6 +57,8 @@ class MsgType(enum.IntEnum):
     CONTROL = 4  # a request to the receiving node (op + args), answered by REPLY
     REPLY = 5  # the answer to a CONTROL
     MESSAGE = 6  # a message (srvid + data) for the clients registered on the receiver
+    CHALLENGE = 7  # handshake: the acceptor's nonce and proof (authenticated transport)
+    PROOF = 8  # handshake: the caller's proof (authenticated transport)
 
 
 _TYPES = {t.value: t for t in MsgType}
@@ -71,23 +80,26 @@ class Frame:
     payload: dict
 
 
-def encode(msg_type: int, payload: dict, version: int = PROTOCOL_VERSION) -> bytes:
+def encode(msg_type: int, payload: dict, version: int = VERSION_PLAIN) -> bytes:
     body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode("utf-8")
     if len(body) > MAX_PAYLOAD:
         raise ProtocolError(f"payload of {len(body)} bytes exceeds the limit of {MAX_PAYLOAD}")
     return HEADER.pack(MAGIC, version, int(msg_type), len(body), 0) + body
 
 
-def decode_header(data: bytes, max_payload: int = MAX_PAYLOAD) -> tuple:
-    """Validate a 16-byte header; return ``(version, MsgType, length)``."""
+def decode_header(data: bytes, max_payload: int = MAX_PAYLOAD,
+                  versions: tuple = (VERSION_PLAIN,)) -> tuple:
+    """Validate a 16-byte header of one of ``versions`` whose last field is zero (a plain
+    frame, or a handshake frame); return ``(version, MsgType, length)``."""
     if len(data) != HEADER_SIZE:
         raise ProtocolError(f"short header: {len(data)} of {HEADER_SIZE} bytes")
     magic, version, msg_type, length, reserved = HEADER.unpack(data)
     if magic != MAGIC:
         raise ProtocolError(f"bad magic {magic!r} (expected {MAGIC!r}): not a pyctdb peer")
-    if version != PROTOCOL_VERSION:
+    if version not in versions:
         raise ProtocolError(
-            f"unsupported protocol version {version} (this node speaks {PROTOCOL_VERSION})")
+            f"unsupported protocol version {version} (this connection speaks "
+            f"{' or '.join(map(str, versions))})")
     if reserved != 0:
         raise ProtocolError(f"reserved header field is {reserved:#x}, must be 0")
     if length > max_payload:
@@ -96,6 +108,26 @@ def decode_header(data: bytes, max_payload: int = MAX_PAYLOAD) -> tuple:
     if mtype is None:
         raise ProtocolError(f"unknown message type {msg_type}")
     return version, mtype, length
+
+
+def decode_sealed_header(data, max_payload: int = MAX_PAYLOAD) -> tuple:
+    """Validate the 16-byte header of a sealed frame (version 2, after the handshake);
+    return ``(MsgType, length, sequence number)``. The MAC is checked by
+    :class:`pyctdb.protocol.auth.Opener`."""
+    if len(data) != HEADER_SIZE:
+        raise ProtocolError(f"short header: {len(data)} of {HEADER_SIZE} bytes")
+    magic, version, msg_type, length, seq = HEADER.unpack(data)
+    if magic != MAGIC:
+        raise ProtocolError(f"bad magic {magic!r} (expected {MAGIC!r}): not a pyctdb peer")
+    if version != VERSION_AUTH:
+        raise ProtocolError(f"unsupported protocol version {version} on an authenticated "
+                            f"connection (expected {VERSION_AUTH})")
+    if length > max_payload:
+        raise ProtocolError(f"oversized frame: {length} bytes (limit {max_payload})")
+    mtype = _TYPES.get(msg_type)
+    if mtype is None:
+        raise ProtocolError(f"unknown message type {msg_type}")
+    return mtype, length, seq
 
 
 def decode_payload(data: bytes) -> dict:
@@ -130,12 +162,14 @@ class IncompleteFrame(PyctdbError):
         self.needed = needed
 
 
-async def read_frame(reader, max_payload: int = MAX_PAYLOAD) -> Frame:
-    """Read one frame from an asyncio StreamReader.
+async def read_frame(reader, max_payload: int = MAX_PAYLOAD,
+                     versions: tuple = (VERSION_PLAIN,)) -> Frame:
+    """Read one frame (plain, or of the handshake) from an asyncio StreamReader; its
+    length is checked from the header, before the body is read.
 
     Raises :class:`ProtocolError` for a bad frame, ``asyncio.IncompleteReadError`` at EOF."""
     header = await reader.readexactly(HEADER_SIZE)
-    version, mtype, length = decode_header(header, max_payload)
+    version, mtype, length = decode_header(header, max_payload, versions)
     body = await reader.readexactly(length) if length else b""
     return Frame(version, mtype, decode_payload(body))
 
@@ -158,7 +192,11 @@ _SCHEMAS = {
                       "args": (dict,)},
     MsgType.REPLY: {"pnn": _INT, "instance": (str,), "req_id": _INT, "ok": (bool,)},
     MsgType.MESSAGE: {"pnn": _INT, "instance": (str,), "srvid": _INT, "data": (str,)},
+    MsgType.CHALLENGE: {"pnn": _INT, "nonce": (str,), "proof": (str,)},
+    MsgType.PROOF: {"pnn": _INT, "proof": (str,)},
 }
+#: Frames of the handshake only: refused on a connection once it is set up.
+HANDSHAKE_TYPES = frozenset((MsgType.CHALLENGE, MsgType.PROOF))
 
 
 def validate(frame: Frame) -> dict:
@@ -229,7 +267,9 @@ def decode_body(mtype: MsgType, body: bytes) -> dict:
                  "pnn": int(m[3]), "srvid": int(m[4])}
             check_message(p)
             return p
-    return validate(Frame(PROTOCOL_VERSION, mtype, decode_payload(body)))
+    if mtype in HANDSHAKE_TYPES:
+        raise ProtocolError(f"{mtype.name} frame outside the handshake")
+    return validate(Frame(VERSION_PLAIN, mtype, decode_payload(body)))
 
 
 def encode_message(pnn: int, instance: str, srvid: int, data_b64: str) -> bytes:
@@ -241,4 +281,4 @@ def encode_message(pnn: int, instance: str, srvid: int, data_b64: str) -> bytes:
             % (data_b64, instance, pnn, srvid)).encode("ascii")
     if len(body) > MAX_PAYLOAD:
         raise ProtocolError(f"payload of {len(body)} bytes exceeds the limit of {MAX_PAYLOAD}")
-    return HEADER.pack(MAGIC, PROTOCOL_VERSION, MsgType.MESSAGE, len(body), 0) + body
+    return HEADER.pack(MAGIC, VERSION_PLAIN, MsgType.MESSAGE, len(body), 0) + body

@@ -77,7 +77,10 @@ class Membership:
             pnn=self.pnn, address=self.address, port=config.port,
             nodes={n.pnn: n.address for n in self.nodes if not n.deleted},
             hello=self._hello, on_frame=self._on_frame, on_link_up=self._on_link_up,
-            on_link_down=self._on_link_down)
+            on_link_down=self._on_link_down,
+            # (the transport key; configurations made by hand in tests may lack it)
+            keys=getattr(config, "transport_keys", ()),
+            key_file=getattr(config, "transport_key_file", None))
 
     # -- tunables ------------------------------------------------------------------------
     @property

@@ -11,6 +11,16 @@ and a digest of its nodes list. A HELLO that does not match the nodes list (wron
 address, unknown PNN, a different nodes file), and any malformed, oversized or
 wrong-version frame, is logged and the connection dropped; the sender's outgoing loop
 reconnects by itself with a capped back-off.
+
+With a transport key (``[cluster] transport key file``), the HELLO opens a mutual
+challenge-response (:mod:`pyctdb.protocol.auth`): no other frame is accepted before both
+sides proved they hold a key of the cluster, and every later frame is sealed with the
+connection's own session key and sequence number. Before its handshake is done a
+connection may send one frame of at most 4 KiB (checked from its header), it has
+:data:`HANDSHAKE_TIMEOUT` seconds, and there may be at most
+:data:`MAX_HANDSHAKES_PER_SOURCE` such connections per source address and
+:data:`MAX_HANDSHAKES` in all; others are closed at once. These limits hold without a key
+too.
 """
 
 from __future__ import annotations
@@ -18,15 +28,27 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import socket
 import time
 
+from pyctdb.common.config import read_transport_keys
+from pyctdb.common.logsetup import NOTICE
+from pyctdb.errors import ConfigError
+from pyctdb.protocol import auth
 from pyctdb.protocol import frames as wire
 from pyctdb.server import tasks
 
 log = logging.getLogger(__name__)
 
-HELLO_TIMEOUT = 5.0
+#: Seconds a connection has to complete its handshake (HELLO, and with a key its proofs).
+HANDSHAKE_TIMEOUT = 2.0
+#: Connections whose handshake is not done yet: at most this many per source address,
+#: and in all; more are closed at once.
+MAX_HANDSHAKES_PER_SOURCE = 4
+MAX_HANDSHAKES = 64
+#: Seconds between two checks of the transport key file for a change (a rotation).
+KEY_FILE_CHECK = 1.0
 CONNECT_TIMEOUT = 2.0
 MAX_WRITE_BUFFER = 8 * 1024 * 1024
 BACKOFF_MIN = 0.05
@@ -41,17 +63,35 @@ def _norm(addr: str) -> str:
 
 
 class _RateLimitedLog:
-    """Log a repeating complaint once per ``interval`` seconds per key."""
+    """Log a repeating complaint at most ``burst`` times per ``interval`` seconds per
+    key. Keys are made of this node's own words and of addresses or PNNs, never of a
+    peer's bytes; at most ``max_keys`` are remembered (the oldest are forgotten)."""
 
-    def __init__(self, interval=30.0):
+    def __init__(self, interval=30.0, max_keys=1024):
         self.interval = interval
-        self._last = {}
+        self.max_keys = max_keys
+        self._last = {}  # key -> (start of its interval, lines logged in it)
 
-    def __call__(self, level, key, msg, *args):
+    def __call__(self, level, key, msg, *args, burst=1):
         now = time.monotonic()
-        if now - self._last.get(key, -1e9) >= self.interval:
-            self._last[key] = now
+        start, count = self._last.get(key, (-1e9, 0))
+        if now - start >= self.interval:
+            start, count = now, 0
+        if count < burst:
+            if key not in self._last and len(self._last) >= self.max_keys:
+                self._last = {k: v for k, v in self._last.items()
+                              if now - v[0] < self.interval}
+                while len(self._last) >= self.max_keys:
+                    del self._last[next(iter(self._last))]
+            self._last[key] = (start, count + 1)
             log.log(level, msg, *args)
+
+
+def _why(exc) -> str:
+    """A refusal's reason for the log: its first 300 characters (a peer's bytes can be
+    quoted in it)."""
+    text = str(exc)
+    return text if len(text) <= 300 else text[:300] + "..."
 
 
 # -- output batching ---------------------------------------------------------------------
@@ -149,6 +189,60 @@ class FrameReader:
             self.parts.append(rest)
 
 
+class SealedFrameReader(FrameReader):
+    """A :class:`FrameReader` for an authenticated connection: every frame is sealed
+    (version 2 header with its sequence number, payload, MAC); its sequence number and
+    MAC are checked (``opener``, :class:`pyctdb.protocol.auth.Opener`) before its
+    payload is decoded."""
+
+    __slots__ = ("opener",)
+
+    def __init__(self, pnn, max_payload, on_frame, stats, opener):
+        super().__init__(pnn, max_payload, on_frame, stats)
+        self.opener = opener
+
+    def feed(self, data):
+        size = self.size + len(data)
+        if size < self.need:
+            self.parts.append(data)
+            self.size = size
+            return
+        if self.parts:
+            self.parts.append(data)
+            buf = b"".join(self.parts)
+            self.parts = []
+        else:
+            buf = data
+        hsize, tail = wire.HEADER_SIZE, auth.MAC_SIZE
+        decode_header, decode_body, check = (wire.decode_sealed_header, wire.decode_body,
+                                             self.opener.check)
+        pnn, on_frame, Frame, version = self.pnn, self.on_frame, wire.Frame, wire.VERSION_AUTH
+        pos, n, count = 0, len(buf), 0
+        try:
+            while n - pos >= hsize:
+                mtype, length, seq = decode_header(buf[pos:pos + hsize], self.max_payload)
+                end = pos + hsize + length + tail
+                if end > n:  # the rest of this frame comes with later reads
+                    self.need = end - pos
+                    break
+                check(buf, pos, length, seq)
+                payload = decode_body(mtype, buf[pos + hsize:end - tail])
+                pos = end
+                count += 1
+                if payload.get("pnn") != pnn:
+                    raise wire.ProtocolError(f"frame claims PNN {payload.get('pnn')} on node "
+                                             f"{pnn}'s connection")
+                on_frame(pnn, Frame(version, mtype, payload))
+            else:
+                self.need = hsize
+        finally:
+            self.stats["frames_in"] += count
+        rest = buf[pos:] if pos else buf
+        self.size = len(rest)
+        if rest:
+            self.parts.append(rest)
+
+
 class _FrameProtocol(asyncio.Protocol):
     """A peer's incoming connection once its HELLO is accepted: frames are decoded and
     handed over right in ``data_received`` (no task wake-up per read), and what they make
@@ -190,15 +284,64 @@ class _FrameProtocol(asyncio.Protocol):
             self.done.set_result(None)
 
 
+class KeyRing:
+    """The transport keys: the first to connect with, all accepted from peers; read again
+    from their file when it changes (at most every KEY_FILE_CHECK seconds), so that a
+    rotation needs no restart. A bad new file is logged and the keys in use are kept.
+    Without keys the transport is not authenticated (and a key file that appears later
+    changes nothing until a restart)."""
+
+    def __init__(self, keys=(), key_file=None):
+        self.keys = tuple(keys)
+        self.ids = {auth.key_id(k): k for k in self.keys}
+        self.key_file = key_file if self.keys else None
+        self._stamp_seen = self._stamp() if self.key_file else None
+        self._checked = time.monotonic()
+
+    def _stamp(self):
+        try:
+            st = os.stat(self.key_file)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode, st.st_uid)
+
+    def current(self) -> tuple:
+        """The keys now (the file read again if it changed)."""
+        now = time.monotonic()
+        if self.key_file and now - self._checked >= KEY_FILE_CHECK:
+            self._checked = now
+            stamp = self._stamp()
+            if stamp != self._stamp_seen:
+                self._stamp_seen = stamp
+                try:
+                    keys = read_transport_keys(self.key_file)
+                except ConfigError as exc:
+                    log.error("transport key file changed but cannot be used, keeping "
+                              "the keys in use (key ids %s): %s", ", ".join(self.ids), exc)
+                else:
+                    self.keys = keys
+                    self.ids = {auth.key_id(k): k for k in keys}
+                    log.log(NOTICE, "transport key file %s read again: %s",
+                            self.key_file, self.describe())
+        return self.keys
+
+    def describe(self) -> str:
+        return (f"connecting with key id {auth.key_id(self.keys[0])}, accepting "
+                f"{', '.join(self.ids)}")
+
+
 class Transport:
     """The TCP links of this node with every other node: dials each one, accepts and
     checks their connections, sends frames and hands over the frames received."""
 
     def __init__(self, *, pnn, address, port, nodes, hello, on_frame, on_link_up,
-                 on_link_down, max_payload=wire.MAX_PAYLOAD):
+                 on_link_down, max_payload=wire.MAX_PAYLOAD, keys=(), key_file=None):
         """``nodes``: {pnn: address} of every non-deleted node (including this one).
         ``hello``: a callable returning the HELLO payload. Callbacks: ``on_frame(pnn,
-        Frame)``, ``on_link_up(pnn, hello_payload)``, ``on_link_down(pnn, reason)``."""
+        Frame)``, ``on_link_up(pnn, hello_payload)``, ``on_link_down(pnn, reason)``.
+        ``keys``: the transport keys (bytes; the first to connect with, all accepted),
+        none for an unauthenticated transport; ``key_file``: where they were read, read
+        again when it changes (a key rotation)."""
         self.pnn = pnn
         self.address = address
         self.port = port
@@ -221,14 +364,34 @@ class Transport:
         self._in_tasks = set()
         self._running = False
         self._complain = _RateLimitedLog()
-        self.stats = {"frames_in": 0, "frames_out": 0, "dropped_bad_frames": 0}
+        self.stats = {"frames_in": 0, "frames_out": 0, "dropped_bad_frames": 0,
+                      "refused_connections": 0}
+        #: pnn -> auth.Sealer of our outgoing connection (authenticated transport)
+        self._sealers = {}
+        self.keys = KeyRing(keys, key_file)
+        self._handshakes = {}  # source address -> connections in their handshake
+        self._handshaking = 0
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether peers must prove they hold the transport key."""
+        return bool(self.keys.keys)
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self):
         self._running = True
+        if self.keys.keys:
+            log.info("transport authenticated (%s): %s", self.keys.key_file,
+                     self.keys.describe())
+        else:
+            log.warning("transport not authenticated: no transport key file; anyone who "
+                        "reaches port %d of %s can act as a node (set [cluster] transport "
+                        "key file, or put the key in cluster.key in the configuration "
+                        "directory)", self.port, self.address)
+        # (a small limit: a StreamReader serves only the handshake, of 4 KiB frames)
         self._server = await asyncio.start_server(
             self._handle_inbound, host=self.address, port=self.port, reuse_address=True,
-            limit=2 ** 16)
+            limit=2 ** 13)
         for pnn in self.nodes:
             if pnn != self.pnn:
                 self._start_loop(pnn)
@@ -292,7 +455,9 @@ class Transport:
             return False
         if pnn in self._pending:
             self._flush(pnn)
-        return self._write(pnn, w, wire.encode(msg_type, payload))
+        data = wire.encode(msg_type, payload)
+        sealer = self._sealers.get(pnn)
+        return self._write(pnn, w, data if sealer is None else sealer.seal(data))
 
     def send_bytes(self, pnn, data) -> bool:
         """Send an already encoded frame (messaging's hot path). Frames sent this way
@@ -315,6 +480,9 @@ class Transport:
         if pending:
             w = self._out.get(pnn)
             if w is not None and not w.is_closing():
+                sealer = self._sealers.get(pnn)
+                if sealer is not None:
+                    pending = [sealer.seal(frame) for frame in pending]
                 self._write(pnn, w, b"".join(pending), frames=len(pending))
 
     def broadcast(self, msg_type, payload):
@@ -323,7 +491,8 @@ class Transport:
             if pnn in self._pending:
                 self._flush(pnn)
             if w is not None and not w.is_closing():
-                self._write(pnn, w, data)
+                sealer = self._sealers.get(pnn)
+                self._write(pnn, w, data if sealer is None else sealer.seal(data))
 
     def _write(self, pnn, w, data, frames=1) -> bool:
         if w.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
@@ -338,6 +507,7 @@ class Transport:
     def drop(self, pnn, reason):
         """Close both connections with ``pnn``; the outgoing loop reconnects."""
         self._pending.pop(pnn, None)
+        self._sealers.pop(pnn, None)
         w = self._out.pop(pnn, None)
         if w is not None:
             w.close()
@@ -363,7 +533,8 @@ class Transport:
         while self._running:
             try:
                 reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(addr, self.port, local_addr=(self.address, 0)),
+                    asyncio.open_connection(addr, self.port, local_addr=(self.address, 0),
+                                            limit=2 ** 13),
                     CONNECT_TIMEOUT)
             except (OSError, asyncio.TimeoutError) as exc:
                 self._complain(logging.INFO, ("connect", pnn),
@@ -377,12 +548,16 @@ class Transport:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             connected_at = time.monotonic()
             try:
-                writer.write(wire.encode(wire.MsgType.HELLO, self._hello()))
-                self._out[pnn] = writer
-                log.debug("connected to node %d (%s:%d)", pnn, addr, self.port)
-                self._update(pnn)
-                # The peer never sends on this connection: any byte or EOF ends it.
-                await reader.read(1)
+                sealer = await self._connect_handshake(pnn, reader, writer)
+                if sealer is not False:
+                    self._out[pnn] = writer
+                    if sealer is not None:
+                        self._sealers[pnn] = sealer
+                    log.debug("connected to node %d (%s:%d)", pnn, addr, self.port)
+                    self._update(pnn)
+                    # The peer never sends on this connection (after the handshake): any
+                    # byte or EOF ends it.
+                    await reader.read(1)
             except (OSError, asyncio.IncompleteReadError):
                 pass
             except asyncio.CancelledError:
@@ -391,12 +566,67 @@ class Transport:
             finally:
                 if self._out.get(pnn) is writer:
                     del self._out[pnn]
+                    self._sealers.pop(pnn, None)
                     writer.close()
                     self._update(pnn, "connection closed")
+                else:
+                    writer.close()
             if time.monotonic() - connected_at > 1.0:
                 backoff = BACKOFF_MIN
             await self._backoff(pnn, backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _connect_handshake(self, pnn, reader, writer):
+        """Our side of a new outgoing connection's handshake: the HELLO, and with a key
+        the challenge-response. The connection's :class:`auth.Sealer` (None: no key), or
+        False when the handshake failed (logged)."""
+        hello = self._hello()
+        keys = self.keys.current()
+        if not keys:
+            writer.write(wire.encode(wire.MsgType.HELLO, hello))
+            return None
+        key = keys[0]
+        nc = auth.new_nonce()
+        kid = auth.key_id(key)
+        writer.write(wire.encode(wire.MsgType.HELLO, {**hello, "key_id": kid,
+                                                      "nonce": nc.hex()},
+                                 version=wire.VERSION_AUTH))
+        addr = self.nodes[pnn]
+        try:
+            frame = await asyncio.wait_for(
+                wire.read_frame(reader, auth.HANDSHAKE_MAX_PAYLOAD, (wire.VERSION_AUTH,)),
+                HANDSHAKE_TIMEOUT)
+            if frame.type != wire.MsgType.CHALLENGE:
+                raise wire.ProtocolError(f"expected CHALLENGE, got {frame.type.name}")
+            p = wire.validate(frame)
+            if p["pnn"] != pnn:
+                raise wire.ProtocolError(f"CHALLENGE from PNN {p['pnn']}")
+            ns = auth.hex_field(p, "nonce", auth.NONCE_SIZE, "CHALLENGE")
+            proof = auth.hex_field(p, "proof", auth.PROOF_SIZE, "CHALLENGE")
+            if not auth.same(proof, auth.accept_proof(key, nc, ns, self.pnn, pnn)):
+                raise wire.ProtocolError("it did not prove that it holds the transport key "
+                                         f"(key id {kid})")
+        except asyncio.TimeoutError:
+            self._complain(logging.WARNING, ("handshake-timeout", pnn),
+                           "cannot connect to node %d (%s): no answer to the handshake "
+                           "within %ss", pnn, addr, HANDSHAKE_TIMEOUT)
+            return False
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self._complain(logging.WARNING, ("handshake-closed", pnn),
+                           "node %d (%s) closed the connection during the handshake: it "
+                           "refused this node (key id %s), see its log: is its transport "
+                           "key file the same?", pnn, addr, kid)
+            return False
+        except wire.ProtocolError as exc:
+            self.stats["refused_connections"] += 1
+            self._complain(logging.WARNING, ("handshake-refused", pnn),
+                           "refusing node %d (%s) at %s:%d: %s", pnn, addr, addr,
+                           self.port, _why(exc))
+            return False
+        writer.write(wire.encode(wire.MsgType.PROOF, {
+            "pnn": self.pnn, "proof": auth.connect_proof(key, nc, ns, self.pnn, pnn).hex()},
+            version=wire.VERSION_AUTH))
+        return auth.Sealer(auth.session_key(key, nc, ns, self.pnn, pnn))
 
     async def _backoff(self, pnn, seconds):
         wake = self._wake.setdefault(pnn, asyncio.Event())
@@ -409,28 +639,43 @@ class Transport:
     # -- incoming ------------------------------------------------------------------------
     async def _handle_inbound(self, reader, writer):
         task = asyncio.current_task()
-        self._in_tasks.add(task)
         peer = writer.get_extra_info("peername") or ("?", 0)
-        src = _norm(peer[0]) if peer[0] != "?" else "?"
+        try:
+            src = _norm(peer[0]) if peer[0] != "?" else "?"
+        except ValueError:
+            src = "?"
+        if (self._handshaking >= MAX_HANDSHAKES
+                or self._handshakes.get(src, 0) >= MAX_HANDSHAKES_PER_SOURCE):
+            self.stats["refused_connections"] += 1
+            self._complain(logging.WARNING, ("too-many", src),
+                           "dropping connection from %s: too many connections in their "
+                           "handshake (at most %d from one address, %d in all)", src,
+                           MAX_HANDSHAKES_PER_SOURCE, MAX_HANDSHAKES)
+            writer.transport.abort()
+            return
+        self._in_tasks.add(task)
         pnn = None
         try:
+            self._handshaking += 1
+            self._handshakes[src] = self._handshakes.get(src, 0) + 1
             try:
-                frame = await asyncio.wait_for(wire.read_frame(reader, self.max_payload),
-                                               HELLO_TIMEOUT)
-                if frame.type != wire.MsgType.HELLO:
-                    raise wire.ProtocolError(f"expected HELLO first, got {frame.type.name}")
-                hello = wire.validate(frame)
-                pnn = self._check_hello(hello, src)
+                pnn, hello, opener = await asyncio.wait_for(
+                    self._accept_handshake(reader, writer, src), HANDSHAKE_TIMEOUT)
             except asyncio.TimeoutError:
                 self._complain(logging.WARNING, ("hello-timeout", src),
-                               "dropping connection from %s: no HELLO within %ss", src,
-                               HELLO_TIMEOUT)
+                               "dropping connection from %s: no handshake within %ss", src,
+                               HANDSHAKE_TIMEOUT)
                 return
             except wire.ProtocolError as exc:
                 self.stats["dropped_bad_frames"] += 1
-                self._complain(logging.WARNING, ("bad-hello", src, str(exc)),
-                               "dropping connection from %s: %s", src, exc)
+                self._complain(logging.WARNING, ("bad-hello", src),
+                               "dropping connection from %s: %s", src, _why(exc), burst=5)
                 return
+            finally:
+                self._handshaking -= 1
+                left = self._handshakes.pop(src) - 1
+                if left:
+                    self._handshakes[src] = left
             old = self._in.get(pnn)
             if old is not None:
                 old[0].close()
@@ -442,11 +687,12 @@ class Transport:
                 self._up.discard(pnn)
                 self._on_link_down(pnn, "peer reconnected")
             self._update(pnn)
-            await self._serve_frames(reader, writer, pnn)
+            await self._serve_frames(reader, writer, pnn, opener)
         except wire.ProtocolError as exc:
             self.stats["dropped_bad_frames"] += 1
-            log.warning("dropping connection from node %s (%s): %s",
-                        pnn if pnn is not None else "?", src, exc)
+            self._complain(logging.WARNING, ("bad-frame", pnn),
+                           "dropping connection from node %s (%s): %s",
+                           pnn if pnn is not None else "?", src, _why(exc), burst=10)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
         except asyncio.CancelledError:
@@ -460,13 +706,62 @@ class Transport:
                 del self._in[pnn]
                 self._update(pnn, "connection closed")
 
-    async def _serve_frames(self, reader, writer, pnn):
+    async def _accept_handshake(self, reader, writer, src):
+        """The acceptor's side of a new connection's handshake: ``(pnn, hello, opener)``
+        (opener: the connection's :class:`auth.Opener`, None without a key), or
+        ProtocolError. No frame but the HELLO (and its proof) is read before it ends,
+        and none of more than 4 KiB."""
+        frame = await wire.read_frame(reader, auth.HANDSHAKE_MAX_PAYLOAD,
+                                      (wire.VERSION_PLAIN, wire.VERSION_AUTH))
+        if frame.type != wire.MsgType.HELLO:
+            raise wire.ProtocolError(f"expected HELLO first, got {frame.type.name}")
+        hello = wire.validate(frame)
+        pnn = self._check_hello(hello, src)
+        keys = self.keys.current()
+        if frame.version == wire.VERSION_PLAIN:
+            if keys:
+                raise wire.ProtocolError(
+                    f"node {pnn} connects without authentication, but this node requires "
+                    "the transport key: is the transport key file missing there?")
+            return pnn, hello, None
+        if not keys:
+            raise wire.ProtocolError(
+                f"node {pnn} connects with an authenticated transport (protocol version "
+                f"{frame.version}), but this node has no transport key file")
+        nc = auth.hex_field(hello, "nonce", auth.NONCE_SIZE, "HELLO")
+        kid = auth.hex_field(hello, "key_id", auth.KEY_ID_SIZE, "HELLO").hex()
+        key = self.keys.ids.get(kid)
+        if key is None:
+            raise wire.ProtocolError(
+                f"node {pnn} connects with key id {kid}, which is not a key of this node "
+                f"(key ids {', '.join(self.keys.ids)}): the transport key files differ")
+        ns = auth.new_nonce()
+        writer.write(wire.encode(wire.MsgType.CHALLENGE, {
+            "pnn": self.pnn, "nonce": ns.hex(),
+            "proof": auth.accept_proof(key, nc, ns, pnn, self.pnn).hex()},
+            version=wire.VERSION_AUTH))
+        frame = await wire.read_frame(reader, auth.HANDSHAKE_MAX_PAYLOAD,
+                                      (wire.VERSION_AUTH,))
+        if frame.type != wire.MsgType.PROOF:
+            raise wire.ProtocolError(f"node {pnn}: expected PROOF, got {frame.type.name}")
+        p = wire.validate(frame)
+        proof = auth.hex_field(p, "proof", auth.PROOF_SIZE, "PROOF")
+        if p["pnn"] != pnn or not auth.same(proof, auth.connect_proof(key, nc, ns, pnn,
+                                                                      self.pnn)):
+            raise wire.ProtocolError(f"node {pnn} did not prove that it holds the transport "
+                                     f"key (key id {kid})")
+        return pnn, hello, auth.Opener(auth.session_key(key, nc, ns, pnn, self.pnn))
+
+    async def _serve_frames(self, reader, writer, pnn, opener=None):
         """Hand node ``pnn``'s connection over to a :class:`_FrameProtocol` (with what
-        the StreamReader holds already) and wait until it ends."""
+        the StreamReader holds already) and wait until it ends. ``opener``: the
+        connection's :class:`auth.Opener` (authenticated transport)."""
         transport = writer.transport
-        proto = _FrameProtocol(transport, FrameReader(pnn, self.max_payload,
-                                                      self._on_frame, self.stats),
-                               lambda: self._running)
+        frame_reader = (FrameReader(pnn, self.max_payload, self._on_frame, self.stats)
+                        if opener is None else
+                        SealedFrameReader(pnn, self.max_payload, self._on_frame, self.stats,
+                                          opener))
+        proto = _FrameProtocol(transport, frame_reader, lambda: self._running)
         rest = bytes(reader._buffer)
         reader._buffer.clear()
         transport.set_protocol(proto)

@@ -14,6 +14,9 @@ integration tests, the module tests and the benchmarks::
         c.wait_for(lambda: c.leader_of(1) not in (None, 0), timeout=10)
         c.start_node(0)
 
+The agents run with an authenticated transport: a random key is written to every
+node's ``cluster.key`` (``key=None``: no key, the transport of a cluster without one).
+
 Also a command: ``python -m pyctdb.testing.localcluster --nodes 3 DIR`` starts a cluster
 in DIR and keeps it running until interrupted.
 """
@@ -24,6 +27,7 @@ import argparse
 import contextlib
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -33,8 +37,14 @@ import tempfile
 import time
 
 from pyctdb.client.connection import AgentUnavailable, ApiCallError, Client
+from pyctdb.protocol import auth
+from pyctdb.protocol import frames
 
 AGENT_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+#: ``LocalCluster(key=GENERATE)``: a random transport key (the default)
+GENERATE = "generate"
 
 
 def _free_port(host):
@@ -51,16 +61,94 @@ def _free_port(host):
     raise RuntimeError("no free port found")
 
 
+class PeerSocket:
+    """A connection to an agent's node port made as node ``pnn`` would make it (tests of
+    what an agent accepts from a peer): :meth:`send` seals each frame when the
+    connection is authenticated."""
+
+    def __init__(self, sock, sealer, challenge=None):
+        self.sock = sock
+        self.sealer = sealer
+        #: the CHALLENGE payload the agent answered (authenticated)
+        self.challenge = challenge
+        #: every byte sent after the handshake (to replay them)
+        self.sent = b""
+
+    def seal(self, frame: bytes) -> bytes:
+        return frame if self.sealer is None else self.sealer.seal(frame)
+
+    def send(self, frame: bytes) -> bytes:
+        data = self.seal(frame)
+        self.sock.sendall(data)
+        self.sent += data
+        return data
+
+    def close(self):
+        self.sock.close()
+
+
+def _recv_frame(sock):
+    def exactly(n):
+        buf = b""
+        while len(buf) < n:
+            part = sock.recv(n - len(buf))
+            if not part:
+                raise ConnectionError("closed during the handshake")
+            buf += part
+        return buf
+    version, mtype, length = frames.decode_header(exactly(frames.HEADER_SIZE), 4096,
+                                                  (frames.VERSION_AUTH,))
+    return frames.Frame(version, mtype, frames.decode_payload(exactly(length)))
+
+
+def peer_connect(address, port, *, pnn, to, source, digest, key=None, instance="fake",
+                 key_id=None):
+    """Connect to ``address:port`` from ``source`` as node ``pnn`` would connect to node
+    ``to`` (``digest``: the nodes list's), with ``key`` (bytes: the authenticated
+    handshake; None: a version 1 HELLO). ``key_id``: claim another key's id. A
+    :class:`PeerSocket`; ConnectionError when the agent closes the connection during the
+    handshake."""
+    sock = socket.create_connection((address, port), timeout=5, source_address=(source, 0))
+    hello = {"pnn": pnn, "address": source, "instance": instance, "nodes_digest": digest,
+             "agent_version": "test"}
+    if key is None:
+        sock.sendall(frames.encode(frames.MsgType.HELLO, hello))
+        return PeerSocket(sock, None)
+    nc = auth.new_nonce()
+    sock.sendall(frames.encode(frames.MsgType.HELLO, {
+        **hello, "key_id": key_id or auth.key_id(key), "nonce": nc.hex()},
+        version=frames.VERSION_AUTH))
+    try:
+        ch = _recv_frame(sock)
+    except (ConnectionError, OSError):
+        sock.close()
+        raise ConnectionError("the agent closed the connection after the HELLO") from None
+    ns = bytes.fromhex(ch.payload["nonce"])
+    if not auth.same(bytes.fromhex(ch.payload["proof"]),
+                     auth.accept_proof(key, nc, ns, pnn, to)):
+        sock.close()
+        raise ConnectionError("the agent's proof is wrong")
+    sock.sendall(frames.encode(frames.MsgType.PROOF, {
+        "pnn": pnn, "proof": auth.connect_proof(key, nc, ns, pnn, to).hex()},
+        version=frames.VERSION_AUTH))
+    return PeerSocket(sock, auth.Sealer(auth.session_key(key, nc, ns, pnn, to)), ch.payload)
+
+
 class LocalCluster:
     def __init__(self, n, base_dir=None, *, lock=True, tunables=None, conf_extra=None,
                  deleted=(), log_level="INFO", subnet=None, port=None, python=None,
-                 lab=None, public_addresses=None):
+                 lab=None, public_addresses=None, key=GENERATE):
         """``n`` nodes (PNN 0..n-1); PNNs in ``deleted`` are written as ``#`` lines.
         ``conf_extra``: extra pyctdb.conf text, either one string for all nodes or a
         {pnn: str} dict. ``tunables``: {NAME: value} written to every node's tunables file.
         ``lab``: a :class:`pyctdb.testing.netns.NetnsLab`; node i then runs in the lab's
         host namespace i with its address. ``public_addresses``: public_addresses file
-        text, one string for all nodes or a {pnn: str} dict."""
+        text, one string for all nodes or a {pnn: str} dict. ``key``: the transport key
+        of every node (bytes), written as hex to its ``cluster.key`` (mode 0600); a str
+        is written as the file's text; a {pnn: bytes, str or None} dict gives each node
+        its own; None: no key file (an unauthenticated transport). By default a random
+        32-byte key (:attr:`key`)."""
+        self.key = secrets.token_bytes(32) if key == GENERATE else key
         self.lab = lab
         self.public_addresses = public_addresses
         self.n = n
@@ -149,6 +237,26 @@ class LocalCluster:
             with open(os.path.join(etc, "pyctdb.tunables"), "w") as f:
                 for k, v in self.tunables.items():
                     f.write(f"{k}={v}\n")
+            self.write_key(pnn, self.key.get(pnn) if isinstance(self.key, dict) else self.key)
+
+    def key_file(self, pnn):
+        return os.path.join(self.config_dir(pnn), "cluster.key")
+
+    def write_key(self, pnn, key):
+        """Write node ``pnn``'s transport key file (``key``: bytes, written as hex; str,
+        the file's text; None: remove it). A running agent reads a changed file at its
+        next handshake (a rotation); adding or removing it takes a restart."""
+        path = self.key_file(pnn)
+        if key is None:
+            if os.path.exists(path):
+                os.unlink(path)
+            return
+        text = key.hex() + "\n" if isinstance(key, bytes) else key
+        tmp = path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
 
     # -- processes -----------------------------------------------------------------------
     def start(self, pnns=None):
@@ -272,6 +380,17 @@ class LocalCluster:
         assert r.returncode == 0, (args, r.stdout, r.stderr, self.log(pnn)[-3000:])
         return r.stdout
 
+    def peer_connect(self, src, dst, digest, *, key=GENERATE, **kw):
+        """Connect to node ``dst``'s agent from node ``src``'s address as node ``src``
+        would (node ``src``'s agent should be stopped), with this cluster's key (or
+        ``key``): a :class:`PeerSocket`."""
+        if key == GENERATE:
+            key = self.key.get(src) if isinstance(self.key, dict) else self.key
+        if isinstance(key, str):
+            key = bytes.fromhex(key.split()[0])
+        return peer_connect(self.address(dst), self.port, pnn=src, to=dst,
+                            source=self.address(src), digest=digest, key=key, **kw)
+
     def log(self, pnn):
         try:
             with open(self.log_file(pnn)) as f:
@@ -327,8 +446,11 @@ def main(argv=None):
     ap.add_argument("dir")
     ap.add_argument("--nodes", type=int, default=3)
     ap.add_argument("--no-lock", action="store_true")
+    ap.add_argument("--no-key", action="store_true",
+                    help="no transport key: an unauthenticated transport")
     a = ap.parse_args(argv)
-    c = LocalCluster(a.nodes, base_dir=a.dir, lock=not a.no_lock)
+    c = LocalCluster(a.nodes, base_dir=a.dir, lock=not a.no_lock,
+                     key=None if a.no_key else GENERATE)
     c.start()
     try:
         c.wait_healthy(60)

@@ -336,13 +336,11 @@ def test_malformed_control_from_a_real_peer_does_not_hurt(cluster3):
     from pyctdb.server.cluster import nodes_digest
     from pyctdb.common.config import load_config
     digest = nodes_digest(load_config(c.config_dir(0)).nodes)
-    s = socket.create_connection((c.address(0), c.port), timeout=5,
-                                 source_address=(c.address(1), 0))
-    s.sendall(P.encode(P.MsgType.HELLO, {"pnn": 1, "address": c.address(1), "instance": "fake",
-                                         "nodes_digest": digest, "agent_version": "x"}))
-    s.sendall(P.encode(P.MsgType.CONTROL, {"pnn": 1, "instance": "fake", "req_id": 1,
+    peer = c.peer_connect(1, 0, digest)  # (with the cluster's transport key)
+    s = peer.sock
+    peer.send(P.encode(P.MsgType.CONTROL, {"pnn": 1, "instance": "fake", "req_id": 1,
                                            "op": "no-such-op", "args": {}}))
-    s.sendall(P.encode(P.MsgType.CONTROL, {"pnn": 1, "instance": "fake", "req_id": "x",
+    peer.send(P.encode(P.MsgType.CONTROL, {"pnn": 1, "instance": "fake", "req_id": "x",
                                            "op": "ping", "args": {}}))
     assert _closed(s)  # the second (bad req_id type) drops the connection
     s.close()

@@ -215,16 +215,13 @@ def test_malformed_message_frames_are_dropped_and_the_agent_keeps_running(c):
         {"pnn": 1, "instance": "fake", "srvid": 5, "data": "A" * 800000},
     ]
     for payload in bad + [b"raw"]:
-        s = socket.create_connection((c.address(0), c.port), timeout=5,
-                                     source_address=(c.address(1), 0))
-        s.sendall(P.encode(P.MsgType.HELLO, {
-            "pnn": 1, "address": c.address(1), "instance": "fake", "nodes_digest": digest,
-            "agent_version": "x"}))
+        peer = c.peer_connect(1, 0, digest)  # (with the cluster's transport key)
+        s = peer.sock
         if payload == b"raw":  # a MESSAGE header that lies about its length
-            s.sendall(struct_header(6, 100) + b'{"pnn":1}')
+            peer.send(struct_header(6, 100) + b'{"pnn":1}')
             s.shutdown(socket.SHUT_WR)
         else:
-            s.sendall(P.encode(P.MsgType.MESSAGE, payload))
+            peer.send(P.encode(P.MsgType.MESSAGE, payload))
         assert _closed(s)
         s.close()
     log = c.log(0)
