@@ -62,7 +62,8 @@ class TakeoverRunner:
     """The leader's takeover runs: starts one when the cluster changed or the last one
     is old (``on_cycle``), gathers the nodes' reports, has the plan decided
     (:func:`pyctdb.rules.takeover.plan_takeover`) and executes it, within one leadership
-    term (see the module doc); serves ``move_ip`` and ``ipreallocate``. ``last_allocation`` and ``last_run`` describe the last run."""
+    term (see the module doc); serves ``move_ip`` and ``ipreallocate``.
+    ``last_allocation`` and ``last_run`` describe the last run."""
 
     def __init__(self, cluster, tunables, addresses, events, spawn, disabled):
         self.cluster = cluster
