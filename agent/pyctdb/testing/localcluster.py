@@ -34,6 +34,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from pyctdb.client.connection import AgentUnavailable, ApiCallError, Client
@@ -66,12 +67,14 @@ class PeerSocket:
     what an agent accepts from a peer): :meth:`send` seals each frame when the
     connection is authenticated."""
 
-    def __init__(self, sock, sealer, challenge=None):
+    def __init__(self, sock, sealer, challenge=None, handshake=b""):
         self.sock = sock
         self.sealer = sealer
         #: the CHALLENGE payload the agent answered (authenticated)
         self.challenge = challenge
-        #: every byte sent after the handshake (to replay them)
+        #: the bytes this side sent in the handshake, and every byte sent after it (to
+        #: replay them)
+        self.handshake = handshake
         self.sent = b""
 
     def seal(self, frame: bytes) -> bytes:
@@ -87,7 +90,7 @@ class PeerSocket:
         self.sock.close()
 
 
-def _recv_frame(sock):
+def _recv_frame(sock, versions=(frames.VERSION_AUTH,)):
     def exactly(n):
         buf = b""
         while len(buf) < n:
@@ -97,15 +100,16 @@ def _recv_frame(sock):
             buf += part
         return buf
     version, mtype, length = frames.decode_header(exactly(frames.HEADER_SIZE), 4096,
-                                                  (frames.VERSION_AUTH,))
+                                                  versions)
     return frames.Frame(version, mtype, frames.decode_payload(exactly(length)))
 
 
 def peer_connect(address, port, *, pnn, to, source, digest, key=None, instance="fake",
-                 key_id=None):
+                 key_id=None, check=True):
     """Connect to ``address:port`` from ``source`` as node ``pnn`` would connect to node
     ``to`` (``digest``: the nodes list's), with ``key`` (bytes: the authenticated
-    handshake; None: a version 1 HELLO). ``key_id``: claim another key's id. A
+    handshake; None: a version 1 HELLO). ``key_id``: claim another key's id; ``check``:
+    False sends the PROOF even when the agent's proof is wrong for ``key``. A
     :class:`PeerSocket`; ConnectionError when the agent closes the connection during the
     handshake."""
     sock = socket.create_connection((address, port), timeout=5, source_address=(source, 0))
@@ -115,23 +119,91 @@ def peer_connect(address, port, *, pnn, to, source, digest, key=None, instance="
         sock.sendall(frames.encode(frames.MsgType.HELLO, hello))
         return PeerSocket(sock, None)
     nc = auth.new_nonce()
-    sock.sendall(frames.encode(frames.MsgType.HELLO, {
+    first = frames.encode(frames.MsgType.HELLO, {
         **hello, "key_id": key_id or auth.key_id(key), "nonce": nc.hex()},
-        version=frames.VERSION_AUTH))
+        version=frames.VERSION_AUTH)
+    sock.sendall(first)
     try:
         ch = _recv_frame(sock)
     except (ConnectionError, OSError):
         sock.close()
         raise ConnectionError("the agent closed the connection after the HELLO") from None
     ns = bytes.fromhex(ch.payload["nonce"])
-    if not auth.same(bytes.fromhex(ch.payload["proof"]),
-                     auth.accept_proof(key, nc, ns, pnn, to)):
+    if check and not auth.same(bytes.fromhex(ch.payload["proof"]),
+                               auth.accept_proof(key, nc, ns, pnn, to)):
         sock.close()
         raise ConnectionError("the agent's proof is wrong")
-    sock.sendall(frames.encode(frames.MsgType.PROOF, {
+    second = frames.encode(frames.MsgType.PROOF, {
         "pnn": pnn, "proof": auth.connect_proof(key, nc, ns, pnn, to).hex()},
-        version=frames.VERSION_AUTH))
-    return PeerSocket(sock, auth.Sealer(auth.session_key(key, nc, ns, pnn, to)), ch.payload)
+        version=frames.VERSION_AUTH)
+    sock.sendall(second)
+    return PeerSocket(sock, auth.Sealer(auth.session_key(key, nc, ns, pnn, to)), ch.payload,
+                      first + second)
+
+
+class PeerListener:
+    """A listener in node ``pnn``'s place (``address:port``, its agent stopped) that
+    accepts the agents' connections as that node would, with ``key`` (None: a version 1
+    HELLO is expected), and discards what they send: with :func:`peer_connect`, a test
+    brings a link up as node ``pnn``. ``accepted``: the PNNs whose handshake passed."""
+
+    def __init__(self, address, port, pnn, key=None):
+        self.pnn = pnn
+        self.key = key
+        self.accepted = []
+        self._server = socket.create_server((address, port))
+        self._server.settimeout(0.2)
+        self._conns = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._server.accept()
+            except (socket.timeout, OSError):
+                continue
+            self._conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        try:
+            conn.settimeout(5)
+            if self.key is None:
+                hello = _recv_frame(conn, (frames.VERSION_PLAIN,))
+            else:
+                hello = _recv_frame(conn)
+                caller = hello.payload["pnn"]
+                nc = bytes.fromhex(hello.payload["nonce"])
+                ns = auth.new_nonce()
+                conn.sendall(frames.encode(frames.MsgType.CHALLENGE, {
+                    "pnn": self.pnn, "nonce": ns.hex(),
+                    "proof": auth.accept_proof(self.key, nc, ns, caller, self.pnn).hex()},
+                    version=frames.VERSION_AUTH))
+                proof = _recv_frame(conn)
+                if not auth.same(bytes.fromhex(proof.payload["proof"]), auth.connect_proof(
+                        self.key, nc, ns, caller, self.pnn)):
+                    return
+            self.accepted.append(hello.payload["pnn"])
+            conn.settimeout(None)
+            while conn.recv(65536):
+                pass
+        except (OSError, ValueError, KeyError, frames.ProtocolError):
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(2)
+        self._server.close()
+        for c in self._conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
 
 
 class LocalCluster:
@@ -390,6 +462,15 @@ class LocalCluster:
             key = bytes.fromhex(key.split()[0])
         return peer_connect(self.address(dst), self.port, pnn=src, to=dst,
                             source=self.address(src), digest=digest, key=key, **kw)
+
+    def peer_listen(self, pnn, *, key=GENERATE):
+        """A :class:`PeerListener` in node ``pnn``'s place (its agent stopped), with this
+        cluster's key (or ``key``)."""
+        if key == GENERATE:
+            key = self.key.get(pnn) if isinstance(self.key, dict) else self.key
+        if isinstance(key, str):
+            key = bytes.fromhex(key.split()[0])
+        return PeerListener(self.address(pnn), self.port, pnn, key)
 
     def log(self, pnn):
         try:
