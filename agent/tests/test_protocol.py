@@ -56,6 +56,8 @@ def test_bad_headers(header, msg):
 
 
 @pytest.mark.parametrize("body,msg", [
+    (b"[" * 4000, "nested too deeply"),
+    (b'{"a":' * 3000, "nested too deeply"),
     (b"\xff\xfe", "not valid UTF-8 JSON"),
     (b"{nope", "not valid UTF-8 JSON"),
     (b"[1,2]", "JSON list, expected an object"),
@@ -103,6 +105,24 @@ def test_read_frame_from_stream():
         with pytest.raises(asyncio.IncompleteReadError):
             await frames.read_frame(r)
     asyncio.run(go())
+
+
+def test_versions_and_sealed_headers():
+    assert PROTOCOL_VERSION == frames.VERSION_AUTH == 2 and frames.VERSION_PLAIN == 1
+    plain = frames.encode(frames.MsgType.BYE, {"pnn": 1, "instance": "i"})
+    assert frames.decode_header(plain[:16])[0] == 1
+    with pytest.raises(frames.ProtocolError, match="unsupported protocol version 1"):
+        frames.decode_sealed_header(plain[:16])
+    hs = frames.encode(frames.MsgType.HELLO, {}, version=frames.VERSION_AUTH)
+    with pytest.raises(frames.ProtocolError, match="this connection speaks 1"):
+        frames.decode_header(hs[:16])
+    assert frames.decode_header(hs[:16], versions=(1, 2))[0] == 2
+    sealed = struct.pack("!4sHHII", b"PCTD", 2, 6, 10, 77)
+    assert frames.decode_sealed_header(sealed) == (frames.MsgType.MESSAGE, 10, 77)
+    with pytest.raises(frames.ProtocolError, match="oversized"):
+        frames.decode_sealed_header(struct.pack("!4sHHII", b"PCTD", 2, 6, 4097, 1), 4096)
+    with pytest.raises(frames.ProtocolError, match="unknown message type 99"):
+        frames.decode_sealed_header(struct.pack("!4sHHII", b"PCTD", 2, 99, 1, 1))
 
 
 def test_errors_derive_from_the_one_root():

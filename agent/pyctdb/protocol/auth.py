@@ -21,8 +21,7 @@ import re
 import secrets
 import struct
 
-from pyctdb.protocol.frames import (HEADER, HEADER_SIZE, MAGIC, VERSION_AUTH,
-                                    ProtocolError)
+from pyctdb.protocol.frames import HEADER_SIZE, MAGIC, VERSION_AUTH, ProtocolError
 
 NONCE_SIZE = 32
 KEY_ID_SIZE = 8
@@ -32,6 +31,8 @@ MAC_SIZE = 16
 HANDSHAKE_MAX_PAYLOAD = 4096
 
 _SEQ = struct.Struct("!Q")
+_U32 = struct.Struct("!I")
+_SEALED = MAGIC + VERSION_AUTH.to_bytes(2, "big")  # a sealed frame's first 6 bytes
 _PNNS = struct.Struct("!II")
 _HEX = re.compile(r"[0-9a-f]*")
 _ACCEPT = b"pyctdb-accept\0"
@@ -90,14 +91,18 @@ class Sealer:
         self.seq = 0
 
     def seal(self, frame: bytes) -> bytes:
-        """The sealed form of a plain (version 1) frame as :func:`frames.encode` makes it."""
+        """The sealed form of a plain (version 1) frame as :func:`frames.encode` makes it:
+        its type and length are kept, the version becomes 2, the reserved field the
+        sequence number, and the MAC follows."""
         self.seq = seq = self.seq + 1
-        mtype, length = struct.unpack_from("!HI", frame, 6)
-        header = HEADER.pack(MAGIC, VERSION_AUTH, mtype, length, seq & 0xFFFFFFFF)
-        body = memoryview(frame)[HEADER_SIZE:]
+        header = _SEALED + frame[6:12] + _U32.pack(seq & 0xFFFFFFFF)
         h = self._base.copy()
-        h.update(_SEQ.pack(seq))
-        h.update(header)
+        if len(frame) <= 4096:  # (small frames: fewer calls is quicker than fewer copies)
+            data = header + frame[HEADER_SIZE:]
+            h.update(_SEQ.pack(seq) + data)
+            return data + h.digest()
+        body = memoryview(frame)[HEADER_SIZE:]
+        h.update(_SEQ.pack(seq) + header)
         h.update(body)
         return b"".join((header, body, h.digest()))
 

@@ -135,6 +135,8 @@ def decode_payload(data: bytes) -> dict:
         obj = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"payload is not valid UTF-8 JSON: {exc}") from None
+    except RecursionError:  # (nested deeper than the interpreter's recursion limit)
+        raise ProtocolError("payload is JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"payload is a JSON {type(obj).__name__}, expected an object")
     return obj
