@@ -271,3 +271,26 @@ def test_a_key_rotation_without_downtime(cluster3):
                f"with key id {auth.key_id(new)}, accepting {auth.key_id(new)}" in c.log(0), 10)
     assert f"connecting with key id {auth.key_id(new)}, accepting {auth.key_id(new)}" \
         in c.log(2)
+
+
+def test_deeply_nested_json_is_refused_without_a_traceback(cluster3):
+    """Before the handshake (a HELLO) and after it (a peer with the key): the frame is
+    refused with a line in the log, never a traceback."""
+    c = cluster3
+    s = socket.create_connection((c.address(0), c.port), timeout=5,
+                                 source_address=("127.0.0.1", 0))
+    body = b"[" * 4000
+    s.sendall(P.HEADER.pack(P.MAGIC, 2, P.MsgType.HELLO, len(body), 0) + body)
+    assert _closed(s)
+    s.close()
+    _kill_node1(c)
+    peer = c.peer_connect(1, 0, _digest(c))
+    body = b'{"a":' * 100000
+    peer.send(P.HEADER.pack(P.MAGIC, 1, P.MsgType.CONTROL, len(body), 0) + body)
+    assert _closed(peer.sock)
+    peer.close()
+    log = c.log(0)
+    assert log.count("payload is JSON nested too deeply") == 2
+    assert "Traceback" not in log and c.status(0)["nodes"][0]["state"] == "OK"
+    c.start_node(1)
+    c.wait_healthy(30)
