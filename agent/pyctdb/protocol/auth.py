@@ -9,8 +9,8 @@ only, and every later frame is *sealed*: version 2 in its header, its sequence n
 after the payload over the 64-bit sequence number, the header and the payload.
 
 Proofs and the session key are HMAC-SHA256 with the shared key; the frames' MAC is keyed
-BLAKE2b-128 with the session key (the cheaper of the two for the small frames of
-messaging: about 0.4 us per frame). Only ``hashlib``, ``hmac`` and ``secrets``.
+BLAKE2b-128 with the session key (of the two, the cheaper for the small frames of
+messaging). Only ``hashlib``, ``hmac`` and ``secrets``.
 """
 
 from __future__ import annotations
