@@ -372,7 +372,9 @@ def test_a_peer_that_cannot_prove_the_key_is_refused_by_the_caller(caplog):
         server = await asyncio.start_server(impostor, nodes[1], port)
         a = make(0, nodes, port, events, (K1,))
         await a.start()
-        await asyncio.sleep(0.5)
+        t0 = time.monotonic()
+        while "refusing node 1" not in caplog.text and time.monotonic() - t0 < 5:
+            await asyncio.sleep(0.02)
         await a.stop()
         server.close()
         return a
@@ -414,7 +416,7 @@ def run_one(keys, body, monkeypatch=None):
 
 @pytest.mark.parametrize("keys", [(K1,), ()])
 def test_limits_before_the_handshake(monkeypatch, caplog, keys):
-    monkeypatch.setattr(T, "HANDSHAKE_TIMEOUT", 0.5)
+    monkeypatch.setattr(T, "HANDSHAKE_TIMEOUT", 1.5)
     caplog.set_level(logging.INFO, logger="pyctdb.server.transport")
 
     def body(nodes, port, a):
@@ -427,25 +429,25 @@ def test_limits_before_the_handshake(monkeypatch, caplog, keys):
         idle = [raw(nodes, port) for _ in range(T.MAX_HANDSHAKES_PER_SOURCE)]
         time.sleep(0.1)
         s = raw(nodes, port)
-        t0 = time.monotonic()
-        assert closed_within(s, 0.3) and time.monotonic() - t0 < 0.3
+        t0 = time.monotonic()  # (closed by the limit, not by the 1.5 s timeout)
+        assert closed_within(s, 0.75) and time.monotonic() - t0 < 0.75
         other = socket.create_connection((nodes[0], port), timeout=5,
                                          source_address=("127.0.0.1", 0))
         assert not closed_within(other, 0.1)
         # ... until the handshake timeout closes them all
         t0 = time.monotonic()
-        assert all(closed_within(i, 2) for i in idle + [other])
-        assert time.monotonic() - t0 < 1.0
+        assert all(closed_within(i, 3) for i in idle + [other])
+        assert time.monotonic() - t0 < 2.5
         assert a._handshaking == 0 and a._handshakes == {}
         return a.stats["refused_connections"]
     assert run_one(keys, body) >= 1
     assert "oversized frame: 4097 bytes (limit 4096)" in caplog.text
     assert "too many connections in their handshake" in caplog.text
-    assert "no handshake within 0.5s" in caplog.text
+    assert "no handshake within 1.5s" in caplog.text
 
 
 def test_the_global_limit(monkeypatch):
-    monkeypatch.setattr(T, "HANDSHAKE_TIMEOUT", 1.0)
+    monkeypatch.setattr(T, "HANDSHAKE_TIMEOUT", 3.0)
     monkeypatch.setattr(T, "MAX_HANDSHAKES", 6)
 
     def body(nodes, port, a):
@@ -457,7 +459,8 @@ def test_the_global_limit(monkeypatch):
         time.sleep(0.1)
         s = socket.create_connection((nodes[0], port), timeout=5,
                                      source_address=("127.0.0.4", 0))
-        assert closed_within(s, 0.3)
+        t0 = time.monotonic()  # (closed by the limit, not by the 3 s timeout)
+        assert closed_within(s, 1.5) and time.monotonic() - t0 < 1.5
         for x in socks + [s]:
             x.close()
         return True
