@@ -28,6 +28,7 @@ PLAY = """
   gather_facts: true
   tasks:
     - ansible.builtin.include_role: {name: pyctdb.cluster.node, tasks_from: nodes, public: true}
+    - ansible.builtin.include_role: {name: pyctdb.cluster.node, tasks_from: transport_key}
     - ansible.builtin.include_role: {name: pyctdb.cluster.node, tasks_from: install}
     - ansible.builtin.include_role: {name: pyctdb.cluster.node, tasks_from: config}
     - name: Render the systemd unit where the test can read it
@@ -50,6 +51,8 @@ CHECK = """
       register: st
     - ansible.builtin.debug:
         msg: "RESULT {{ inventory_hostname }} {{ st.pnn }} {{ st.leader }} {{ st.ok_nodes }}"
+    - ansible.builtin.debug:
+        msg: "AUTH {{ inventory_hostname }} {{ st.transport_authenticated }}"
 """
 
 
@@ -197,6 +200,11 @@ def test_role_installs_configures_and_is_idempotent(workdir, helpers):
         assert sorted((h, int(pnn), int(ok)) for h, pnn, _l, ok in results) == [
             ("node1", 0, 3), ("node2", 1, 3), ("node3", 2, 3)]
         assert len({leader for _h, _p, leader, _o in results}) == 1
+        # The role wrote a cluster key: the agents say they are authenticated (None only
+        # from an agent that does not tell yet).
+        auth = dict(re.findall(r"AUTH (node\d) (\w+)", p.stdout))
+        assert sorted(auth) == ["node1", "node2", "node3"]
+        assert set(auth.values()) in ({"True"}, {"None"}), auth
         assert all(r["changed"] == 0 for r in _recap(p.stdout).values())
     finally:
         for pr in procs:
@@ -322,4 +330,228 @@ def test_role_refuses_public_address_without_interfaces(workdir, helpers):
     out = p.stdout.replace("\n", " ")
     assert "public addresses 192.0.2.10, 192.0.2.11 of node1 have no interfaces" in out
     assert "Nothing was changed" in out
+    assert not any(os.path.exists(os.path.join(base, "node%d" % i)) for i in (1, 2, 3))
+
+
+# -- the cluster key (issue 11: an authenticated transport) --------------------------------
+
+KEY_PLAY = PLAY + """    - ansible.builtin.debug:
+        msg: "TOGETHER {{ inventory_hostname }} {{ pyctdb__restart_together }}"
+"""
+# Once the agent is installed: the same without the install step (faster).
+KEY_PLAY_CONFIG = "\n".join(ln for ln in KEY_PLAY.splitlines() if "tasks_from: install" not in ln)
+
+KEY_HEADER = "# pyctdb cluster key (Ansible managed): the first key connects, every key is accepted."
+
+
+def _key_file(base, i):
+    """``(keys, mode, uid, text)`` of node i's cluster.key; None when it has none."""
+    path = os.path.join(base, "node%d" % i, "etc", "cluster.key")
+    if not os.path.exists(path):
+        return None
+    st = os.stat(path)
+    with open(path) as f:
+        text = f.read()
+    keys = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
+    return keys, st.st_mode & 0o7777, st.st_uid, text
+
+
+def _cluster_keys(base):
+    """The key list every node has (they must agree)."""
+    files = [_key_file(base, i) for i in (1, 2, 3)]
+    assert all(f is not None for f in files), files
+    assert all(f[1] == 0o600 and f[2] == 0 for f in files), [f[1:3] for f in files]
+    assert len({tuple(f[0]) for f in files}) == 1, [f[0] for f in files]
+    assert all(f[3] == KEY_HEADER + "\n" + "".join(k + "\n" for k in f[0]) for f in files)
+    return files[0][0]
+
+
+def _together(out):
+    return {h: v == "True" for h, v in re.findall(r"TOGETHER (node\d) (\w+)", out)}
+
+
+def _restarts(out):
+    """Whether the role's restart handler was notified (the handlers themselves skip:
+    pyctdb_service_state is stopped here)."""
+    return "RUNNING HANDLER [pyctdb.cluster.node : Restart pyctdbd" in out
+
+
+def _fingerprint(keys):
+    import hashlib
+    return hashlib.sha256(",".join(keys).encode()).hexdigest()[:12]
+
+
+def _ok(p, *secrets_):
+    assert p.returncode == 0, p.stdout[-6000:] + p.stderr[-3000:]
+    for k in secrets_:  # no_log: a key never shows in Ansible's output
+        assert k not in p.stdout and k not in p.stderr
+    return _recap(p.stdout)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the role writes root-owned files")
+def test_role_cluster_key_generated_reused_and_rotated(workdir, helpers):
+    import secrets
+    base, agent_src = workdir
+    subnet, port = random.randint(20, 250), random.randint(20000, 60000)
+    inv = _inventory(base, subnet, port, agent_src, helpers)
+
+    def run(*extra):
+        return _playbook(helpers, base, "key.yml", KEY_PLAY_CONFIG, inv, *extra)
+
+    # Generated once for the cluster: the same key on every node, mode 0600, root.
+    p = _playbook(helpers, base, "play.yml", KEY_PLAY, inv)
+    _ok(p)
+    keys = _cluster_keys(base)
+    _ok(p, *keys)
+    assert len(keys) == 1 and re.fullmatch("[0-9a-f]{64}", keys[0])
+    assert _together(p.stdout) == {"node1": True, "node2": True, "node3": True}
+    key_a = keys[0]
+
+    # Stable: a second run (and a check-mode run) changes nothing and keeps the key.
+    for extra in ((), ("--check",)):
+        recap = _ok(run(*extra), key_a)
+        assert all(r["changed"] == 0 for r in recap.values()), (extra, recap)
+        assert _cluster_keys(base) == [key_a]
+
+    # A node without a key (a new node) gets the cluster's key, not a new one.
+    os.unlink(os.path.join(base, "node3", "etc", "cluster.key"))
+    p = run()
+    recap = _ok(p, key_a)
+    assert _cluster_keys(base) == [key_a]
+    assert recap["node1"]["changed"] == 0 and recap["node2"]["changed"] == 0
+    assert recap["node3"]["changed"] > 0
+    # its agent (re)starts to take it; the others are not touched
+    assert _restarts(p.stdout)
+    assert _together(p.stdout) == {"node1": False, "node2": False, "node3": True}
+
+    # A rotation with no downtime: [A, B], then [B, A], then [B]. The running agents read
+    # a changed key file again by themselves: nothing restarts, and at every step a node
+    # that has read the new file and one that has not yet accept each other's key.
+    key_b = secrets.token_hex(32)
+    for extra, expected in (({"pyctdb_transport_keys": [key_a, key_b]}, [key_a, key_b]),
+                            ({"pyctdb_transport_keys": [key_b.upper(), key_a]}, [key_b, key_a]),
+                            ({"pyctdb_transport_key": key_b}, [key_b]),
+                            ({}, [key_b])):
+        p = run("-e", json.dumps(extra))
+        recap = _ok(p, key_a, key_b, key_b.upper())
+        assert _cluster_keys(base) == expected, extra
+        assert not _restarts(p.stdout), extra
+        if not extra:  # the keys the nodes have are kept
+            assert all(r["changed"] == 0 for r in recap.values()), recap
+
+    # A key replaced in one step: written, read again by the agents, nothing restarts
+    # (links that break before every node has it come back once they all have it).
+    key_c = secrets.token_hex(32)
+    p = run("-e", json.dumps({"pyctdb_transport_key": key_c}))
+    _ok(p, key_b, key_c)
+    assert _cluster_keys(base) == [key_c]
+    assert not _restarts(p.stdout)
+
+    # Nodes that disagree: refused before anything changes, keys named by fingerprint.
+    key_d = secrets.token_hex(32)
+    node2_key = os.path.join(base, "node2", "etc", "cluster.key")
+    with open(node2_key, "w") as f:
+        f.write(key_d + "\n")
+    conf = os.path.join(base, "node1", "etc", "pyctdb.conf")
+    conf_mtime = os.stat(conf).st_mtime_ns
+    p = run("-e", json.dumps({"pyctdb_log_level": "DEBUG"}))
+    assert p.returncode != 0
+    out = p.stdout.replace("\n", " ")
+    assert key_c not in out and key_d not in out
+    assert "the nodes' cluster keys (%s/node1/etc/cluster.key) differ" % base in out
+    assert ("node1: %s; node2: %s; node3: %s" % (_fingerprint([key_c]), _fingerprint([key_d]),
+                                                  _fingerprint([key_c]))) in out
+    assert "Give the key with pyctdb_transport_key" in out and "Nothing was changed" in out
+    assert os.stat(conf).st_mtime_ns == conf_mtime
+    with open(node2_key) as f:
+        assert f.read() == key_d + "\n"
+    assert _key_file(base, 1)[0] == [key_c] and _key_file(base, 3)[0] == [key_c]
+
+    # The operator says which: node2 gets it (and restarts alone: its key was foreign).
+    p = run("-e", json.dumps({"pyctdb_transport_key": key_c}))
+    recap = _ok(p, key_c, key_d)
+    assert _cluster_keys(base) == [key_c]
+    assert recap["node1"]["changed"] == 0 and recap["node3"]["changed"] == 0
+    assert not _restarts(p.stdout)
+
+    # pyctdb_transport_rotate_to (playbooks/rotate_key.yml): one step of the rotation a
+    # run, from the keys the nodes have, each step restarting one node at a time; then
+    # nothing changes.
+    key_e = secrets.token_hex(32)
+    rotate = json.dumps({"pyctdb_transport_rotate_to": key_e})
+    for step, expected in enumerate(([key_c, key_e], [key_e, key_c], [key_e], [key_e])):
+        p = run("-e", rotate)
+        recap = _ok(p, key_c, key_e)
+        assert _cluster_keys(base) == expected, step
+        assert not _restarts(p.stdout), step
+    assert all(r["changed"] == 0 for r in recap.values()), recap
+    key_c = key_e
+
+    # pyctdb_transport_auth: false removes the key files (the agents then run
+    # unauthenticated, together), and stays that way.
+    no_auth = json.dumps({"pyctdb_transport_auth": False})
+    p = run("-e", no_auth)
+    _ok(p, key_c)
+    assert [_key_file(base, i) for i in (1, 2, 3)] == [None, None, None]
+    assert _restarts(p.stdout)
+    assert _together(p.stdout) == {"node1": True, "node2": True, "node3": True}
+    recap = _ok(run("-e", no_auth))
+    assert all(r["changed"] == 0 for r in recap.values()), recap
+    with open(os.path.join(base, "node1", "etc", "pyctdb.conf")) as f:
+        assert "key" not in f.read()  # the agent's default path: no option needed
+
+    # Turned on again without a key given: a new one is generated (there is none left).
+    p = run()
+    _ok(p)
+    keys = _cluster_keys(base)
+    _ok(p, *keys)
+    assert len(keys) == 1 and keys[0] not in (key_a, key_b, key_c, key_d)
+    assert _restarts(p.stdout)
+    assert _together(p.stdout) == {"node1": True, "node2": True, "node3": True}
+
+
+@pytest.mark.parametrize("extra, host_extra, message", [
+    ({"pyctdb_transport_keys": ["%064x" % 1, "%064x" % 2, "%064x" % 3]}, None,
+     "pyctdb_transport_keys has 3 keys: give one, or two during a rotation"),
+    ({"pyctdb_transport_key": "c0ffee"}, None,
+     "the cluster key must be 64 hexadecimal characters (32 random bytes, e.g. from "
+     "`openssl rand -hex 32`): key 1 (6 characters) of pyctdb_transport_key is not"),
+    ({"pyctdb_transport_keys": ["%064x" % 1, "z" * 64]}, None,
+     "key 2 (64 characters) of pyctdb_transport_keys is not"),
+    ({"pyctdb_transport_keys": ["%064x" % 1], "pyctdb_transport_key": "%064x" % 1}, None,
+     "set pyctdb_transport_key or pyctdb_transport_keys, not both"),
+    ({"pyctdb_transport_keys": ["%064x" % 7, "%064X" % 7]}, None,
+     "pyctdb_transport_keys lists the same key twice"),
+    ({}, {"node2": {"pyctdb_transport_key": "%064x" % 9}},
+     "the hosts would not all have the same cluster key"),
+    ({}, {"node3": {"pyctdb_transport_auth": False}},
+     "node3: none. Nothing was changed."),
+    ({"pyctdb_transport_rotate_to": "%064x" % 9, "pyctdb_transport_key": "%064x" % 9}, None,
+     "pyctdb_transport_rotate_to rotates the key the nodes have: it cannot be used with "
+     "pyctdb_transport_key or pyctdb_transport_keys"),
+    ({"pyctdb_transport_rotate_to": "c0ffee"}, None,
+     "pyctdb_transport_rotate_to (6 characters) is not"),
+])
+def test_role_refuses_bad_cluster_keys(workdir, helpers, extra, host_extra, message):
+    base, agent_src = workdir
+    inv = _inventory(base, 83, 24379, agent_src, helpers, host_extra=host_extra)
+    p = _playbook(helpers, base, "play.yml", PLAY, inv, "-e", json.dumps(extra))
+    assert p.returncode != 0
+    out = re.sub(r"\s+", " ", p.stdout)
+    assert message in out, out[-3000:]
+    assert "Nothing was changed" in out
+    assert "%064x" % 9 not in out and "c0ffee" not in out
+    assert not any(os.path.exists(os.path.join(base, "node%d" % i)) for i in (1, 2, 3))
+
+
+def test_role_refuses_to_generate_a_key_for_part_of_the_cluster(workdir, helpers):
+    """With --limit and no key anywhere in the play, a generated key could differ from the
+    one the other nodes have: refused (a given key is fine)."""
+    base, agent_src = workdir
+    inv = _inventory(base, 84, 24379, agent_src, helpers)
+    p = _playbook(helpers, base, "play.yml", PLAY, inv, "--limit", "node1,node2")
+    assert p.returncode != 0
+    out = re.sub(r"\s+", " ", p.stdout)
+    assert ("no host of the play has a cluster key, and hosts of the group 'pyctdb' are "
+            "outside the play (--limit): node3; a key generated now") in out
     assert not any(os.path.exists(os.path.join(base, "node%d" % i)) for i in (1, 2, 3))
