@@ -644,3 +644,95 @@ def test_addresses_move_while_the_databases_recover(lab_cluster, tmp_path):
         assert ev.index("takeip") < ev.index("recovered"), (ev, float(m[-1][1]))
     c.start_node(victim)
     c.wait_healthy(30)
+
+
+# -- address fencing (issue 11) ---------------------------------------------------------------
+KEEPALIVES = {
+    "ctdb": {"KeepaliveInterval": "5", "KeepaliveLimit": "5"},  # CTDB's defaults
+    "fast": {"KeepaliveInterval": "0.2", "KeepaliveLimit": "3"},  # the lab's
+}
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("keepalive", sorted(KEEPALIVES))
+def test_isolated_leader_never_configures_an_address_the_majority_serves(tmp_path,
+                                                                         keepalive):
+    """The leader is cut off (link down, no resets). With CTDB's keepalive tunables
+    (5 s x 5) its periodic takeover runs find the peers connected but silent: it must
+    not take their addresses (it took all of them at ~4 s before the fencing). With fast
+    ones it drops them and steps down: a run under way must not finish after that.
+    Polled every ~50 ms for the whole partition, the isolated node never gains an
+    address, so never one that the majority serves. After the heal, every address is on
+    exactly one host."""
+    npub = 6
+    lab = NetnsLab(3).create()
+    try:
+        pubs = [lab.public_address(j) for j in range(npub)]
+        c = LocalCluster(3, base_dir=tmp_path / "c", lab=lab,
+                         public_addresses="".join(f"{a}/24 eth0\n" for a in pubs),
+                         tunables=KEEPALIVES[keepalive])
+        with c:
+            c.start()
+            c.wait_healthy(60)
+
+            def placed():
+                h = hosts_of(lab)
+                return {a: h.get(a, []) for a in pubs}
+            c.wait_for(lambda: all(len(hs) == 1 for hs in placed().values()), 30,
+                       what="every address on one host")
+            leader = c.status(0)["leader"]
+            majority = [p for p in range(3) if p != leader]
+            at_cut = set(lab.addresses(leader)) & set(pubs)
+            gained, both, sweeps = [], [], [0]
+            stop = threading.Event()
+
+            def watch():
+                while not stop.is_set():
+                    mine = set(lab.addresses(leader)) & set(pubs)
+                    theirs = set()
+                    for p in majority:
+                        theirs |= set(lab.addresses(p))
+                    new = mine - at_cut
+                    if new:
+                        gained.append((time.monotonic() - t0, sorted(new)))
+                    if new & theirs:
+                        both.append((time.monotonic() - t0, sorted(new & theirs)))
+                    sweeps[0] += 1
+                    time.sleep(0.05)
+
+            t0 = time.monotonic()
+            lab.link(leader, up=False)
+            t = threading.Thread(target=watch)
+            t.start()
+            try:
+                # the isolated leader lets go of the lock; the majority elects a leader
+                # and takes over the cut-off node's addresses
+                c.wait_for(lambda: "lost touch with the majority" in c.log(leader), 60,
+                           interval=0.5, what="the isolated leader stepping down")
+                stepped_down = time.monotonic() - t0
+
+                def majority_serves_all():
+                    h = placed()
+                    return all(any(p in hs for p in majority) for hs in h.values())
+                c.wait_for(majority_serves_all, 40, interval=0.2,
+                           what="the majority serving every address")
+                took_over = time.monotonic() - t0
+                time.sleep(12)  # a periodic run's worth more of partition
+            finally:
+                stop.set()
+                t.join()
+                lab.link(leader, up=True)
+            log = c.log(leader)
+            assert sweeps[0] > 100
+            assert not gained, gained  # the isolated leader never took an address
+            assert not both, both
+            if keepalive == "ctdb":  # its runs met silent peers, kept what they may serve
+                assert "did not report its addresses" in log
+                assert re.search(r"takeover: not moving \S+: holder", log), log[-3000:]
+            print(f"stepped down at {stepped_down:.1f} s, majority serves all at "
+                  f"{took_over:.1f} s, {sweeps[0]} sweeps")
+            c.wait_healthy(60)
+            c.wait_for(lambda: all(len(hs) == 1 for hs in placed().values()), 30,
+                       what="every address on exactly one host after the heal")
+    finally:
+        lab.destroy()
