@@ -111,6 +111,9 @@ def test_load_config_default_explicit_and_none(tmp_path):
     config_dir(tmp_path)
     with pytest.raises(ConfigError, match="cluster.key: .*mode 0644"):
         C.load_config(d)
+    # ... but not pyctdbd --drop-public-ips, which does not read it
+    cfg = C.load_config(d, keys=False)
+    assert (cfg.transport_key_file, cfg.transport_keys) == (None, ())
 
 
 # -- proofs and sealed frames ------------------------------------------------------------

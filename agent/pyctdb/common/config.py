@@ -599,8 +599,10 @@ def nodes_changes(old, new):
     return changes, errors
 
 
-def load_config(config_dir: str = DEFAULT_CONFIG_DIR) -> Config:
-    """Read and check every file of ``config_dir``; a :class:`Config` or ConfigError."""
+def load_config(config_dir: str = DEFAULT_CONFIG_DIR, *, keys: bool = True) -> Config:
+    """Read and check every file of ``config_dir``; a :class:`Config` or ConfigError.
+    ``keys=False``: the transport key file is not read (``pyctdbd --drop-public-ips``,
+    which must work whatever became of it)."""
     conf_path = os.path.join(config_dir, CONF_FILE)
     text = _read(conf_path, optional=True)
     values, lines = _parse_conf(text, conf_path) if text is not None else ({}, {})
@@ -633,7 +635,9 @@ def load_config(config_dir: str = DEFAULT_CONFIG_DIR) -> Config:
                               f"node in {nodes_source} (nodes: {', '.join(active)})")
 
     key_opt = ("cluster", "transport key file")
-    if key_opt in values:  # set (an empty value: no key even if cluster.key exists)
+    if not keys:
+        key_file, keys = None, ()
+    elif key_opt in values:  # set (an empty value: no key even if cluster.key exists)
         key_file = values[key_opt]
         keys = (read_transport_keys(key_file, conf_path, lines[key_opt])
                 if key_file is not None else ())

@@ -63,7 +63,7 @@ def parse_args(argv):
 
 def load(args):
     """Load and check everything; return ``(config, me, tunables)`` or raise ConfigError."""
-    config = load_config(args.config_dir)
+    config = load_config(args.config_dir, keys=not args.drop_public_ips)
     me = resolve_node_address(config)
     tunables = Tunables(config.tunables)
     return config, me, tunables
