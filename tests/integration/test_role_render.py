@@ -553,3 +553,49 @@ def test_role_refuses_to_generate_a_key_for_part_of_the_cluster(workdir, helpers
     assert ("no host of the play has a cluster key, and hosts of the group 'pyctdb' are "
             "outside the play (--limit): node3; a key generated now") in out
     assert not any(os.path.exists(os.path.join(base, "node%d" % i)) for i in (1, 2, 3))
+
+
+KEYS_ONLY = """
+- hosts: pyctdb
+  gather_facts: false
+  tasks:
+    - ansible.builtin.include_role: {name: pyctdb.cluster.node, tasks_from: nodes}
+    - ansible.builtin.include_role: {name: pyctdb.cluster.node, tasks_from: transport_key}
+    - ansible.builtin.debug: {msg: "KEYS {{ inventory_hostname }} {{ pyctdb__keys | join(',') }}"}
+"""
+
+
+@pytest.mark.parametrize("files, expected", [
+    # step 1 stopped half-way: it is finished
+    ({"node1": ["o", "n"], "node2": ["o", "n"], "node3": ["o"]}, ["o", "n"]),
+    # step 2 stopped half-way
+    ({"node1": ["n", "o"], "node2": ["o", "n"], "node3": ["o", "n"]}, ["n", "o"]),
+    # step 3 stopped half-way
+    ({"node1": ["n"], "node2": ["n", "o"], "node3": ["n", "o"]}, ["n"]),
+    # step 1 of another rotation stopped half-way: a new rotation from the key in use
+    ({"node1": ["o"], "node2": ["o", "m"], "node3": ["o"]}, ["o", "n"]),
+    # nodes that do not share a key: no step is safe
+    ({"node1": ["o"], "node2": ["m"], "node3": ["o"]}, None),
+], ids=["step1", "step2", "step3", "other-rotation", "no-common-key"])
+def test_role_rotation_goes_on_after_a_step_stopped_half_way(workdir, helpers, files, expected):
+    """pyctdb_transport_rotate_to=n with the nodes at two steps of a rotation: the role
+    writes the list that every node accepts the connections of (the step finished)."""
+    import secrets
+    base, agent_src = workdir
+    keys = {name: secrets.token_hex(32) for name in "omn"}
+    for host, names in files.items():
+        os.makedirs(os.path.join(base, host, "etc"))
+        with open(os.path.join(base, host, "etc", "cluster.key"), "w") as f:
+            f.write("".join(keys[n] + "\n" for n in names))
+    inv = _inventory(base, 85, 24379, agent_src, helpers)
+    p = _playbook(helpers, base, "keys.yml", KEYS_ONLY, inv, "-e",
+                  json.dumps({"pyctdb_transport_rotate_to": keys["n"]}))
+    if expected is None:
+        assert p.returncode != 0
+        out = re.sub(r"\s+", " ", p.stdout)
+        assert "the nodes' cluster keys (%s/node1/etc/cluster.key) differ" % base in out
+        return
+    assert p.returncode == 0, p.stdout[-4000:]
+    got = dict(re.findall(r"KEYS (node\d) ([0-9a-f,]+)", p.stdout))
+    want = ",".join(keys[n] for n in expected)
+    assert got == {"node1": want, "node2": want, "node3": want}
