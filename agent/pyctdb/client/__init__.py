@@ -1,6 +1,6 @@
 """pyctdb.client: the client library of pyctdb (databases: db.py; messaging: messaging.py;
 the local API connection: connection.py). It imports nothing of the daemon
-(the server package): only ``pyctdb.protocol``, ``pyctdb.rules`` and ``pyctdb.errors``.
+(the daemon's package): only ``pyctdb.protocol``, ``pyctdb.rules`` and ``pyctdb.errors``.
 Its errors derive from :class:`pyctdb.errors.PyctdbError` (``code``, ``message``).
 
 See docs/client.md."""

@@ -19,7 +19,7 @@ Volatile databases have a fast path, as CTDB's client: the library opens the nod
 volatile LMDB environment itself (the agent says where in its ``attach`` answer), and
 ``fetch_locked`` is one LMDB write transaction — the environment's writer lock is the
 record lock — in which it checks the gate (the agent serves, no recovery: see the
-agent's ``server/db/gate.py``; it reads it from the agent's memory-mapped
+shared layout in ``pyctdb.protocol.fastpath``; it reads it from the agent's memory-mapped
 ``agent.wait``) and that this node is the record's DMASTER, then reads, and the store
 commits. Only when that does not hold does it ask the agent to migrate the record here,
 and try again. ``fetch`` reads a record this node masters from a read transaction.
