@@ -2,6 +2,7 @@
 
 import fcntl
 import os
+import signal
 import sys
 import textwrap
 import time
@@ -86,10 +87,12 @@ def test_removed_lock_file_makes_leader_step_down(tmp_path):
         c.wait_healthy(20)
         leader = c.status(0)["leader"]
         os.unlink(c.lock_file)
-        # the leader notices within its 5 s check, lets go, and someone takes a new lock
+        # the leader's lock helper notices within its 5 s recheck and exits; the leader
+        # steps down, and someone's helper takes a lock on a new file
         c.wait_for(lambda: "no longer held" in c.log(leader), 15)
-        c.wait_healthy(20)
-        assert os.path.exists(c.lock_file)
+        c.wait_for(lambda: "no longer the leader" in c.log(leader), 5)
+        c.wait_for(lambda: os.path.exists(c.lock_file) and c.healthy(), 20,
+                   what="a new lock file and a healthy cluster")
 
 
 def test_leader_checks_its_lock_during_a_long_recovery(tmp_path):
@@ -117,5 +120,49 @@ def test_leader_checks_its_lock_during_a_long_recovery(tmp_path):
         assert time.monotonic() - t0 < 12  # the script still sleeps: not after the recovery
         c.wait_for(lambda: "no longer the leader" in c.log(leader), 5)
         c.cli(other, "continue", check=True)
-        c.wait_healthy(40)
-        assert os.path.exists(c.lock_file)  # a leader took a new lock
+        c.wait_for(lambda: os.path.exists(c.lock_file) and c.healthy(), 40,
+                   what="a new lock file (a leader took a new lock) and a healthy cluster")
+
+
+def _lock_helper_of(agent_pid):
+    """The pid of pyctdb's lock helper that agent ``agent_pid`` started, or None."""
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == agent_pid and b"pyctdb.server.lockhelper" in cmd:
+            return int(d)
+    return None
+
+
+def test_paused_leader_loses_the_lock_when_its_helper_is_killed(tmp_path):
+    """The lock lives in a helper process: a SIGSTOPped leader keeps it only until that
+    process is killed (what the node's guard does); the others then elect a leader, and
+    the paused one steps down when it resumes."""
+    with LocalCluster(3, base_dir=tmp_path) as c:
+        c.start()
+        c.wait_healthy(30)
+        leader = c.status(0)["leader"]
+        helper = _lock_helper_of(c.procs[leader].pid)
+        assert helper is not None
+        others = [p for p in range(3) if p != leader]
+        c.pause(leader)
+        try:
+            time.sleep(4)  # well past the silent node's detection: nobody else can lead
+            assert all(c.leader_of(p) in (leader, None) for p in others)
+            os.kill(helper, signal.SIGKILL)
+            c.wait_for(lambda: c.leader_of(others[0]) in others
+                       and c.leader_of(others[1]) == c.leader_of(others[0]), 20,
+                       what="a new leader among the others")
+            new = c.leader_of(others[0])
+            assert c.status(new)["cluster_lock"]["held"]
+        finally:
+            c.resume(leader)
+        c.wait_for(lambda: "no longer the leader" in c.log(leader), 15)
+        c.wait_for(lambda: c.leader_of(others[0]) == new, 5)
