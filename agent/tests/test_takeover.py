@@ -232,6 +232,10 @@ class FakeCluster:
     def on_step_down(self, hook):
         self.step_down_hooks.append(hook)
 
+    def held_down(self):
+        """The down nodes not fenced yet: the tests set ``held`` to have some."""
+        return getattr(self, "held", {})
+
     def peer_flags(self, peer):
         return self.flags[peer.pnn]
 

@@ -59,6 +59,7 @@ class MsgType(enum.IntEnum):
     MESSAGE = 6  # a message (srvid + data) for the clients registered on the receiver
     CHALLENGE = 7  # handshake: the acceptor's nonce and proof (authenticated transport)
     PROOF = 8  # handshake: the caller's proof (authenticated transport)
+    ACK = 9  # a keepalive's echo: the receiver heard the sender's STATE sent at ``ts``
 
 
 _TYPES = {t.value: t for t in MsgType}
@@ -196,6 +197,7 @@ _SCHEMAS = {
     MsgType.MESSAGE: {"pnn": _INT, "instance": (str,), "srvid": _INT, "data": (str,)},
     MsgType.CHALLENGE: {"pnn": _INT, "nonce": (str,), "proof": (str,)},
     MsgType.PROOF: {"pnn": _INT, "proof": (str,)},
+    MsgType.ACK: {"pnn": _INT, "instance": (str,), "ts": (float, int)},
 }
 #: Frames of the handshake only: refused on a connection once it is set up.
 HANDSHAKE_TYPES = frozenset((MsgType.CHALLENGE, MsgType.PROOF))

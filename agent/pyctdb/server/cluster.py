@@ -202,7 +202,9 @@ class Cluster:
                  len(self.nodes), self.lock.description if self.lock else "NOT CONFIGURED "
                  "(election alone decides: unsafe against split brain)")
 
-    async def stop(self):
+    async def stop(self, released=False):
+        """Stop: BYE to the peers (``released``: this node's addresses are gone, so
+        they may move at once), let go of the cluster lock."""
         self._running = False
         self._kick.set()
         if self._main_task:
@@ -210,7 +212,8 @@ class Cluster:
             await asyncio.gather(self._main_task, return_exceptions=True)
         await self.leadership.stop_tasks()
         await self.controls.stop()
-        await self.transport.stop(bye_payload={"pnn": self.pnn, "instance": self.instance})
+        await self.transport.stop(bye_payload={"pnn": self.pnn, "instance": self.instance,
+                                               "released": released})
         await self.leadership.release()
 
     def kick(self):
@@ -223,6 +226,11 @@ class Cluster:
 
         To this node itself the handler is called directly."""
         return await self.controls.call(pnn, op, args, timeout)
+
+    def held_down(self) -> dict:
+        """{pnn: until when} of the down nodes whose addresses may not move yet (see
+        :meth:`Membership.held`)."""
+        return self.membership.held(self.clock())
 
     def reload_nodes(self, new_nodes):
         """Apply a new nodes list (see :meth:`Membership.reload_nodes`)."""
@@ -315,7 +323,7 @@ class Cluster:
         decided: the tick, min(KeepaliveInterval/2, 0.25); just after the first
         connected peer would count as silent, so that a silent peer is dropped as soon
         as it is, not up to a tick later; when a contended cluster lock is tried
-        again."""
+        again; on the leader, when a down node is fenced (its addresses may move)."""
         wait = min(self.keepalive_interval / 2, 0.25)
         silent = self.membership.silent_deadline()
         if silent is not None:
@@ -323,6 +331,9 @@ class Cluster:
         retry = self.leadership.next_wake()
         if retry is not None and retry > now:
             wait = min(wait, retry - now)
+        if self.view.am_leader:  # (a fenced node's addresses move as soon as they may)
+            for until in self.membership.held(now).values():
+                wait = min(wait, until - now + 0.002)
         return max(0.001, wait)
 
     async def _keep_up(self, now) -> float:

@@ -25,13 +25,14 @@ from pyctdb.common.logsetup import setup as setup_logging
 from pyctdb.common.tunables import Tunables
 from pyctdb.errors import ApiError, ConfigError
 from pyctdb.protocol.api import DEFAULT_SOCKET
-from pyctdb.server import netops
 from pyctdb.server.cluster import Cluster
 from pyctdb.server.clusterlock import make_lock
 from pyctdb.server.db.databases import Databases
 from pyctdb.server.events import EventRunner, Monitor
 from pyctdb.server.failover import Failover
-from pyctdb.server.hosted import hosted_ips_path, read_hosted, write_hosted
+from pyctdb.server.fencing import Fencing
+from pyctdb.server.guard import Guard
+from pyctdb.server.hosted import drop_addresses, hosted_ips_path
 from pyctdb.server.messaging import Messaging
 from pyctdb.server.sdnotify import notify
 from pyctdb.server.api.operations import NodeOperations
@@ -89,13 +90,27 @@ def event_loop():
     return "asyncio", None
 
 
-async def _serve(config, me, tunables, socket_path, ring):
+def guard_argv(config, socket_path, log_location):
+    """The command line of this agent's guard (:mod:`pyctdb.server.guard`)."""
+    return [sys.executable, "-m", "pyctdb.server.guard", "--config-dir", config.config_dir,
+            "--hosted-file", hosted_ips_path(socket_path), "--log-location", log_location,
+            "--log-level", config.log_level]
+
+
+async def _serve(config, me, tunables, socket_path, ring, log_location):
     lock = make_lock(config.cluster_lock)
     cluster = Cluster(config, me, tunables, lock=lock)
     events = EventRunner(config.config_dir, tunables)
     monitor = Monitor(cluster, events, tunables)
     failover = Failover(cluster, config, tunables, events=events,
                         hosted_file=hosted_ips_path(socket_path))
+    # The guard drops this node's addresses (and kills the lock helper) when the agent is
+    # killed or paused; the lease drops them when the node loses the majority.
+    guard = Guard(guard_argv(config, socket_path, log_location),
+                  on_dropped=lambda addrs, why: fencing.guard_dropped(addrs, why))
+    fencing = Fencing(cluster, failover.local, guard)
+    cluster.leadership.step_down_hooks.append(lambda term: fencing.update())
+    cluster.leadership.lock_hooks.append(guard.lock_holder)
     databases = Databases(cluster, config)
     databases.open()
     watcher = TunablesWatcher(databases, tunables, cluster)
@@ -126,9 +141,11 @@ async def _serve(config, me, tunables, socket_path, ring):
         log.error("%s", exc.message)
         print(f"pyctdbd: {exc.message}", file=sys.stderr)
         return 1
+    guard.start()
     try:
         await cluster.start()
     except OSError as exc:
+        await guard.stop(drop=False)
         await api.stop()
         msg = f"cannot listen on {me.address}:{config.port}: {exc.strerror or exc}"
         log.error("%s", msg)
@@ -140,13 +157,17 @@ async def _serve(config, me, tunables, socket_path, ring):
     log.warning("shutting down (signal received)")
     notify("STOPPING=1")
     await failover.evacuate(timeout=10.0)
+    # (as ctdbd: a stopping node releases what it still hosts, before its BYE says so)
+    await failover.local.drop_all("the agent stops")
+    await guard.stop(drop=True)
+    await fencing.stop()
     await monitor.stop()
     await failover.stop()
     try:
         await asyncio.wait_for(events.run("shutdown"), 10)
     except Exception as exc:
         log.error("shutdown event: %s", exc)
-    await cluster.stop()
+    await cluster.stop(released=True)
     await api.stop()
     databases.close()
     log.warning("stopped")
@@ -157,38 +178,13 @@ def drop_public_ips(config, hosted_file):
     """Remove from this host's interfaces every address of the public_addresses file and
     every address recorded in ``hosted_file`` (what the agent hosted, including runtime
     additions); the record is then removed, or keeps what could not be removed."""
-    rc = 0
-    try:
-        recorded = read_hosted(hosted_file)
-    except ValueError as exc:
-        print(f"pyctdbd: {exc}", file=sys.stderr)
-        recorded, rc = {}, 1
-    todo = {pa.address: pa.prefix for pa in config.public_addresses}
-    todo.update({a: prefix for a, (prefix, _iface) in recorded.items()})
-    if not todo:
-        return rc
-    present = netops.all_addresses()
-    left = {}
-    for addr, prefix in todo.items():
-        iface = present.get(addr)
-        if iface is None:
-            continue
-        try:
-            netops.del_address(iface, addr, prefix)
-            netops.kill_local_connections(addr)
-            print(f"pyctdbd: removed {addr}/{prefix} from {iface}")
-        except netops.NetError as exc:
-            print(f"pyctdbd: {exc}", file=sys.stderr)
-            rc = 1
-            if addr in recorded:
-                left[addr] = recorded[addr]
-    if recorded:
-        try:
-            write_hosted(hosted_file, left)
-        except OSError as exc:
-            print(f"pyctdbd: cannot write {hosted_file}: {exc}", file=sys.stderr)
-            rc = 1
-    return rc
+    removed, errors = drop_addresses({pa.address: pa.prefix for pa in config.public_addresses},
+                                     hosted_file, rewrite=True)
+    for what in removed:
+        print(f"pyctdbd: removed {what}")
+    for err in errors:
+        print(f"pyctdbd: {err}", file=sys.stderr)
+    return 1 if errors else 0
 
 
 def main(argv=None):
@@ -207,16 +203,17 @@ def main(argv=None):
               f"{len(config.public_addresses)} public addresses; cluster lock: "
               f"{config.cluster_lock or 'none'}")
         return 0
-    ring = setup_logging("stderr" if args.log_stderr else config.log_location, config.log_level)
+    log_location = "stderr" if args.log_stderr else config.log_location
+    ring = setup_logging(log_location, config.log_level)
     socket_path = socket_path_of(args)
     loop_name, loop_factory = event_loop()
     log.warning("pyctdbd %s starting: node %d (%s), config %s, socket %s, event loop %s",
                 __version__, me.pnn, me.address, args.config_dir, socket_path, loop_name)
     try:
         if loop_factory is None:
-            return asyncio.run(_serve(config, me, tunables, socket_path, ring))
+            return asyncio.run(_serve(config, me, tunables, socket_path, ring, log_location))
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            return runner.run(_serve(config, me, tunables, socket_path, ring))
+            return runner.run(_serve(config, me, tunables, socket_path, ring, log_location))
     except KeyboardInterrupt:
         return 0
 

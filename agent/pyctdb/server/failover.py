@@ -119,7 +119,8 @@ class TakeoverRunner:
                 nodes.append((p.pnn, c.peer_flags(p), p.state.get("ips_version")))
         t = self.tunables
         return (c.generation, tuple(sorted(nodes)), t.get("IPAllocAlgorithm"),
-                t.get("NoIPFailback"), t.get("NoIPTakeover"))
+                t.get("NoIPFailback"), t.get("NoIPTakeover"),
+                tuple(sorted(c.held_down())))
 
     def _stepped_down(self, term):
         """This node no longer leads (term ``term`` ended): cancel every run of it."""
@@ -188,7 +189,8 @@ class TakeoverRunner:
     async def _reports(self):
         """{pnn: get_public_ips answer} of the nodes that answered (this node first),
         the set of those that did not, and of those among them whose link is still up
-        (silent: they may still serve their addresses)."""
+        (silent: they may still serve their addresses), with the nodes that are down but
+        not fenced yet (:meth:`Membership.held`)."""
         c = self.cluster
         targets = [c.pnn] + [p.pnn for p in c.peers.values() if p.link_up]
         infos = await asyncio.gather(*(c.control(p, "get_public_ips", timeout=CONTROL_TIMEOUT)
@@ -202,6 +204,8 @@ class TakeoverRunner:
                 known[pnn] = info
         silent = {p for p in unreachable
                   if p == c.pnn or (p in c.peers and c.peers[p].link_up)}
+        # (down, but not fenced yet: their guard drops their addresses at their deadline)
+        silent |= set(c.held_down())
         return known, unreachable, silent
 
     async def _release(self, plan, term):
@@ -254,7 +258,7 @@ class TakeoverRunner:
             presumed=self.last_allocation if self._allocation_term == term else None)
         for addr, why in plan.kept.items():
             log.warning("takeover: not moving %s: %s (it moves once the node is "
-                        "DISCONNECTED)", addr, why)
+                        "DISCONNECTED and fenced)", addr, why)
         if plan.moving:  # CTDB: startipreallocate on every node before addresses move
             await self._event(term, known, "startipreallocate")
         blocked, conns = await self._release(plan, term)  # 1. release everywhere, and wait

@@ -16,6 +16,7 @@ import logging
 import os
 
 from pyctdb.rules.takeover import sort_key
+from pyctdb.server import netops
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,45 @@ def write_hosted(path, entries):
         json.dump(data, f)
         f.write("\n")
     os.replace(tmp, path)
+
+
+def drop_addresses(public, hosted_file, rewrite=False):
+    """Remove from this host's interfaces every address of ``public`` ({address:
+    prefix}: the public_addresses file's) and every address recorded in ``hosted_file``
+    (what the agent hosted, runtime additions included), with their connections.
+    Returns ``(removed, errors)``: ["address/prefix on iface"], [messages]. With
+    ``rewrite``, the record then keeps only what could not be removed (the guard leaves
+    it to the agent: both writing it would race)."""
+    errors = []
+    try:
+        recorded = read_hosted(hosted_file)
+    except ValueError as exc:
+        recorded = {}
+        errors.append(str(exc))
+    todo = dict(public)
+    todo.update({a: prefix for a, (prefix, _iface) in recorded.items()})
+    removed, left = [], {}
+    if not todo:
+        return removed, errors
+    present = netops.all_addresses()
+    for addr, prefix in sorted(todo.items(), key=lambda kv: sort_key(kv[0])):
+        iface = present.get(addr)
+        if iface is None:
+            continue
+        try:
+            netops.del_address(iface, addr, prefix)
+            netops.kill_local_connections(addr)
+            removed.append(f"{addr}/{prefix} on {iface}")
+        except netops.NetError as exc:
+            errors.append(str(exc))
+            if addr in recorded:
+                left[addr] = recorded[addr]
+    if rewrite and recorded:
+        try:
+            write_hosted(hosted_file, left)
+        except OSError as exc:
+            errors.append(f"cannot write {hosted_file}: {exc}")
+    return removed, errors
 
 
 class HostedRecord:

@@ -46,6 +46,9 @@ class Leadership:
         self._kick = kick
         self._on_step_down = on_step_down
         self.step_down_hooks = []
+        #: callables(pid or None) told the process that holds the cluster lock when it is
+        #: taken (None when let go): the guard kills it when it fences this node
+        self.lock_hooks = []
         self.wallclock = wallclock
         #: the term of this node's leadership (None: it does not lead); see
         #: :func:`pyctdb.rules.election.next_term`
@@ -64,6 +67,12 @@ class Leadership:
         self._lock_check_task = None
         self._last_lock_check = clock()
         self._last_lock_msg = (None, None, -1e9)
+
+    @property
+    def led_with_quorum(self) -> bool:
+        """This node has led with a majority of the nodes connected (False for a
+        leader that took over without one: the lone survivor of a two-node cluster)."""
+        return self._led_with_quorum
 
     # -- the election --------------------------------------------------------------------
     def _settled(self, now) -> bool:
@@ -194,6 +203,7 @@ class Leadership:
                 log.info("released the cluster lock again: %s", d.reason)
                 return
         self._new_term("elected")
+        self._lock_holder(getattr(self.lock, "holder_pid", None))
         self.view.am_leader = True
         self.view.leader = self.view.pnn
         self._led_with_quorum = self.membership.has_quorum()
@@ -221,7 +231,15 @@ class Leadership:
         self.view.recmode = RECMODE_ACTIVE
         if self.lock is not None:
             await self.lock.release()
+            self._lock_holder(None)
         log.warning("this node is no longer the leader: %s", reason)
+
+    def _lock_holder(self, pid):
+        for hook in self.lock_hooks:
+            try:
+                hook(pid)
+            except Exception:
+                log.exception("lock hook %r failed", hook)
 
     async def watch_lock(self, now) -> bool:
         """The leader's cluster lock: False (and this node steps down) once it is lost;

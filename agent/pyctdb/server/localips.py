@@ -57,6 +57,8 @@ class LocalAddresses:
         self.events = events  # FailoverEvents
         self.assigned = {}
         self.netlock = asyncio.Lock()
+        #: whether this node may host addresses now (its lease: :mod:`pyctdb.server.fencing`)
+        self.may_host = lambda: True
         cluster.control_handlers.update({
             "get_public_ips": self._ctl_get_public_ips,
             "release_ip": self._ctl_release_ip,
@@ -112,6 +114,34 @@ class LocalAddresses:
             self.addresses.removed.pop(addr, None)
         return {"released": removed, "connections": [list(x) for x in conns]}
 
+    async def drop_all(self, why):
+        """Fencing: remove every hosted address now (netlink first, the releaseip
+        events after), whatever the leader says. Returns the addresses removed."""
+        dropped = []
+        async with self.netlock:
+            for addr, iface in sorted(self.assigned.items(), key=lambda kv: sort_key(kv[0])):
+                pa = self.addresses.lookup(addr)
+                prefix = pa.prefix if pa else (32 if ":" not in addr else 128)
+                try:
+                    await self.net.run(netops.del_address, iface, addr, prefix)
+                    await self.net.run(netops.kill_local_connections, addr)
+                except netops.NetError as exc:
+                    log.error("fencing: %s", exc)
+                    continue
+                del self.assigned[addr]
+                await self.record.set(addr, None)
+                self.tickles.forget(addr)
+                dropped.append((addr, iface, prefix))
+        if dropped:
+            log.error("fencing: %s: removed %s", why,
+                      ", ".join(f"{a} from {i}" for a, i, _ in dropped))
+        for addr, iface, prefix in dropped:
+            try:
+                await self.events.run("releaseip", iface, addr, prefix)
+            except Exception as exc:  # (the address is gone whatever the script says)
+                log.error("releaseip %s after fencing: %s", addr, exc)
+        return [a for a, _, _ in dropped]
+
     def _check_term(self, src, verb, addr, term):
         why = election.order_refused(f"{verb}_ip", term, self.cluster.newest_term())
         if why is not None:
@@ -122,6 +152,10 @@ class LocalAddresses:
         addr = args["address"]
         term = args.get("term")
         self._check_term(src, "take", addr, term)
+        if not self.may_host():
+            raise election.StaleTerm(
+                f"this node may not host {addr}: it has no lease (it hears neither a "
+                "majority of the nodes nor holds the cluster lock)")
         pa = self.addresses.configured.get(addr)
         if pa is None:
             raise ValueError(f"{addr} is not one of this node's public addresses")

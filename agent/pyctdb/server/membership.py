@@ -24,6 +24,11 @@ from pyctdb.server.transport import Transport
 
 log = logging.getLogger(__name__)
 
+#: Seconds the leader waits, after a peer's silence passed KeepaliveInterval x
+#: KeepaliveLimit, before its addresses may move: the peer's guard (or the peer itself)
+#: drops them at that silence, and this covers the guard's wake-up and the netlink calls.
+FENCE_MARGIN = 0.25
+
 
 def nodes_digest(nodes) -> str:
     text = "\n".join(n.address if not n.deleted else "#" for n in nodes)
@@ -42,6 +47,16 @@ class Peer:
     state: dict = None
     last_heard: float = 0.0
     down_since: float = field(default_factory=time.monotonic)
+    #: its HELLO said a guard fences it (:mod:`pyctdb.server.guard`)
+    guarded: bool = False
+    #: its addresses are known to be gone: its link ended with a clean end of stream
+    #: from its guard, or with a BYE that said so
+    released: bool = False
+    released_at: float = 0.0
+    #: it acknowledges keepalives (its HELLO says so); ``acked``: the send time of this
+    #: node's newest keepalive it acknowledged (None: none since its link came up)
+    acks: bool = False
+    acked: float = None
 
 
 class Membership:
@@ -60,7 +75,9 @@ class Membership:
         self.instance = secrets.token_hex(8)
         self.nodes = list(config.nodes)
         self.digest = nodes_digest(self.nodes)
-        self.peers = {n.pnn: Peer(n.pnn, n.address) for n in self.nodes
+        # (a peer not heard since this node started may still serve its addresses: its
+        # silence counts from now)
+        self.peers = {n.pnn: Peer(n.pnn, n.address, last_heard=clock()) for n in self.nodes
                       if not n.deleted and n.pnn != self.pnn}
         #: MsgType -> sync callable(src_pnn, payload) for the frame types other than
         #: STATE and BYE; run on the event loop, after the stale-instance check
@@ -69,6 +86,13 @@ class Membership:
         self.link_lost = []
         #: the controls this part serves (op -> handler), for the cluster's Controls
         self.control_handlers = {"reload_nodes": self._ctl_reload_nodes}
+        #: callables(sent_at) run when this node's keepalive goes out (the guard's
+        #: deadline)
+        self.on_keepalive = []
+        #: whether a guard fences this node (said in the HELLO)
+        self.guarded = lambda: False
+        #: callables() run when a peer acknowledged a newer keepalive (the lease)
+        self.on_ack = []
         self._state_fields = state_payload
         self._on_change = on_change
         self._last_sent = None
@@ -94,13 +118,18 @@ class Membership:
     # -- transport callbacks -------------------------------------------------------------
     def _hello(self):
         return {"pnn": self.pnn, "address": self.address, "instance": self.instance,
-                "nodes_digest": self.digest, "agent_version": __version__}
+                "nodes_digest": self.digest, "agent_version": __version__,
+                "guard": bool(self.guarded()), "acks": True}
 
     def _on_link_up(self, pnn, hello):
         peer = self.peers.get(pnn)
         if peer is None:  # deleted by reloadnodes meanwhile
             return
         peer.link_up = True
+        peer.guarded = hello.get("guard") is True
+        peer.acks = hello.get("acks") is True
+        peer.acked = None
+        peer.released = False
         peer.instance = hello["instance"]
         peer.state = None
         peer.last_heard = self.clock()
@@ -116,8 +145,14 @@ class Membership:
         peer.link_up = False
         peer.state = None
         peer.down_since = self.clock()
+        peer.acked = None
+        if peer.guarded and self.transport.clean_close.get(pnn):
+            peer.released = True
+        if peer.released:
+            peer.released_at = peer.down_since
         if was:
-            log.warning("node %d (%s) is DISCONNECTED: %s", pnn, peer.address, reason)
+            log.warning("node %d (%s) is DISCONNECTED: %s%s", pnn, peer.address, reason,
+                        "; its addresses are gone" if peer.released else "")
         for callback in self.link_lost:
             callback(pnn, reason)
         self._on_change()
@@ -133,10 +168,22 @@ class Membership:
         if frame.type == frames.MsgType.STATE:
             old = peer.state
             peer.state = p
-            if old is None or any(old.get(k) != v for k, v in p.items() if k != "connected"):
+            if peer.acks and isinstance(p.get("ts"), (int, float)):
+                self.transport.send(pnn, frames.MsgType.ACK, {
+                    "pnn": self.pnn, "instance": self.instance, "ts": p["ts"]})
+            if old is None or any(old.get(k) != v for k, v in p.items()
+                                  if k not in ("connected", "ts")):
                 self._on_change()
+        elif frame.type == frames.MsgType.ACK:
+            ts = float(p["ts"])
+            if ts <= self.clock() + 1.0 and (peer.acked is None or ts > peer.acked):
+                peer.acked = ts
+                for callback in self.on_ack:
+                    callback()
         elif frame.type == frames.MsgType.BYE:
             log.info("node %d is shutting down", pnn)
+            peer.released = p.get("released") is True
+            peer.released_at = self.clock()
             self.transport.drop(pnn, "node shut down")
         else:
             handler = self.frame_handlers.get(frame.type)
@@ -198,6 +245,28 @@ class Membership:
                 leader_capable=bool(st.get("leader_capable", True))))
         return tuple(views)
 
+    def lease_inputs(self, released_for) -> tuple:
+        """``(acks, released_until)`` of the connected and the released peers, for
+        :func:`pyctdb.rules.lease.expiry`; a released peer counts for ``released_for``
+        seconds after it went."""
+        acks = [p.acked for p in self.peers.values() if p.link_up and p.acked is not None]
+        released = [p.released_at + released_for for p in self.peers.values()
+                    if not p.link_up and p.released]
+        return acks, released
+
+    def held(self, now) -> dict:
+        """{pnn: until when} of the peers that are down but may still serve their
+        addresses (address fencing): neither released nor silent for KeepaliveInterval
+        x KeepaliveLimit + :data:`FENCE_MARGIN`, after which a peer's guard (or the peer
+        itself) has dropped them."""
+        out = {}
+        for p in self.peers.values():
+            if not p.link_up and not p.released:
+                until = p.last_heard + self.keepalive_window + FENCE_MARGIN
+                if until > now:
+                    out[p.pnn] = until
+        return out
+
     # -- keepalive -----------------------------------------------------------------------
     def silent_deadline(self):
         """When the first connected peer would count as silent (None: no peer is
@@ -234,9 +303,14 @@ class Membership:
         changed = self._last_sent is None or any(
             payload[k] != self._last_sent.get(k) for k in payload if k != "connected")
         if force or changed or now - self._last_sent_at >= self.keepalive_interval:
+            # (the send time, echoed by the peers' ACKs: this node's lease; the real
+            # time, not the cycle's ``now``, which may be older)
+            payload["ts"] = self.clock()
             self.transport.broadcast(frames.MsgType.STATE, payload)
             self._last_sent = payload
             self._last_sent_at = now
+            for callback in self.on_keepalive:
+                callback(now)
 
     # -- the nodes list ------------------------------------------------------------------
     def reload_nodes(self, new_nodes):

@@ -55,6 +55,27 @@ BACKOFF_MIN = 0.05
 BACKOFF_MAX = 1.0
 
 
+def _reset(writer):
+    """Close a link's connection (``writer``: its StreamWriter or asyncio transport)
+    with a reset (RST), never a clean end of stream: a clean end of stream from a
+    guarded node means its guard has dropped its addresses (:mod:`pyctdb.server.guard`),
+    which a deliberate close must not say."""
+    transport = writer.transport if hasattr(writer, "transport") else writer
+    if transport.is_closing():
+        transport.abort()
+        return
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        except (OSError, ValueError):  # (ValueError: uvloop's, for a closed socket)
+            pass
+    transport.abort()
+
+
+_LINGER_RESET = (1).to_bytes(4, "little") + (0).to_bytes(4, "little")  # struct linger {1, 0}
+
+
 def _norm(addr: str) -> str:
     ip = ipaddress.ip_address(addr.split("%")[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
@@ -253,6 +274,7 @@ class _FrameProtocol(asyncio.Protocol):
         self.reader = reader
         self.running = running
         self.done = asyncio.get_running_loop().create_future()
+        self.eof = False  # the peer ended the stream cleanly
 
     def data_received(self, data):
         if self.done.done():
@@ -274,9 +296,13 @@ class _FrameProtocol(asyncio.Protocol):
                 self.done.set_result(None)
             else:
                 self.done.set_exception(exc)
-        self.transport.close()
+        if exc is None and (self.eof or not self.running()):
+            self.transport.close()
+        else:  # (a deliberate close: a reset, see _reset)
+            _reset(self.transport)
 
     def eof_received(self):
+        self.eof = True
         self._end(None)
 
     def connection_lost(self, exc):
@@ -371,6 +397,11 @@ class Transport:
         self.keys = KeyRing(keys, key_file)
         self._handshakes = {}  # source address -> connections in their handshake
         self._handshaking = 0
+        #: told of every link connection: ``opened(pnn, dir, socket)`` and
+        #: ``closed(pnn, dir)`` (dir "in" or "out"): the node's guard
+        self.link_sockets = None
+        #: pnn -> whether its link last ended with a clean end of stream from the peer
+        self.clean_close = {}
 
     @property
     def authenticated(self) -> bool:
@@ -422,9 +453,11 @@ class Transport:
         self._running = False
         if bye_payload is not None:
             self.broadcast(wire.MsgType.BYE, bye_payload)
-        for w in list(self._out.values()):
+        for pnn, w in list(self._out.items()):
+            self._closed(pnn, "out")
             await self._close_writer(w, drain=bye_payload is not None)
-        for w, _ in list(self._in.values()):
+        for pnn, (w, _) in list(self._in.items()):
+            self._closed(pnn, "in")
             await self._close_writer(w)
         if self._server is not None:
             self._server.close()
@@ -510,11 +543,31 @@ class Transport:
         self._sealers.pop(pnn, None)
         w = self._out.pop(pnn, None)
         if w is not None:
-            w.close()
+            self._closed(pnn, "out")
+            _reset(w)
         entry = self._in.pop(pnn, None)
         if entry is not None:
-            entry[0].close()
+            self._closed(pnn, "in")
+            _reset(entry[0])
+        self.clean_close[pnn] = False
         self._update(pnn, reason)
+
+    def _opened(self, pnn, direction, writer):
+        if self.link_sockets is not None:
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                self.link_sockets.opened(pnn, direction, sock)
+
+    def _ended(self, pnn, direction, writer, clean):
+        """A link connection ended (``clean``: by the peer's clean end of stream)."""
+        self._closed(pnn, direction)
+        _reset(writer)
+        self.clean_close[pnn] = clean
+        self._update(pnn, "connection closed by the peer" if clean else "connection reset")
+
+    def _closed(self, pnn, direction):
+        if self.link_sockets is not None:
+            self.link_sockets.closed(pnn, direction)
 
     # -- link state ----------------------------------------------------------------------
     def _update(self, pnn, reason=""):
@@ -547,6 +600,7 @@ class Transport:
             if sock is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             connected_at = time.monotonic()
+            clean = False
             try:
                 sealer = await self._connect_handshake(pnn, reader, writer)
                 if sealer is not False:
@@ -554,10 +608,11 @@ class Transport:
                     if sealer is not None:
                         self._sealers[pnn] = sealer
                     log.debug("connected to node %d (%s:%d)", pnn, addr, self.port)
+                    self._opened(pnn, "out", writer)
                     self._update(pnn)
                     # The peer never sends on this connection (after the handshake): any
                     # byte or EOF ends it.
-                    await reader.read(1)
+                    clean = await reader.read(1) == b""
             except (OSError, asyncio.IncompleteReadError):
                 pass
             except asyncio.CancelledError:
@@ -567,8 +622,7 @@ class Transport:
                 if self._out.get(pnn) is writer:
                     del self._out[pnn]
                     self._sealers.pop(pnn, None)
-                    writer.close()
-                    self._update(pnn, "connection closed")
+                    self._ended(pnn, "out", writer, clean)
                 else:
                     writer.close()
             if time.monotonic() - connected_at > 1.0:
@@ -655,6 +709,7 @@ class Transport:
             return
         self._in_tasks.add(task)
         pnn = None
+        clean = False
         try:
             self._handshaking += 1
             self._handshakes[src] = self._handshakes.get(src, 0) + 1
@@ -678,8 +733,10 @@ class Transport:
                     self._handshakes[src] = left
             old = self._in.get(pnn)
             if old is not None:
-                old[0].close()
+                self._closed(pnn, "in")
+                _reset(old[0])
             self._in[pnn] = (writer, hello)
+            self._opened(pnn, "in", writer)
             if pnn not in self._out:
                 self._wake.setdefault(pnn, asyncio.Event()).set()
             if pnn in self._up:
@@ -687,7 +744,7 @@ class Transport:
                 self._up.discard(pnn)
                 self._on_link_down(pnn, "peer reconnected")
             self._update(pnn)
-            await self._serve_frames(reader, writer, pnn, opener)
+            clean = await self._serve_frames(reader, writer, pnn, opener)
         except wire.ProtocolError as exc:
             self.stats["dropped_bad_frames"] += 1
             self._complain(logging.WARNING, ("bad-frame", pnn),
@@ -701,10 +758,11 @@ class Transport:
             log.exception("unexpected error on connection from %s", src)
         finally:
             self._in_tasks.discard(task)
-            writer.close()
             if pnn is not None and self._in.get(pnn, (None,))[0] is writer:
                 del self._in[pnn]
-                self._update(pnn, "connection closed")
+                self._ended(pnn, "in", writer, clean)
+            else:
+                writer.close()
 
     async def _accept_handshake(self, reader, writer, src):
         """The acceptor's side of a new connection's handshake: ``(pnn, hello, opener)``
@@ -755,7 +813,8 @@ class Transport:
     async def _serve_frames(self, reader, writer, pnn, opener=None):
         """Hand node ``pnn``'s connection over to a :class:`_FrameProtocol` (with what
         the StreamReader holds already) and wait until it ends. ``opener``: the
-        connection's :class:`auth.Opener` (authenticated transport)."""
+        connection's :class:`auth.Opener` (authenticated transport). Returns whether the
+        peer ended it with a clean end of stream."""
         transport = writer.transport
         frame_reader = (FrameReader(pnn, self.max_payload, self._on_frame, self.stats)
                         if opener is None else
@@ -772,6 +831,7 @@ class Transport:
         else:
             transport.resume_reading()  # (the StreamReader may have paused it)
         await proto.done
+        return proto.eof
 
     def _check_hello(self, hello, src) -> int:
         pnn = hello["pnn"]

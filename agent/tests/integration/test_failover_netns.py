@@ -7,6 +7,7 @@ addresses over TCP. Needs root and iproute2 (the CI machine has both).
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -475,10 +476,22 @@ def test_reloadips_applies_the_file_difference(lab_cluster):
     assert hosts_of(lab) == h
 
 
+def kill_with_guard(c, pnn):
+    """SIGKILL the agent and its guard (pyctdb.server.guard) together, as a killed
+    control group would be: nothing drops the addresses."""
+    pid = c.procs[pnn].pid
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        children = [int(x) for x in f.read().split()]
+    for child in children:
+        os.kill(child, signal.SIGKILL)
+    c.kill(pnn)
+
+
 def test_killed_agent_leaves_no_runtime_address_behind(lab_cluster):
     """An address added with addip is not in the public_addresses file; the agent records
-    what it hosts, so --drop-public-ips after a SIGKILL removes it too, and so does the
-    next agent when it starts without --drop-public-ips having run."""
+    what it hosts, so --drop-public-ips after a SIGKILL (of the agent and its guard: see
+    test_fencing_netns.py for the guard) removes it too, and so does the next agent when
+    it starts without --drop-public-ips having run."""
     c, lab = lab_cluster
     wait_all_hosted(c, lab)
     leader = c.status(0)["leader"]
@@ -489,7 +502,7 @@ def test_killed_agent_leaves_no_runtime_address_behind(lab_cluster):
     assert hosts_of(lab).get(new) == [victim]
     with open(record) as f:
         assert {"address": new, "prefix": 24, "interface": "eth0"} in json.load(f)["addresses"]
-    c.kill(victim)  # SIGKILL: the address stays on the interface
+    kill_with_guard(c, victim)  # SIGKILL: the address stays on the interface
     assert hosts_of(lab).get(new) == [victim]
     r = drop_public_ips(c, lab, victim)
     assert r.returncode == 0, r.stderr
@@ -502,7 +515,7 @@ def test_killed_agent_leaves_no_runtime_address_behind(lab_cluster):
     # killed again, and started again without --drop-public-ips in between
     assert c.cli(victim, "addip", f"{new}/24", "eth0").returncode == 0
     assert hosts_of(lab).get(new) == [victim]
-    c.kill(victim)
+    kill_with_guard(c, victim)
     c.start_node(victim)
     c.wait_for(lambda: new not in hosts_of(lab), 15, what=f"{new} removed by the new agent")
     assert f"{new} (recorded in {record}) was on eth0" in c.log(victim)

@@ -1,0 +1,169 @@
+"""Address fencing between real agents in network namespaces: an address is never
+configured on two hosts, whether its node's agent is killed, paused or cut off.
+
+A watcher reads every host's addresses every ~20 ms for the whole fault; any address
+seen on two hosts in one sweep fails the test. Needs root and iproute2.
+"""
+
+import os
+import threading
+import time
+
+import pytest
+
+from pyctdb.testing.localcluster import LocalCluster
+from pyctdb.testing.netns import NetnsLab
+
+pytestmark = [pytest.mark.timeout(240),
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")]
+
+NPUB = 6
+WINDOW = 0.6  # KeepaliveInterval 0.2 x KeepaliveLimit 3
+
+
+class Watcher:
+    """Sweeps every host's public addresses in a thread: ``doubles`` lists each sweep
+    that saw one address on two hosts; ``hosts(addr)`` the hosts of the last sweep."""
+
+    def __init__(self, lab, pubs):
+        self.lab, self.pubs = lab, set(pubs)
+        self.doubles, self.sweeps, self.last = [], 0, {}
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        t0 = time.monotonic()
+        while not self._stop.is_set():
+            seen = {}
+            for i in range(self.lab.hosts):
+                for a in set(self.lab.addresses(i)) & self.pubs:
+                    seen.setdefault(a, []).append(i)
+            self.last = seen
+            for a, hs in seen.items():
+                if len(hs) > 1:
+                    self.doubles.append((round(time.monotonic() - t0, 3), a, hs))
+            self.sweeps += 1
+            time.sleep(0.02)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+@pytest.fixture
+def fenced(tmp_path):
+    lab = NetnsLab(3).create()
+    try:
+        pubs = [lab.public_address(j) for j in range(NPUB)]
+        c = LocalCluster(3, base_dir=tmp_path / "c", lab=lab,
+                         public_addresses="".join(f"{a}/24 eth0\n" for a in pubs),
+                         tunables={"KeepaliveInterval": "0.2", "KeepaliveLimit": "3"})
+        with c:
+            c.start()
+            c.wait_healthy(60)
+            c.wait_for(lambda: placed(lab, pubs) is not None, 30,
+                       what="every address on exactly one host")
+            yield c, lab, pubs
+    finally:
+        lab.destroy()
+
+
+def placed(lab, pubs, exclude=()):
+    """{address: host} when every address is on exactly one host (outside
+    ``exclude``), else None."""
+    where = {}
+    for i in range(lab.hosts):
+        if i in exclude:
+            continue
+        for a in set(lab.addresses(i)) & set(pubs):
+            if a in where:
+                return None
+            where[a] = i
+    return where if len(where) == len(pubs) else None
+
+
+def victim_of(c, lab, pubs):
+    where = placed(lab, pubs)
+    leader = c.status(0)["leader"]
+    victim = next(p for p in range(3) if p != leader and p in where.values())
+    return victim, [a for a, h in where.items() if h == victim]
+
+
+def test_a_killed_agent_s_guard_drops_its_addresses_before_they_move(fenced):
+    """SIGKILL, and no ``--drop-public-ips`` after it: the guard removes the
+    addresses, then closes the links cleanly, and only then do the peers move them —
+    at once, not after the keepalive limit."""
+    c, lab, pubs = fenced
+    victim, had = victim_of(c, lab, pubs)
+    with Watcher(lab, pubs) as w:
+        t0 = time.monotonic()
+        c.kill(victim)
+        c.wait_for(lambda: not set(lab.addresses(victim)) & set(pubs), 5,
+                   what="the killed node's addresses removed by its guard")
+        c.wait_for(lambda: placed(lab, pubs, exclude=(victim,)) is not None, 10,
+                   what="the killed node's addresses on the others")
+        moved = time.monotonic() - t0
+    assert not w.doubles, w.doubles
+    assert "guard: the agent exited: removed" in c.log(victim)
+    assert "its addresses are gone" in c.log(c.status(0 if victim else 1)["leader"])
+    # (the guard's clean close says the addresses are gone: no wait for the keepalive)
+    assert moved < 3.0, moved
+    print(f"{had} moved in {moved:.3f} s, {w.sweeps} sweeps")
+    c.start_node(victim)
+    c.wait_healthy(30)
+
+
+def test_a_paused_agent_s_guard_drops_its_addresses_before_they_move(fenced):
+    """SIGSTOP: the guard drops the addresses when the agent misses its keepalive
+    deadline, the majority moves them; after SIGCONT the node rejoins."""
+    c, lab, pubs = fenced
+    victim, had = victim_of(c, lab, pubs)
+    with Watcher(lab, pubs) as w:
+        t0 = time.monotonic()
+        c.pause(victim)
+        try:
+            c.wait_for(lambda: not set(lab.addresses(victim)) & set(pubs), 5,
+                       what="the paused node's addresses removed by its guard")
+            dropped = time.monotonic() - t0
+            c.wait_for(lambda: placed(lab, pubs, exclude=(victim,)) is not None, 10,
+                       what="the paused node's addresses on the others")
+            moved = time.monotonic() - t0
+            time.sleep(1.0)
+        finally:
+            c.resume(victim)
+        c.wait_healthy(30)
+        c.wait_for(lambda: placed(lab, pubs) is not None, 20, what="every address placed")
+    assert not w.doubles, w.doubles
+    assert "missed its keepalive deadline" in c.log(victim)
+    assert dropped < WINDOW + 2.0, dropped
+    print(f"{had}: dropped at {dropped:.3f} s, moved at {moved:.3f} s, {w.sweeps} sweeps")
+
+
+def test_a_cut_off_node_drops_its_addresses_before_the_majority_takes_them(fenced):
+    """Its link cut (no resets): its lease ends a keepalive window after the last
+    keepalive the majority acknowledged, and it drops its addresses; the majority takes
+    them a margin later. Never on two hosts."""
+    c, lab, pubs = fenced
+    victim, had = victim_of(c, lab, pubs)
+    with Watcher(lab, pubs) as w:
+        t0 = time.monotonic()
+        lab.link(victim, up=False)
+        try:
+            c.wait_for(lambda: not set(lab.addresses(victim)) & set(pubs), 10,
+                       what="the cut-off node dropping its addresses")
+            dropped = time.monotonic() - t0
+            c.wait_for(lambda: placed(lab, pubs, exclude=(victim,)) is not None, 10,
+                       what="the majority serving every address")
+            moved = time.monotonic() - t0
+        finally:
+            lab.link(victim, up=True)
+        c.wait_healthy(30)
+        c.wait_for(lambda: placed(lab, pubs) is not None, 20, what="every address placed")
+    assert not w.doubles, w.doubles
+    assert "lease ended" in c.log(victim)
+    assert dropped <= moved
+    print(f"{had}: dropped at {dropped:.3f} s, moved at {moved:.3f} s, {w.sweeps} sweeps")

@@ -1,0 +1,71 @@
+"""The lease rule (pyctdb.rules.lease) and the leader's hold on a down node's addresses
+(Membership.held): the two halves of address fencing, without a network."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from pyctdb.rules import lease
+from pyctdb.server.membership import FENCE_MARGIN, Membership, Peer
+
+W = 1.5  # KeepaliveInterval 0.5 x KeepaliveLimit 3
+
+
+@pytest.mark.parametrize("total,need", [(1, 0), (2, 1), (3, 1), (4, 2), (5, 2), (8, 4)])
+def test_a_majority_needs_half_the_nodes_as_peers(total, need):
+    assert lease.majority_peers(total) == need
+    assert 2 * (1 + need) > total and 2 * need <= total
+
+
+def test_one_node_needs_nobody_and_a_lock_leader_is_unbounded():
+    assert lease.expiry(total=1, acks=[], window=W) is None
+    assert lease.expiry(total=3, acks=[], window=W, unbounded=True) is None
+
+
+def test_the_lease_ends_a_window_after_the_newest_keepalive_a_majority_acknowledged():
+    # 5 nodes: two peers must have acknowledged; the second newest counts
+    assert lease.expiry(total=5, acks=[10.0, 12.0, 11.0], window=W) == 11.0 + W
+    assert lease.expiry(total=3, acks=[10.0, 12.0], window=W) == 12.0 + W
+
+
+def test_too_few_acknowledgements_is_no_lease():
+    assert lease.expiry(total=5, acks=[10.0], window=W) == lease.NO_LEASE
+    assert lease.expiry(total=2, acks=[], window=W) == lease.NO_LEASE
+
+
+def test_a_released_peer_counts_until_its_time():
+    # two-node cluster, the peer died with its guard: the survivor keeps its lease
+    assert lease.expiry(total=2, acks=[], window=W, released_until=[20.0]) == 20.0
+    # a live acknowledgement later than that wins
+    assert lease.expiry(total=2, acks=[19.0], window=W, released_until=[20.0]) == 19.0 + W
+
+
+def _membership(peers, now):
+    m = Membership.__new__(Membership)
+    m.peers = {p.pnn: p for p in peers}
+    m.tunables = SimpleNamespace(get=lambda name: {"KeepaliveInterval": 0.5,
+                                                   "KeepaliveLimit": 3}[name])
+    m.clock = lambda: now
+    return m
+
+
+def test_the_leader_holds_a_down_node_until_its_deadline_plus_the_margin():
+    now = 100.0
+    gone = Peer(1, "a", link_up=False, last_heard=99.0)  # silent 1 s: held
+    old = Peer(2, "b", link_up=False, last_heard=90.0)  # silent 10 s: fenced
+    up = Peer(3, "c", link_up=True, last_heard=99.9)
+    released = Peer(4, "d", link_up=False, last_heard=99.9, released=True)  # its guard
+    m = _membership([gone, old, up, released], now)
+    assert m.held(now) == {1: pytest.approx(99.0 + W + FENCE_MARGIN)}
+    assert m.held(99.0 + W + FENCE_MARGIN + 0.001) == {}
+
+
+def test_lease_inputs_count_connected_acks_and_released_peers():
+    a = Peer(1, "a", link_up=True, acked=5.0)
+    b = Peer(2, "b", link_up=True, acked=None)
+    c = Peer(3, "c", link_up=False, acked=None, released=True, released_at=7.0)
+    d = Peer(4, "d", link_up=False, acked=6.0)  # (down: its old acknowledgement is void)
+    m = _membership([a, b, c, d], 10.0)
+    assert m.lease_inputs(4.75) == ([5.0], [11.75])
