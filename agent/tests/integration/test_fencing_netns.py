@@ -167,3 +167,34 @@ def test_a_cut_off_node_drops_its_addresses_before_the_majority_takes_them(fence
     assert "lease ended" in c.log(victim)
     assert dropped <= moved
     print(f"{had}: dropped at {dropped:.3f} s, moved at {moved:.3f} s, {w.sweeps} sweeps")
+
+
+def test_a_paused_leader_loses_the_lock_and_a_new_leader_takes_over(fenced):
+    """SIGSTOP of the leader: its guard drops its addresses and kills its cluster lock
+    helper, so the majority elects a new leader that takes the lock and the addresses
+    (before, a paused leader kept its fcntl lock for the whole pause and nothing moved).
+    After SIGCONT the old leader finds its lock gone and follows."""
+    c, lab, pubs = fenced
+    leader = c.status(0)["leader"]
+    others = [p for p in range(3) if p != leader]
+    with Watcher(lab, pubs) as w:
+        t0 = time.monotonic()
+        c.pause(leader)
+        try:
+            c.wait_for(lambda: all(c.status(p)["leader"] in others for p in others)
+                       and len({c.status(p)["leader"] for p in others}) == 1, 15,
+                       what="a new leader on the majority side")
+            elected = time.monotonic() - t0
+            new = c.status(others[0])["leader"]
+            assert c.status(new)["cluster_lock"]["held"]
+            c.wait_for(lambda: placed(lab, pubs, exclude=(leader,)) is not None, 10,
+                       what="the paused leader's addresses on the others")
+            moved = time.monotonic() - t0
+        finally:
+            c.resume(leader)
+        c.wait_healthy(30)
+        c.wait_for(lambda: placed(lab, pubs) is not None, 20, what="every address placed")
+    assert not w.doubles, w.doubles
+    assert "killed the cluster lock helper" in c.log(leader)
+    assert c.status(leader)["leader"] == new
+    print(f"new leader {new} at {elected:.3f} s, addresses moved at {moved:.3f} s")
