@@ -95,8 +95,11 @@ class Leadership:
                 self._led_with_quorum = True
         elif self._minority_since is None:
             self._minority_since = now
-        minority_expired = (self._minority_since is not None
-                            and now - self._minority_since > self.leader_timeout)
+        # (no need to give a majority a head start when every missing node is known to
+        # be gone: its guard closed its links, or it said BYE)
+        minority_expired = self._minority_since is not None and (
+            now - self._minority_since > self.leader_timeout
+            or self.membership.missing_all_released())
         return election.ElectionInput(
             me=self.view.pnn, my_flags=self.view.my_flags,
             my_leader_capable=self.leader_capable, am_leader=self.view.am_leader,

@@ -254,6 +254,11 @@ class Membership:
                     if not p.link_up and p.released]
         return acks, released
 
+    def missing_all_released(self) -> bool:
+        """Every peer whose link is down is known to have dropped its addresses and
+        stopped (its guard closed its links, or it said BYE)."""
+        return all(p.released for p in self.peers.values() if not p.link_up)
+
     def held(self, now) -> dict:
         """{pnn: until when} of the peers that are down but may still serve their
         addresses (address fencing): neither released nor silent for KeepaliveInterval

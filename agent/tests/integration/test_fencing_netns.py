@@ -198,3 +198,42 @@ def test_a_paused_leader_loses_the_lock_and_a_new_leader_takes_over(fenced):
     assert "killed the cluster lock helper" in c.log(leader)
     assert c.status(leader)["leader"] == new
     print(f"new leader {new} at {elected:.3f} s, addresses moved at {moved:.3f} s")
+
+
+def test_two_nodes_the_survivor_of_a_killed_leader_keeps_serving_and_leads(tmp_path):
+    """Two nodes, the leader killed: its guard says its addresses are gone, so the
+    survivor keeps its lease (it cannot hear a majority) and its own addresses the whole
+    time, leads without waiting out the leader timeout, and takes the others."""
+    lab = NetnsLab(2).create()
+    try:
+        pubs = [lab.public_address(j) for j in range(4)]
+        c = LocalCluster(2, base_dir=tmp_path / "c", lab=lab,
+                         public_addresses="".join(f"{a}/24 eth0\n" for a in pubs),
+                         tunables={"KeepaliveInterval": "0.2", "KeepaliveLimit": "3"})
+        with c:
+            c.start()
+            c.wait_healthy(60)
+            c.wait_for(lambda: placed(lab, pubs) is not None
+                       and len(set(placed(lab, pubs).values())) == 2, 30,
+                       what="the addresses on both hosts")
+            leader = c.status(0)["leader"]
+            survivor = 1 - leader
+            own = {a for a, h in placed(lab, pubs).items() if h == survivor}
+            lost = []
+            with Watcher(lab, pubs) as w:
+                t0 = time.monotonic()
+                c.kill(leader)
+                while time.monotonic() - t0 < 6.0:
+                    if own - set(lab.addresses(survivor)):
+                        lost.append(round(time.monotonic() - t0, 3))
+                    time.sleep(0.02)
+                leads = c.status(survivor)["leader"] == survivor
+            assert not w.doubles, w.doubles
+            assert not lost, lost  # its own addresses never left it
+            assert leads
+            assert placed(lab, pubs, exclude=(leader,)) is not None
+            log = c.log(survivor)
+            assert "lease ended" not in log
+            assert "giving the majority a head start" not in log.split("DISCONNECTED")[-1]
+    finally:
+        lab.destroy()
