@@ -2,7 +2,9 @@
 # Install everything pyctdb's demo and tests need on a fresh Debian 12 machine.
 # Idempotent: re-running it only installs what is missing.
 # - Debian packages: podman (only when no Docker engine answers), runc, debootstrap, iproute2,
-#   ctdb (Samba's CTDB: the tests compare pyctdb's IP allocation with the real one)
+#   ctdb (Samba's CTDB: the tests compare pyctdb's IP allocation with the real one),
+#   etcd-server and etcd-client (the cluster lock on etcd: a 3-member etcd cluster in the
+#   tests), python3-etcd (CTDB's ctdb_etcd_lock imports it) and python3-etcd3
 # - Python packages into a virtualenv at ${PYCTDB_VENV:-.venv}
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -10,7 +12,7 @@ VENV="${PYCTDB_VENV:-$here/.venv}"
 export DEBIAN_FRONTEND=noninteractive
 
 need_apt=()
-for pkg in debootstrap iproute2 rsync ctdb; do
+for pkg in debootstrap iproute2 rsync ctdb etcd-server etcd-client python3-etcd python3-etcd3; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 docker_engine=0
