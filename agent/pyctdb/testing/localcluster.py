@@ -374,6 +374,25 @@ class LocalCluster:
         """Stop one agent cleanly (SIGTERM)."""
         self.kill(pnn, signal.SIGTERM)
 
+    def guard_pid(self, pnn):
+        """The pid of the agent's guard process (pyctdb.server.guard), or None."""
+        p = self.procs.get(pnn)
+        if p is None or p.poll() is not None:
+            return None
+        try:
+            with open(f"/proc/{p.pid}/task/{p.pid}/children") as f:
+                children = [int(x) for x in f.read().split()]
+        except OSError:
+            return None
+        for child in children:
+            try:
+                with open(f"/proc/{child}/cmdline", "rb") as f:
+                    if b"pyctdb.server.guard" in f.read():
+                        return child
+            except OSError:
+                continue
+        return None
+
     def pause(self, pnn):
         """SIGSTOP: the agent goes silent without its connections breaking."""
         self.kill(pnn, signal.SIGSTOP, wait=False)

@@ -206,6 +206,10 @@ def test_silent_node_dropped_after_keepalive_limit(tmp_path):
         c.wait_healthy(30)
         leader = c.status(0)["leader"]
         victim = next(p for p in range(3) if p != leader)
+        # (its guard paused too: else the guard closes its links at its deadline, and the
+        # peers see that instead of the silence: test_fencing_netns.py)
+        guard = c.guard_pid(victim)
+        os.kill(guard, signal.SIGSTOP)
         c.pause(victim)
         try:
             others = [p for p in range(3) if p != victim]
@@ -216,6 +220,7 @@ def test_silent_node_dropped_after_keepalive_limit(tmp_path):
             assert "silent for" in c.log(others[0])
         finally:
             c.resume(victim)
+            os.kill(guard, signal.SIGCONT)
         c.wait_healthy(30)
 
 

@@ -479,11 +479,7 @@ def test_reloadips_applies_the_file_difference(lab_cluster):
 def kill_with_guard(c, pnn):
     """SIGKILL the agent and its guard (pyctdb.server.guard) together, as a killed
     control group would be: nothing drops the addresses."""
-    pid = c.procs[pnn].pid
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        children = [int(x) for x in f.read().split()]
-    for child in children:
-        os.kill(child, signal.SIGKILL)
+    os.kill(c.guard_pid(pnn), signal.SIGKILL)
     c.kill(pnn)
 
 
