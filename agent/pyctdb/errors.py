@@ -75,6 +75,35 @@ class FrozenError(PyctdbError, RuntimeError):
     code = "EAGAIN"
 
 
+class TransactionInDoubt(PyctdbError):
+    """A persistent transaction whose outcome this node could not learn: an attempt of it
+    may have been applied (a commit round cut by a node's death, a lost link to the
+    coordinator, a control that timed out) and no recovery has decided since, within the
+    time the requester waits (docs/databases.md, "Transaction answers"). Not a failure:
+    it may be committed. Code EINPROGRESS; ``txid`` is the transaction's id."""
+
+    code = "EINPROGRESS"
+
+    def __init__(self, message="", txid=None):
+        super().__init__(message)
+        self.txid = txid
+
+
+class RecordBusy(PyctdbError):
+    """A volatile record could not be handed over: a client holds it locked on its
+    DMASTER (a migration's contention). Code EBUSY: the migration is tried again."""
+
+    code = "EBUSY"
+
+
+class RecordMoved(PyctdbError):
+    """A migration step asked of the wrong node: this node is no longer the record's
+    DMASTER, or no longer the key's LMASTER (the vnn map changed). Code EAGAIN: the
+    requester asks again where the record is now."""
+
+    code = "EAGAIN"
+
+
 class UsageError(PyctdbError):
     """A command line the tool cannot run (exit code 2 in CTDB's tool: see the CLI)."""
 

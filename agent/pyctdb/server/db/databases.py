@@ -110,11 +110,9 @@ class Databases:
         return st, meta
 
     def usable_ctl(self, name):
-        """:meth:`usable` for a control's handler (its failure: the control's error)."""
-        try:
-            return self.usable(name)
-        except DbError as exc:
-            raise RuntimeError(exc.message) from None
+        """:meth:`usable` for a control's handler: its DbError is the control's answer
+        (its code and message, no traceback)."""
+        return self.usable(name)
 
     def dbmap(self):
         out = []
@@ -144,7 +142,7 @@ class Databases:
                     raise ValueError(f"db_id 0x{want:08x} of {name!r} collides with {other!r}")
         st = self.stores[bool(persistent)]
         if not st.available:
-            raise RuntimeError(st.error)
+            raise StoreError(st.error)
         meta = await st.create(name, want)
         log.warning("attached %s database %s (db_id 0x%08x)", st.kind, name, want)
         return meta
@@ -158,7 +156,7 @@ class Databases:
             meta = await self.ensure(name, persistent)
         except ValueError as exc:
             raise DbError("EINVAL", str(exc)) from None
-        except RuntimeError as exc:
+        except StoreError as exc:
             raise DbError("EIO", str(exc)) from None
         others = [m for m in self.members() if m != self.pnn]
         res = await asyncio.gather(*(self.cluster.control(

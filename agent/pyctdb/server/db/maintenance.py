@@ -19,6 +19,7 @@ from pyctdb.protocol import backup as backup_file
 from pyctdb.rules import nodeflags
 from pyctdb.rules import records as record_rules
 from pyctdb.server.cluster import RECMODE_ACTIVE
+from pyctdb.server.db.backend import StoreError
 from pyctdb.server.db.wire import STEP_RECORDS, cooperative, from_wire, wire_frames
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ class Maintenance:
                               f"is of a {'persistent' if bk.persistent else 'volatile'} one")
         try:
             await dbs.ensure(target, bk.persistent)
-        except (ValueError, RuntimeError) as exc:
+        except (ValueError, StoreError) as exc:
             raise self._error("EIO", str(exc)) from None
         st, meta = dbs.find(target)
         seqnum = None

@@ -12,7 +12,8 @@ import logging
 import secrets
 import time
 
-from pyctdb.errors import ControlError, DbError, PyctdbError
+from pyctdb.errors import (ControlError, DbError, FrozenError, PyctdbError, RecordBusy,
+                           RecordMoved)
 from pyctdb.rules import records as record_rules
 from pyctdb.server import tasks
 from pyctdb.server.db.wire import b64, handover, rec_from_wire, rec_to_wire, unb64
@@ -129,9 +130,11 @@ class Migration:
                 got = got.replace(dmaster=self.pnn)
                 await st.store(name, key, got, check=dbs.check_epoch(epoch))
                 return got, epoch
-            except (ControlError, Retry, RuntimeError, asyncio.TimeoutError) as exc:
-                if time.monotonic() + delay > deadline:
-                    raise DbError("EAGAIN", f"cannot migrate record {key!r} of {name} to "
+            except (ControlError, Retry, RecordBusy, RecordMoved, FrozenError,
+                    asyncio.TimeoutError) as exc:  # (contention: tried again)
+                if time.monotonic() + delay > deadline:  # (EBUSY: still locked there)
+                    raise DbError("EBUSY" if getattr(exc, "code", None) == "EBUSY"
+                                  else "EAGAIN", f"cannot migrate record {key!r} of {name} to "
                                   f"node {self.pnn}: {exc}") from None
                 log.debug("migration of %r in %s: %s (retrying)", key, name, exc)
                 await asyncio.sleep(delay)
@@ -158,7 +161,8 @@ class Migration:
                     try:
                         await self.client_locks.acquire((name, key), GIVE_LOCK_WAIT)
                     except asyncio.TimeoutError:
-                        raise RuntimeError("record is locked on its dmaster") from None
+                        raise RecordBusy(f"record {key!r} of {name} is locked on its "
+                                         f"dmaster (node {self.pnn})") from None
                 try:
                     rec = await st.modify(name, key, handover(to, self.pnn),
                                           check=dbs.check_epoch(epoch))
@@ -196,7 +200,8 @@ class Migration:
         name, key, to = args["db"], unb64(args["key"]), int(args["to"])
         st, _ = self.dbs.usable_ctl(name)
         if record_rules.lmaster(key, self.cluster.vnnmap) != self.pnn:
-            raise RuntimeError("not the lmaster of this key (vnn map changed)")
+            raise RecordMoved(f"node {self.pnn} is not the lmaster of {key!r} (vnn map "
+                              "changed)")
         rec = await self._lmaster_migrate(st, name, key, to)
         return rec_to_wire(key, rec)
 
@@ -209,7 +214,8 @@ class Migration:
         try:
             await self.client_locks.acquire((name, key), GIVE_LOCK_WAIT)
         except asyncio.TimeoutError:
-            raise RuntimeError("record is locked on its dmaster") from None
+            raise RecordBusy(f"record {key!r} of {name} is locked on its dmaster "
+                             f"(node {self.pnn})") from None
         try:
             rec = await st.modify(name, key, handover(to, self.pnn, must_hold=True),
                                   check=dbs.check_epoch(epoch))

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import logging
 
+from pyctdb.errors import RecordMoved
 from pyctdb.protocol import chunk as chunk_codec
 from pyctdb.rules import records
 
@@ -109,7 +110,7 @@ def handover(to, pnn, must_hold=False):
     the loop. ``must_hold``: refuse unless node ``pnn`` (this one) is its DMASTER."""
     def fn(rec):
         if must_hold and (rec is None or rec.dmaster != pnn):
-            raise RuntimeError(f"node {pnn} is not the dmaster")
+            raise RecordMoved(f"node {pnn} is not the dmaster")
         if rec is None:
             rec = records.Record(0, pnn, records.REC_DELETED, b"")
         return rec.replace(rsn=rec.rsn + 1, dmaster=to,
