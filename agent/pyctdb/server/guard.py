@@ -159,10 +159,19 @@ class Guard:
             return
         asyncio.get_running_loop().remove_reader(sock.fileno())
         sock.close()
+        self._reap()
         if self._stopping:
             return
         log.error("guard (pid %s) exited: starting it again", self.proc and self.proc.pid)
         self.start()
+
+    def _reap(self, timeout=0.0):
+        """Collect the exited guard process (no zombie left behind)."""
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
 
     # -- what the agent tells it ----------------------------------------------------------
     def deadline(self, at):
@@ -210,6 +219,7 @@ class Guard:
         if sock is not None:
             asyncio.get_running_loop().remove_reader(sock.fileno())
             sock.close()
+        await asyncio.to_thread(self._reap, timeout)
 
 
 # -- the guard process ---------------------------------------------------------------------

@@ -161,10 +161,10 @@ class Membership:
         peer = self.peers.get(pnn)
         if peer is None:  # deleted by reloadnodes meanwhile
             return
-        peer.last_heard = self.clock()
         p = frame.payload
-        if p.get("instance") != peer.instance:
-            return  # a stale frame from an older process of that node
+        if not peer.instance or p.get("instance") != peer.instance:
+            return  # a stale frame from an older process of that node (or none yet)
+        peer.last_heard = self.clock()
         if frame.type == frames.MsgType.STATE:
             old = peer.state
             peer.state = p

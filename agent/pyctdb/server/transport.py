@@ -835,6 +835,9 @@ class Transport:
 
     def _check_hello(self, hello, src) -> int:
         pnn = hello["pnn"]
+        if not 8 <= len(hello["instance"]) <= 64:
+            raise wire.ProtocolError(f"HELLO with an instance id of {len(hello['instance'])} "
+                                     "characters (8 to 64)")
         if pnn == self.pnn or pnn not in self.nodes:
             raise wire.ProtocolError(f"HELLO from unknown or deleted PNN {pnn}")
         try:

@@ -104,7 +104,7 @@ def _recv_frame(sock, versions=(frames.VERSION_AUTH,)):
     return frames.Frame(version, mtype, frames.decode_payload(exactly(length)))
 
 
-def peer_connect(address, port, *, pnn, to, source, digest, key=None, instance="fake",
+def peer_connect(address, port, *, pnn, to, source, digest, key=None, instance="fake-instance",
                  key_id=None, check=True):
     """Connect to ``address:port`` from ``source`` as node ``pnn`` would connect to node
     ``to`` (``digest``: the nodes list's), with ``key`` (bytes: the authenticated

@@ -65,7 +65,7 @@ def _lines(path):
 
 
 def _control(op, args, req_id=1):
-    return P.encode(P.MsgType.CONTROL, {"pnn": 1, "instance": "fake", "req_id": req_id,
+    return P.encode(P.MsgType.CONTROL, {"pnn": 1, "instance": "fake-instance", "req_id": req_id,
                                         "op": op, "args": args})
 
 
@@ -166,6 +166,31 @@ def test_a_process_without_the_key_cannot_act_as_a_node(cluster3, tmp_path):
         assert f"node 1 ({c.address(1)}) connected" not in log[since:]
         assert listener.accepted == []
         assert "Traceback" not in log
+    finally:
+        listener.close()
+    c.start_node(1)
+    c.wait_healthy(30)
+
+
+def test_a_hello_without_an_instance_is_refused(cluster3, tmp_path):
+    """A HELLO with an empty instance id (frames with an empty session id ran a command
+    once): refused at the handshake, with the key; nothing runs."""
+    c = cluster3
+    ran = _spy_script(c, tmp_path)
+    _kill_node1(c)
+    listener = c.peer_listen(1)
+    try:
+        with pytest.raises(ConnectionError):
+            peer = c.peer_connect(1, 0, _digest(c), instance="")
+            peer.send(P.encode(P.MsgType.CONTROL, {
+                "pnn": 1, "instance": "", "req_id": 1, "op": "run_event",
+                "args": {"event": "updateip", "args": ["empty"]}}))
+            assert _closed(peer.sock)
+            raise ConnectionError("closed")
+        c.wait_for(lambda: "HELLO with an instance id of 0 characters" in c.log(0), 10)
+        time.sleep(0.3)
+        assert _lines(ran) == []
+        assert "Traceback" not in c.log(0)
     finally:
         listener.close()
     c.start_node(1)
