@@ -239,7 +239,7 @@ def nodes2():
 def make(pnn, nodes, port, events, keys=(), key_file=None, got=None):
     return T.Transport(
         pnn=pnn, address=nodes[pnn], port=port, nodes=nodes,
-        hello=lambda: {"pnn": pnn, "address": nodes[pnn], "instance": f"i{pnn}",
+        hello=lambda: {"pnn": pnn, "address": nodes[pnn], "instance": f"instance{pnn}",
                        "nodes_digest": "d", "agent_version": "0"},
         on_frame=lambda p, f: (got if got is not None else []).append((pnn, p, f)),
         on_link_up=lambda p, hello: events.append(("up", pnn, p)),
@@ -277,11 +277,11 @@ def test_same_key_links_up_and_frames_flow_sealed():
     async def body(a, b, got, events):
         assert await both_up(a, b)
         assert a.authenticated and b.authenticated
-        a.send(1, P.MsgType.BYE, {"pnn": 0, "instance": "i0"})
+        a.send(1, P.MsgType.BYE, {"pnn": 0, "instance": "instance0"})
         for i in range(50):
             a.send_bytes(1, msg(i, pnn=0))
-        a.broadcast(P.MsgType.BYE, {"pnn": 0, "instance": "i0"})
-        b.send(0, P.MsgType.BYE, {"pnn": 1, "instance": "i1"})
+        a.broadcast(P.MsgType.BYE, {"pnn": 0, "instance": "instance0"})
+        b.send(0, P.MsgType.BYE, {"pnn": 1, "instance": "instance1"})
         t0 = time.monotonic()
         while len(got) < 53 and time.monotonic() - t0 < 3:
             await asyncio.sleep(0.01)

@@ -12,7 +12,7 @@ from pyctdb.testing.localcluster import _free_port
 def make(pnn, nodes, port, events):
     return T.Transport(
         pnn=pnn, address=nodes[pnn], port=port, nodes=nodes,
-        hello=lambda: {"pnn": pnn, "address": nodes[pnn], "instance": f"i{pnn}",
+        hello=lambda: {"pnn": pnn, "address": nodes[pnn], "instance": f"instance{pnn}",
                        "nodes_digest": "d", "agent_version": "0"},
         on_frame=lambda p, f: None,
         on_link_up=lambda p, hello: events.append(("up", pnn, p, time.monotonic())),

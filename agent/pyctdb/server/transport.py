@@ -83,6 +83,33 @@ def _norm(addr: str) -> str:
     return str(ip)
 
 
+def check_hello(hello, src, me, nodes, digest) -> int:
+    """The PNN of a peer's valid HELLO, received from address ``src``, checked against
+    this node's PNN ``me``, its nodes ``{pnn: address}`` and its nodes list's digest;
+    ProtocolError otherwise."""
+    pnn = hello["pnn"]
+    if not 8 <= len(hello["instance"]) <= 64:
+        raise wire.ProtocolError(f"HELLO with an instance id of {len(hello['instance'])} "
+                                 "characters (8 to 64)")
+    if pnn == me or pnn not in nodes:
+        raise wire.ProtocolError(f"HELLO from unknown or deleted PNN {pnn}")
+    try:
+        claimed = _norm(hello["address"])
+    except ValueError:
+        raise wire.ProtocolError(f"HELLO with invalid address {hello['address']!r}") from None
+    if claimed != nodes[pnn]:
+        raise wire.ProtocolError(
+            f"HELLO claims PNN {pnn} with address {claimed}, but node {pnn} is "
+            f"{nodes[pnn]} in this node's nodes list")
+    if src != nodes[pnn]:
+        raise wire.ProtocolError(f"HELLO for node {pnn} ({nodes[pnn]}) arrived from {src}")
+    if hello["nodes_digest"] != digest:
+        raise wire.ProtocolError(
+            f"node {pnn} has a different nodes list (digest {hello['nodes_digest'][:12]}"
+            f", ours {digest[:12]}): every node must have the same nodes file")
+    return pnn
+
+
 class _RateLimitedLog:
     """Log a repeating complaint at most ``burst`` times per ``interval`` seconds per
     key. Keys are made of this node's own words and of addresses or PNNs, never of a
@@ -774,7 +801,7 @@ class Transport:
         if frame.type != wire.MsgType.HELLO:
             raise wire.ProtocolError(f"expected HELLO first, got {frame.type.name}")
         hello = wire.validate(frame)
-        pnn = self._check_hello(hello, src)
+        pnn = check_hello(hello, src, self.pnn, self.nodes, self._hello()["nodes_digest"])
         keys = self.keys.current()
         if frame.version == wire.VERSION_PLAIN:
             if keys:
@@ -832,28 +859,3 @@ class Transport:
             transport.resume_reading()  # (the StreamReader may have paused it)
         await proto.done
         return proto.eof
-
-    def _check_hello(self, hello, src) -> int:
-        pnn = hello["pnn"]
-        if not 8 <= len(hello["instance"]) <= 64:
-            raise wire.ProtocolError(f"HELLO with an instance id of {len(hello['instance'])} "
-                                     "characters (8 to 64)")
-        if pnn == self.pnn or pnn not in self.nodes:
-            raise wire.ProtocolError(f"HELLO from unknown or deleted PNN {pnn}")
-        try:
-            claimed = _norm(hello["address"])
-        except ValueError:
-            raise wire.ProtocolError(f"HELLO with invalid address {hello['address']!r}") from None
-        if claimed != self.nodes[pnn]:
-            raise wire.ProtocolError(
-                f"HELLO claims PNN {pnn} with address {claimed}, but node {pnn} is "
-                f"{self.nodes[pnn]} in this node's nodes list")
-        if src != self.nodes[pnn]:
-            raise wire.ProtocolError(
-                f"HELLO for node {pnn} ({self.nodes[pnn]}) arrived from {src}")
-        mine = self._hello()["nodes_digest"]
-        if hello["nodes_digest"] != mine:
-            raise wire.ProtocolError(
-                f"node {pnn} has a different nodes list (digest {hello['nodes_digest'][:12]}"
-                f", ours {mine[:12]}): every node must have the same nodes file")
-        return pnn
