@@ -104,6 +104,17 @@ class RecordMoved(PyctdbError):
     code = "EAGAIN"
 
 
+class DiskFailure(PyctdbError):
+    """A write to a database directory failed for its disk: full (ENOSPC), read-only
+    (EROFS) or an I/O error (EIO); ``code`` is that errno name, ``path`` the directory.
+    Nothing was written; the node is UNHEALTHY until the directory works again
+    (docs/databases.md, "A full or read-only disk")."""
+
+    def __init__(self, message="", code=None, path=None):
+        super().__init__(message, code)
+        self.path = path
+
+
 class UsageError(PyctdbError):
     """A command line the tool cannot run (exit code 2 in CTDB's tool: see the CLI)."""
 

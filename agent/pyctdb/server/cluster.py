@@ -98,6 +98,8 @@ class Cluster:
         self.cycle_tasks = ()
         #: extra fields other components add to this node's STATE
         self.extra_state = {}
+        #: the health checks that find a problem: {source: problem} (set_health)
+        self.health_problems = {}
         self._kick = asyncio.Event()
         self._running = False
         self._main_task = None
@@ -219,6 +221,23 @@ class Cluster:
     def kick(self):
         """Run the cycle soon (something it acts on changed)."""
         self._kick.set()
+
+    def set_health(self, source, problem=None) -> bool:
+        """One health check's finding (``source``: the monitor event, a database
+        directory...): a ``problem`` (one sentence) makes this node UNHEALTHY, None
+        clears that check's; UNHEALTHY while any check has one. Whether the flag
+        changed (the caller logs it)."""
+        if problem is None:
+            self.health_problems.pop(source, None)
+        else:
+            self.health_problems[source] = problem
+        old = self.my_flags
+        new = (old | nodeflags.UNHEALTHY if self.health_problems
+               else old & ~nodeflags.UNHEALTHY)
+        if new != old:
+            self.my_flags = new
+            self.kick()
+        return new != old
 
     # -- requests of the rest of the agent -----------------------------------------------
     async def control(self, pnn, op, args=None, timeout=5.0):

@@ -30,7 +30,6 @@ import stat
 import time
 
 from pyctdb.errors import PyctdbError
-from pyctdb.rules import nodeflags
 from pyctdb.server.tasks import spawn
 
 log = logging.getLogger(__name__)
@@ -172,8 +171,8 @@ class Monitor:
         self.tunables = tunables
         self._task = None
         self.failures = 0
-        if runner.has_enabled():
-            cluster.my_flags |= nodeflags.UNHEALTHY  # until the first successful monitor
+        if runner.has_enabled():  # until the first successful monitor
+            cluster.set_health("monitor", "no successful monitor event yet")
 
     def start(self):
         self._task = spawn(self._loop(), name="monitor")
@@ -201,17 +200,13 @@ class Monitor:
             await asyncio.sleep(max(0.05, interval - (time.monotonic() - t0)))
 
     def _apply(self, ok, res):
+        # (the node's UNHEALTHY flag: this check's and the others', Cluster.set_health)
         c = self.cluster
-        was = bool(c.my_flags & nodeflags.UNHEALTHY)
         if ok:
             self.failures = 0
-            if was:
-                c.my_flags &= ~nodeflags.UNHEALTHY
+            if c.set_health("monitor", None):
                 log.warning("monitor event OK: node %d is healthy again", c.pnn)
-                c.kick()
         else:
             self.failures += 1
-            if not was:
-                c.my_flags |= nodeflags.UNHEALTHY
+            if c.set_health("monitor", f"monitor event {res['status']}"):
                 log.warning("monitor event %s: node %d is UNHEALTHY", res["status"], c.pnn)
-                c.kick()

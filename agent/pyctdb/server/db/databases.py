@@ -24,6 +24,7 @@ from pyctdb.rules import nodeflags
 from pyctdb.rules import records as record_rules
 from pyctdb.server.db.backend import StoreError
 from pyctdb.server.db.gate import Gate
+from pyctdb.server.db.health import DiskHealth
 from pyctdb.server.db.maintenance import Maintenance
 from pyctdb.server.db.migration import (CTL_TIMEOUT, GIVE_LOCK_WAIT, LEASE_SECONDS,
                                         KeyLocks, Leases, Migration, Retry)
@@ -74,6 +75,7 @@ class Databases:
         self.recovery = Recovery(self)
         self.vacuum = Vacuum(self)        # vacuuming (vacuum.py)
         self.maint = Maintenance(self)    # detach, getdbstatus, backup, restore
+        self.health = DiskHealth(self)    # a full or read-only database directory
 
     def open(self):
         self.stores[False].open(wipe=True)
@@ -263,9 +265,10 @@ class Databases:
 
     def on_cycle(self, now):
         """Every cycle: the recovery's node side (an inactive node's volatile copies),
-        then vacuuming."""
+        vacuuming, the database directories' probe."""
         self.recovery.on_cycle(now)
         self.vacuum.on_cycle(now)
+        self.health.on_cycle(now)
 
     async def lock(self, name, key, timeout=15.0):
         return await self.migration.lock(name, key, timeout)

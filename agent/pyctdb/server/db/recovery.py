@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 
-from pyctdb.errors import ControlError, DbError
+from pyctdb.errors import ControlError, DbError, DiskFailure
 from pyctdb.protocol import chunk as chunk_codec
 from pyctdb.rules import nodeflags
 from pyctdb.rules import records as record_rules
@@ -93,6 +93,8 @@ class Recovery:
             except ValueError as exc:  # e.g. attached here as the other kind: keep ours
                 log.error("recovery: database %s not taken from the leader: %s", name, exc)
                 return {"skipped": str(exc)}
+            except DiskFailure:  # (created once the directory works again: see last)
+                pass
             self._staged[name] = []
         staged = self._staged.get(name)
         if staged is None:
@@ -105,7 +107,14 @@ class Recovery:
             raise RuntimeError(f"recovery push of {name} rejected: {exc}") from None
         if args.get("last"):
             recs = self._staged.pop(name)
-            await st.replace_raw(name, recs, seqnum=args.get("seqnum"))
+            if name not in st.meta:
+                return {"skipped": f"database {name} cannot be created here: its "
+                                   f"directory fails ({st.path})"}
+            try:
+                await st.replace_raw(name, recs, seqnum=args.get("seqnum"))
+            except DiskFailure as exc:  # (the others go on; this copy waits for the disk)
+                self.dbs.health.missed(st, name, exc)
+                return {"skipped": exc.message}
             return {"records": len(recs)}
         return {}
 

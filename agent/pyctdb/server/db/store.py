@@ -21,6 +21,7 @@ a write that depends on a record's current value reads it in its own transaction
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import lmdb
 
+from pyctdb.errors import DiskFailure
 from pyctdb.protocol.fastpath import open_env
 from pyctdb.rules import records
 from pyctdb.server.db.backend import StorageBackend, StoreError
@@ -39,6 +41,14 @@ __all__ = ["Store", "StoreError", "remove_tree"]
 log = logging.getLogger(__name__)
 
 DBMAP = b"__dbmap__"
+#: LMDB's errors of a disk that fails a write (lmdb.Error itself: a system errno, e.g. EIO
+#: or EROFS; MDB_PANIC: the environment gave up after one), and their errno names when
+#: the directory's probe cannot tell
+DISK_ERRORS = {lmdb.MapFullError: "ENOSPC", lmdb.DiskError: "ENOSPC",
+               lmdb.ReadonlyError: "EROFS", lmdb.PanicError: "EIO", lmdb.Error: "EIO"}
+#: the probe's file in each database directory, and how much it writes (a few pages)
+PROBE_FILE = ".pyctdb-probe"
+PROBE_BYTES = 64 * 1024
 
 
 class Store(StorageBackend):
@@ -60,12 +70,15 @@ class Store(StorageBackend):
         self._dbmap = None
         self.pending = 0  # writes queued or running in the worker
         self.wait_flag = None  # volatile: tells its clients the worker waits (gate.WaitFlag)
+        #: called (on the loop) with (store, DiskFailure) when a write fails for the disk
+        self.on_disk_error = None
         self._exec = ThreadPoolExecutor(1, thread_name_prefix=f"lmdb-{self.kind}")
 
     # -- opening ---------------------------------------------------------------------
     def open(self, wipe=False):
         """Open (for volatile: wipe first). A failure marks the store unusable, logged;
         it never raises."""
+        self.error = None
         try:
             os.makedirs(self.path, mode=0o700, exist_ok=True)
             self.env = self._open_wiped() if wipe else open_env(self.path, self.persistent)
@@ -216,8 +229,46 @@ class Store(StorageBackend):
         self.pending += 1
         try:
             return await loop.run_in_executor(self._exec, job)
+        except lmdb.Error as exc:
+            if type(exc) not in DISK_ERRORS:
+                raise
+            raise await self._disk_failure(exc) from None
         finally:
             self.pending -= 1
+
+    async def _disk_failure(self, exc):
+        """The DiskFailure of a write that LMDB refused (nothing of it written), its
+        errno as the directory's probe finds it; ``on_disk_error`` is told."""
+        code, why = (await self.probe()) or (DISK_ERRORS[type(exc)], str(exc))
+        err = DiskFailure(f"{self.kind} database directory {self.path}: {code} ({why}): "
+                          "the write failed, nothing of it was written", code, self.path)
+        if self.on_disk_error is not None:
+            self.on_disk_error(self, err)
+        return err
+
+    async def probe(self):
+        """Write and fsync a small new file in the directory (in the worker, after the
+        writes queued), then put it in place of the last one: None if that works, else
+        (errno name, strerror). Put in place, not overwritten: a full disk has no room
+        for it even with the old one's blocks."""
+        def job():
+            path = os.path.join(self.path, PROBE_FILE)
+            try:
+                fd = os.open(path + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+                    os.write(fd, bytes(PROBE_BYTES))
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(path + ".new", path)
+                return None
+            except OSError as exc:
+                try:
+                    os.unlink(path + ".new")
+                except OSError:
+                    pass
+                return errno.errorcode.get(exc.errno, "EIO"), exc.strerror
+        return await asyncio.get_running_loop().run_in_executor(self._exec, job)
 
     async def barrier(self):
         """Wait until every write queued so far is done."""

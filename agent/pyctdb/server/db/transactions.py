@@ -15,7 +15,7 @@ import os
 import secrets
 import time
 
-from pyctdb.errors import (ControlError, DbError, FrozenError, PyctdbError,
+from pyctdb.errors import (ControlError, DbError, DiskFailure, FrozenError, PyctdbError,
                            TransactionInDoubt)
 from pyctdb.rules import records as record_rules
 from pyctdb.server import tasks
@@ -414,9 +414,13 @@ class Transactions:
         if not st.available or name in st.damaged:
             # this node serves no copy of it; the next recovery gives it a healthy one
             return {"skipped": st.error or st.damaged[name]}
-        await dbs.ensure(name, True, args.get("db_id"))
         recs = [rec_from_wire(w) for w in args["records"]]
-        await st.apply(name, recs, seqnum=int(args["seqnum"]),
-                       check=dbs.check_epoch(dbs.epoch))
+        try:
+            await dbs.ensure(name, True, args.get("db_id"))
+            await st.apply(name, recs, seqnum=int(args["seqnum"]),
+                           check=dbs.check_epoch(dbs.epoch))
+        except DiskFailure as exc:  # (this copy is behind: not served until a recovery)
+            dbs.health.missed(st, name, exc)
+            return {"skipped": exc.message}
         await _test_delay("applied")
         return {}

@@ -1,0 +1,111 @@
+"""A database directory that is full or read-only (docs/databases.md, "A full or read-only
+disk"), for real: a small tmpfs is mounted on one agent's persistent database directory,
+filled up and freed, then remounted read-only and read-write. The node reports it (one
+ERROR line naming the directory and the errno), goes UNHEALTHY, answers clean errors,
+corrupts nothing, and is healthy again with every record once the disk works.
+
+Needs root (mount); the mounts are always removed."""
+
+import os
+import subprocess
+
+import pytest
+
+from pyctdb.testing.localcluster import LocalCluster
+
+pytestmark = [pytest.mark.timeout(180),
+              pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs: needs root")]
+
+DB = "disk.tdb"
+SICK = 2
+UNHEALTHY = 0x02
+
+
+def sh(*argv):
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+@pytest.fixture
+def c(tmp_path):
+    with LocalCluster(3, tmp_path, tunables={"MonitorInterval": "1"}) as c:
+        d = os.path.join(c.node_dir(SICK), "db", "persistent")
+        os.makedirs(d)
+        sh("mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "pyctdb-test", d)
+        try:
+            c.disk = d
+            c.start()
+            c.wait_healthy(30)
+            yield c
+        finally:
+            c.stop_all()
+            subprocess.run(["umount", "-l", d], capture_output=True)
+
+
+def flags(c, pnn, of):
+    return c.status(pnn)["nodes"][of]["flags"]
+
+
+def fill(path):
+    """Fill the filesystem of ``path`` (a file of zeros until ENOSPC)."""
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(bytes(64 * 1024))
+                f.flush()
+        except OSError:
+            pass
+
+
+def pfetch(c, pnn, key):
+    return c.cli(pnn, "pfetch", DB, key)
+
+
+def recovered(c, keys):
+    """Node SICK is healthy again and serves every key with its value."""
+    c.wait_for(lambda: not flags(c, 0, SICK) & UNHEALTHY, 30, what=f"node {SICK} healthy")
+    c.wait_for(lambda: all(pfetch(c, SICK, k).stdout == v + "\n" for k, v in keys.items()),
+               30, what=f"every record on node {SICK}")
+
+
+def test_a_full_then_read_only_database_directory(c):
+    c.cli_ok(0, "attach", DB, "persistent")
+    c.cli_ok(0, "pstore", DB, "k0", "before")
+    assert pfetch(c, SICK, "k0").stdout == "before\n"
+
+    # full: the node goes UNHEALTHY with one clear line; the cluster goes on
+    filler = os.path.join(c.disk, "filler")
+    fill(filler)
+    c.wait_for(lambda: flags(c, 0, SICK) & UNHEALTHY, 15, what=f"node {SICK} UNHEALTHY")
+    log = c.log(SICK)
+    assert f"persistent database directory {c.disk}: ENOSPC" in log
+    assert "UNHEALTHY until the directory works again" in log
+    c.cli_ok(0, "pstore", DB, "k1", "while-full")       # committed on the others
+    r = c.cli(SICK, "attach", "other.tdb", "persistent")  # a write here: a clean error
+    assert r.returncode != 0 and "ENOSPC" in r.stderr + r.stdout, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    r = pfetch(c, SICK, "k1")  # its copy missed a write: not served, never stale
+    assert r.returncode != 0 or r.stdout == "while-full\n", (r.stdout, r.stderr)
+
+    # freed: healthy again, the records written before and meanwhile all there
+    os.unlink(filler)
+    recovered(c, {"k0": "before", "k1": "while-full"})
+    assert f"persistent database directory {c.disk} works again" in c.log(SICK)
+
+    # read-only: the same, with EROFS. (The kernel refuses to remount a filesystem
+    # read-only while files on it are open for writing, as LMDB's are: the agent is
+    # restarted on the read-only directory.)
+    c.stop(SICK)
+    sh("mount", "-o", "remount,ro", c.disk)
+    try:
+        c.start_node(SICK)
+        c.wait_for(lambda: flags(c, 0, SICK) & UNHEALTHY, 30, what=f"node {SICK} UNHEALTHY")
+        assert f"persistent database directory {c.disk}: EROFS" in c.log(SICK)
+        c.cli_ok(1, "pstore", DB, "k2", "while-ro")
+        r = pfetch(c, SICK, "k0")  # its environment is not open: an error, not a guess
+        assert r.returncode != 0 and "Traceback" not in r.stderr, (r.stdout, r.stderr)
+    finally:
+        sh("mount", "-o", "remount,rw", c.disk)
+    recovered(c, {"k0": "before", "k1": "while-full", "k2": "while-ro"})
+    for p in range(3):
+        assert c.cli_ok(p, "getdbseqnum", DB) == c.cli_ok(0, "getdbseqnum", DB)
+        assert "Traceback" not in c.log(p)
