@@ -5,8 +5,8 @@ them when the agent cannot.
 :class:`Fencing` computes the lease from the peers' acknowledgements, drops every hosted
 address the moment the lease ends (a timer, not the cycle: a recovery may hold the
 cycle), refuses ``take_ip`` without a lease, and gives the guard its deadline with each
-keepalive: the lease's end, and at most KeepaliveInterval x KeepaliveLimit after the
-keepalive (the peers drop this node as silent then). When the guard has dropped the
+keepalive: the lease's end, and at most KeepaliveInterval x KeepaliveLimit after the last
+frame this node sent (the peers drop this node as silent then). When the guard has dropped the
 addresses (the agent was paused), the agent's own record of them is brought in line.
 """
 
@@ -83,7 +83,9 @@ class Fencing:
     def _keepalive(self, sent_at):
         self.update()
         if self.guard is not None:
-            deadline = sent_at + self.cluster.membership.keepalive_window
+            # (the peers count any frame as heard: so does the deadline, to be no stricter)
+            last = max(sent_at, self.cluster.transport.last_sent)
+            deadline = last + self.cluster.membership.keepalive_window
             end = self.expiry()
             if end is not None and end > self.cluster.clock():
                 deadline = min(deadline, end)  # (an ended lease: this live agent acts)

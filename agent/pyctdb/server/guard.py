@@ -8,9 +8,9 @@ let go of the cluster lock, while it is paused (SIGSTOP) or wedged. The guard ca
   agent's links do not close (no FIN) until the guard has removed the node's public
   addresses: a peer that sees a link end with a clean end of stream from a guarded node
   knows its addresses are gone, and takes them over at once;
-* the agent gives it a **deadline** with every keepalive it sends (the keepalive's time +
-  KeepaliveInterval x KeepaliveLimit, the time after which the peers drop this node as
-  silent) and the cluster lock helper's process. When the deadline passes, or the
+* the agent gives it a **deadline** with every keepalive it sends (the time of the last
+  frame it sent + KeepaliveInterval x KeepaliveLimit, after which the peers drop this
+  node as silent) and the cluster lock helper's process. When the deadline passes, or the
   agent's end of the socket pair closes (it died), the guard removes every public
   address of the node (the ``public_addresses`` file's and those recorded as hosted, as
   ``pyctdbd --drop-public-ips`` does), kills the lock helper (the lock is free for the

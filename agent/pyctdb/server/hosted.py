@@ -91,7 +91,7 @@ def drop_addresses(public, hosted_file, rewrite=False):
         try:
             netops.del_address(iface, addr, prefix)
             netops.kill_local_connections(addr)
-            removed.append(f"{addr}/{prefix} on {iface}")
+            removed.append(f"{addr}/{prefix} from {iface}")
         except netops.NetError as exc:
             errors.append(str(exc))
             if addr in recorded:

@@ -315,7 +315,7 @@ class Membership:
             self._last_sent = payload
             self._last_sent_at = now
             for callback in self.on_keepalive:
-                callback(now)
+                callback(payload["ts"])
 
     # -- the nodes list ------------------------------------------------------------------
     def reload_nodes(self, new_nodes):

@@ -429,6 +429,8 @@ class Transport:
         self.link_sockets = None
         #: pnn -> whether its link last ended with a clean end of stream from the peer
         self.clean_close = {}
+        #: CLOCK_MONOTONIC time of the last frame written to any peer
+        self.last_sent = 0.0
 
     @property
     def authenticated(self) -> bool:
@@ -562,6 +564,7 @@ class Transport:
             return False
         w.write(data)
         self.stats["frames_out"] += frames
+        self.last_sent = time.monotonic()
         return True
 
     def drop(self, pnn, reason):
