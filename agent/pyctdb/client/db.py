@@ -378,6 +378,14 @@ class LocalRecord:
         rsn = self.rsn + 1
         try:
             txn.put(self.key, _pack_hdr(rsn, loc.pnn, _flags) + value)
+            # the gate again, right before the commit: it closes when this node is
+            # fenced (its lease or its agent's deadline ended: another node may take the
+            # record from now on), and a write after that would be lost
+            if loc.until[0] <= _monotonic():
+                txn.abort()
+                raise DatabaseError("EAGAIN", "not stored: this node stopped serving its "
+                                    "records while this one was held (its agent is gone, "
+                                    "paused or cut off); fetch it again")
             txn.commit()
         except BaseException:
             txn.abort()

@@ -22,6 +22,7 @@ import lmdb
 GATE_DB = b"__gate__"
 GATE_KEY = b"gate"
 GATE = struct.Struct("=dI")   # open_until, leases (native: the client reads it as f64, u32)
+GATE_UNTIL = struct.Struct("=d")  # open_until alone (the agent moves it on: gate.extend)
 TTL = 3.0
 WAIT_FILE = "agent.wait"  # the agent waits for the writer lock (WaitFlag)
 WAIT_SINCE = struct.Struct("=d")  # at offset 8: since when

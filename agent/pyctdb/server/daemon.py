@@ -25,6 +25,7 @@ from pyctdb.common.logsetup import setup as setup_logging
 from pyctdb.common.tunables import Tunables
 from pyctdb.errors import ApiError, ConfigError
 from pyctdb.protocol.api import DEFAULT_SOCKET
+from pyctdb.protocol.fastpath import WAIT_FILE
 from pyctdb.server.cluster import Cluster
 from pyctdb.server.clusterlock import make_lock
 from pyctdb.server.db.databases import Databases
@@ -112,6 +113,12 @@ async def _serve(config, me, tunables, socket_path, ring, log_location):
     cluster.leadership.step_down_hooks.append(lambda term: fencing.update())
     cluster.leadership.lock_hooks.append(guard.lock_holder)
     databases = Databases(cluster, config)
+    # (the client fast path's gate closes when this node is fenced: its clients stop
+    # writing before another node can take their records)
+    databases.gate.limit = fencing.bound
+    databases.gate.renew = fencing.renew_interval
+    cluster.membership.on_keepalive.append(lambda sent_at: databases.gate.extend())
+    guard.argv += ["--gate-file", os.path.join(databases.stores[False].path, WAIT_FILE)]
     databases.open()
     watcher = TunablesWatcher(databases, tunables, cluster)
     # The leader's recovery, in CTDB's order: the startrecovery event on every member

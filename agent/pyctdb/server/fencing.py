@@ -35,6 +35,7 @@ class Fencing:
         self._timer = None
         self._tasks = set()
         self._had_lease = False
+        self._last_keepalive = cluster.clock()
         m = cluster.membership
         m.on_ack.append(self.update)
         m.link_lost.append(lambda pnn, reason: self.update())
@@ -81,15 +82,30 @@ class Fencing:
                         owner=self._tasks)
 
     def _keepalive(self, sent_at):
+        self._last_keepalive = sent_at
         self.update()
         if self.guard is not None:
-            # (the peers count any frame as heard: so does the deadline, to be no stricter)
-            last = max(sent_at, self.cluster.transport.last_sent)
-            deadline = last + self.cluster.membership.keepalive_window
+            # (the peers count any frame as heard: so does the deadline, to be no stricter;
+            # an ended lease is this live agent's to act on, not the guard's)
             end = self.expiry()
-            if end is not None and end > self.cluster.clock():
-                deadline = min(deadline, end)  # (an ended lease: this live agent acts)
-            self.guard.deadline(deadline)
+            self.guard.deadline(self.bound() if end is None or end > self.cluster.clock()
+                                else sent_at + self.cluster.membership.keepalive_window)
+
+    def bound(self):
+        """Until when this node may serve at most (CLOCK_MONOTONIC; None: no bound): the
+        time its peers would drop it as silent (the last frame it sent + the keepalive
+        window) or its lease's end if sooner. The gate of the client fast path stays
+        within it (server/db/gate.py), and so does the guard's deadline."""
+        window = self.cluster.membership.keepalive_window
+        deadline = max(self._last_keepalive, self.cluster.transport.last_sent) + window
+        end = self.expiry()
+        if end is not None:
+            deadline = min(deadline, end)
+        return deadline
+
+    def renew_interval(self) -> float:
+        """How often the gate is renewed: a third of the keepalive window, at most 1 s."""
+        return min(1.0, self.cluster.membership.keepalive_window / 3)
 
     def guard_dropped(self, addresses, why):
         """The guard removed this node's addresses (this agent was paused or wedged):

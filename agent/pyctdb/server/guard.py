@@ -36,13 +36,17 @@ import argparse
 import asyncio
 import json
 import logging
+import mmap
 import os
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
+
+from pyctdb.protocol.fastpath import GATE_AT, WAIT_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -227,10 +231,12 @@ class Watch:
     """The guard process's loop (blocking; no event loop): waits for the agent's
     messages until the deadline passes or the agent goes, then fences the node."""
 
-    def __init__(self, sock, drop):
-        """``drop(why)`` removes the node's public addresses and returns them."""
+    def __init__(self, sock, drop, close_gate=lambda: None):
+        """``drop(why)`` removes the node's public addresses and returns them;
+        ``close_gate()`` closes the client fast path's gate."""
         self.sock = sock
         self.drop = drop
+        self.close_gate = close_gate
         self.deadline = None
         self.links = {}  # (pnn, dir) -> socket
         self.lock = None  # (pid, pidfd) of the lock helper
@@ -301,8 +307,10 @@ class Watch:
             self.lock = None
 
     def fence(self, why):
-        """Drop the addresses, kill the lock helper, then shut the links down."""
+        """Close the gate, drop the addresses, kill the lock helper, then shut the links
+        down."""
         t0 = time.monotonic()
+        self.close_gate()
         dropped = self.drop(why)
         killed = None
         if self.lock is not None:
@@ -349,6 +357,8 @@ def main(argv=None):
     p.add_argument("--hosted-file", required=True)
     p.add_argument("--log-location", default="stderr")
     p.add_argument("--log-level", default="NOTICE")
+    p.add_argument("--gate-file", default=None,
+                   help="the volatile databases' agent.wait: its gate is closed first")
     p.add_argument("--fd", type=int, required=True)
     args = p.parse_args(argv)
     # (imported here: only the guard process needs them, not the agent's import of Guard)
@@ -374,7 +384,27 @@ def main(argv=None):
         for err in errors:
             log.error("guard: %s", err)
         return removed
-    return Watch(sock, drop).run()
+    def close_gate():
+        if args.gate_file:
+            try:
+                close_client_gate(args.gate_file)
+            except (OSError, ValueError) as exc:
+                log.error("guard: cannot close the gate in %s: %s", args.gate_file, exc)
+    return Watch(sock, drop, close_gate).run()
+
+
+def close_client_gate(path):
+    """Close the gate of the client fast path in ``path`` (agent.wait): its clients
+    check it before every commit (pyctdb.client.db), so none writes a record after this
+    returns but one already between its check and its commit; a few milliseconds' wait
+    covers that."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        with mmap.mmap(fd, WAIT_SIZE) as mm:
+            mm[GATE_AT:GATE_AT + 8] = struct.pack("=d", 0.0)
+    finally:
+        os.close(fd)
+    time.sleep(0.005)
 
 
 if __name__ == "__main__":

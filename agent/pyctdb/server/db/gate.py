@@ -15,8 +15,16 @@ looks for ``lease_key(db, key)`` in ``__gate__``). The agent renews it every ``R
 seconds while it serves database requests (active, joined, not frozen), and closes it
 when it stops serving; a freeze waits until the closing is committed. As LMDB write
 transactions are serialised, a client's transaction either commits before the freeze or
-sees the gate closed — so no client writes during a recovery. An agent that dies or hangs
-stops renewing: its clients stop writing within ``TTL`` seconds.
+sees the gate closed — so no client writes during a recovery.
+
+Fencing (docs/architecture.md, "Address fencing"): the gate's time never passes
+:attr:`Gate.limit` — the moment the peers would drop this node as silent, or its lease's
+end — so a node that is paused or cut off has closed its gate before another node can
+take its records; a killed agent's guard closes it at once (it writes the time 0 in
+``agent.wait``). Between renewals the event loop moves the open gate's time on with every
+keepalive (:meth:`Gate.extend`, no writer lock needed: a client may hold a record longer
+than the bound), and a client checks the gate again right before its commit: a record
+held while its node was fenced is not stored (EAGAIN).
 
 The gate is kept twice, written in the same write transaction: in the memory-mapped file
 ``agent.wait`` (bytes ``GATE_AT``.., below), which a fetch-lock reads (two loads from the
@@ -56,11 +64,12 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import threading
 import time
 
 from pyctdb.server import tasks
-from pyctdb.protocol.fastpath import (GATE, GATE_AT, GATE_DB, GATE_KEY, TTL, WAIT_FILE,
-                                      WAIT_SINCE, WAIT_SIZE, lease_key)
+from pyctdb.protocol.fastpath import (GATE, GATE_AT, GATE_DB, GATE_KEY, GATE_UNTIL, TTL,
+                                      WAIT_FILE, WAIT_SINCE, WAIT_SIZE, lease_key)
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +102,10 @@ class WaitFlag:
         """(In the worker, holding the writer lock: :meth:`Gate._write`.)"""
         GATE.pack_into(self.mm, GATE_AT, until, leases)
 
+    def set_until(self, until):
+        """Only the gate's time (an aligned 8-byte store: a client reads it whole)."""
+        GATE_UNTIL.pack_into(self.mm, GATE_AT, until)
+
     def close(self):
         self.mm[0] = 0
         self.mm.close()
@@ -107,6 +120,15 @@ class Gate:
 
     def __init__(self, store):
         self.store = store
+        #: orders :meth:`extend` (event loop) with the gate's writes (worker)
+        self._mm_lock = threading.Lock()
+        self._open = False  # the last write under the writer lock opened the gate
+        #: until when this node may let its clients write at most (CLOCK_MONOTONIC; None:
+        #: no bound): its lease and its guard's deadline (server/fencing.py), so that its
+        #: clients stop writing before another node can take their records
+        self.limit = lambda: None
+        #: seconds between renewals (a third of the bound's usual distance, at most RENEW)
+        self.renew = lambda: RENEW
         self.want_open = False
         self._leases = set()       # lease keys (touched in the worker thread only)
         self._last = 0.0           # when the last renewal was queued
@@ -119,12 +141,36 @@ class Gate:
         h = self.store.handle_in(txn, GATE_DB)
         if extra is not None:
             extra(txn, h)
-        until = time.monotonic() + TTL if self.want_open else 0.0
+        now = time.monotonic()
+        until = now + TTL if self.want_open else 0.0
+        bound = self.limit()
+        if bound is not None and until:
+            until = min(until, bound) if bound > now else 0.0
         leases = len(self._leases)
         txn.put(GATE_KEY, GATE.pack(until, leases), db=h)
         w = self.store.wait_flag
         if w is not None:  # (the last: the put above raises before it, if at all)
-            w.set_gate(until, leases)
+            with self._mm_lock:
+                w.set_gate(until, leases)
+                self._open = until > 0
+
+    def extend(self):
+        """Move the open gate's time on, without the writer lock (from the event loop,
+        with every keepalive): a client may hold a record for longer than the gate's
+        bound, and its commit checks the gate again. Only while the gate is open: once
+        a close is written under the writer lock, never again until it is reopened
+        there. Within :attr:`limit`: an ended bound closes it."""
+        w = self.store.wait_flag
+        if w is None:
+            return
+        now = time.monotonic()
+        until = now + TTL
+        bound = self.limit()
+        if bound is not None:
+            until = min(until, bound) if bound > now else 0.0
+        with self._mm_lock:
+            if self._open:
+                w.set_until(until)
 
     async def close(self):
         """Close the gate; returns once no client can write any more (the closing is
@@ -155,7 +201,7 @@ class Gate:
                         "(a client of this node inside fetch_locked?): this node's "
                         "volatile writes and recoveries wait for it", now - self._last)
         if should_open == self.want_open and (not should_open or self._inflight
-                                              or now - self._last < RENEW):
+                                              or now - self._last < self.renew()):
             return
         if self.store.env is None:
             return
