@@ -152,3 +152,25 @@ def test_a_client_that_sends_much_before_it_reads_is_not_stalled(c):
         dropped += msg.dropped
     assert got == 20000 and dropped == 0 and not m.send_errors
     m.close()
+
+
+def test_the_socket_is_0600_and_a_directory_others_can_write_is_refused(c, tmp_path):
+    """The API socket stays root-only: mode 0600, owned by the agent (checked at start),
+    and an agent refuses to serve it from a directory that another user could write
+    (they could replace the socket)."""
+    import os
+    import stat
+    import subprocess
+    import sys
+    st = os.stat(c.socket(0))
+    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == os.geteuid()
+    assert "API socket" in c.log(0) and "mode 0600" in c.log(0)
+    d = tmp_path / "open"
+    d.mkdir()
+    os.chmod(d, 0o777)
+    r = subprocess.run([sys.executable, "-m", "pyctdb.server.daemon", "--config-dir",
+                        c.config_dir(1), "--socket", str(d / "x.socket"), "--log-stderr"],
+                       capture_output=True, text=True, timeout=30, env=c.cli_env())
+    assert r.returncode == 1
+    assert "writable by group and others (mode 0777)" in r.stderr
+    assert not (d / "x.socket").exists()

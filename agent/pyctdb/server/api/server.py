@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import struct
 
 from pyctdb import API_VERSION
@@ -23,6 +24,28 @@ from pyctdb.server.api.connection import ApiProtocol
 from pyctdb.server.api.frontend import Frontend
 
 log = logging.getLogger(__name__)
+
+
+def check_directory(path):
+    """The socket's directory must not let others replace the socket: not writable by
+    group or others unless sticky (as /tmp). ApiError (EPERM) otherwise."""
+    st = os.stat(path)
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise ApiError("EPERM", f"{path} (the API socket's directory) is writable by "
+                       f"{'group and others' if st.st_mode & 0o002 else 'its group'} "
+                       f"(mode {stat.S_IMODE(st.st_mode):04o}): another user could "
+                       "replace the socket; make it 0755 or stricter")
+
+
+def check_socket(path):
+    """The socket must be this process's and mode 0600: only root and the agent's user
+    may connect (checked at start: CTDB's socket and ours stay root-only)."""
+    st = os.stat(path)
+    if stat.S_IMODE(st.st_mode) != 0o600 or st.st_uid != os.geteuid():
+        raise ApiError("EPERM", f"{path}: the API socket has mode "
+                       f"{stat.S_IMODE(st.st_mode):04o} and owner {st.st_uid}, not 0600 and "
+                       f"{os.geteuid()}")
+    log.info("API socket %s: mode 0600, owner %d", path, st.st_uid)
 
 
 class ApiServer(Frontend):
@@ -47,6 +70,7 @@ class ApiServer(Frontend):
         d = os.path.dirname(self.path)
         if d:
             os.makedirs(d, mode=0o755, exist_ok=True)
+        check_directory(d or ".")
         if os.path.exists(self.path):
             # A live daemon answers on it; a stale socket file is removed.
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -65,6 +89,7 @@ class ApiServer(Frontend):
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
+        check_socket(self.path)
 
     async def stop(self):
         if self._server is not None:
