@@ -1,0 +1,78 @@
+"""bench/nemesis, short: 10 rounds on 3 nodes in network namespaces, every fault kind at
+least once (kill, pause, partition of a node and of the leader, asymmetric partition,
+lock file removed or replaced, CPU starvation), under the live workload.
+
+One run serves both tests. Every invariant but one must hold (test_nemesis_invariants);
+the address invariant (never two nodes serving one address) is asserted on its own, in a
+test marked xfail (not strict) while the address-fencing work of issue 11 lands: a paused
+or cut-off node could keep serving its addresses while another node had taken them.
+Needs root, iproute2 and nft.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))
+NEMESIS = os.path.join(ROOT, "bench", "nemesis")
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.timeout(600),
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces"),
+    pytest.mark.skipif(shutil.which("nft") is None, reason="needs nft"),
+]
+
+#: the address invariant, asserted apart (known to fail before issue 11's fencing)
+KNOWN = {"dual-address"}
+KNOWN_REASON = ("known address-fencing bugs of issue 11 (dual-address): a paused (SIGSTOP) "
+                "or cut-off node keeps serving its public addresses while the majority has "
+                "taken them over, so an address is on two nodes during pause, partition, "
+                "partition-leader and asymmetric rounds")
+
+
+@pytest.fixture(scope="module")
+def nemesis_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("nemesis")
+    out = d / "report.json"
+    r = subprocess.run(
+        [sys.executable, NEMESIS, "--nodes", "3", "--rounds", "10", "--seed", "20261206",
+         "--json", str(out), "--keep", str(d / "run")],
+        capture_output=True, text=True, timeout=540)
+    assert out.exists(), f"no report (exit {r.returncode}):\n{r.stdout[-4000:]}\n" \
+                         f"{r.stderr[-4000:]}"
+    rep = json.loads(out.read_text())
+    rep["_exit"], rep["_stdout"] = r.returncode, r.stdout
+    return rep
+
+
+def _describe(vs):
+    return "\n".join(f"t={v['t']} round {v['round']} {v['fault']}: {v['kind']}: "
+                     f"{v['what'][:600]}" for v in vs)
+
+
+def test_nemesis_invariants(nemesis_run):
+    rep = nemesis_run
+    assert rep["rounds_run"] >= 10, rep["_stdout"][-3000:]
+    faults = {r["fault"] for r in rep["rounds"]}
+    assert faults >= {"kill", "pause", "partition", "partition-leader", "asymmetric",
+                      "lock", "starve"}, faults
+    # the workload really ran, and was read back on every node
+    wl = rep["workload"]
+    assert wl["tack"] > 100 and wl["dack"] > 10 and wl["inc"] > 100, wl
+    assert wl["persistent_checked"] == wl["tack"]
+    others = [v for v in rep["violations"] if v["kind"] not in KNOWN]
+    assert not others, _describe(others) + "\n\n" + rep["_stdout"][-3000:]
+    if not any(v["kind"] in KNOWN for v in rep["violations"]):
+        assert rep["_exit"] == 0, rep["_stdout"][-3000:]
+
+
+@pytest.mark.xfail(strict=False, reason=KNOWN_REASON)
+def test_nemesis_one_node_per_address(nemesis_run):
+    dual = [v for v in nemesis_run["violations"] if v["kind"] in KNOWN]
+    assert not dual, _describe(dual)
