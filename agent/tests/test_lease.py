@@ -69,3 +69,37 @@ def test_lease_inputs_count_connected_acks_and_released_peers():
     d = Peer(4, "d", link_up=False, acked=6.0)  # (down: its old acknowledgement is void)
     m = _membership([a, b, c, d], 10.0)
     assert m.lease_inputs(4.75) == ([5.0], [11.75])
+
+
+class _Transport:
+    def __init__(self):
+        self.dropped = []
+
+    def drop(self, pnn, reason):
+        self.dropped.append((pnn, reason))
+
+
+def test_a_peer_that_speaks_but_acknowledges_nothing_is_reconnected():
+    """A half-open outgoing connection (the peer restarted, and this node still writes
+    to the old one): the peer is heard, but acknowledges none of this node's keepalives;
+    the link is dropped (and dialled again), not left up for ever."""
+    now = 100.0
+    deaf = Peer(1, "a", link_up=True, acks=True, acked=None, up_since=97.0, last_heard=99.9)
+    late = Peer(2, "b", link_up=True, acks=True, acked=97.9, up_since=90.0, last_heard=99.9)
+    fine = Peer(3, "c", link_up=True, acks=True, acked=99.8, up_since=90.0, last_heard=99.9)
+    young = Peer(4, "d", link_up=True, acks=True, acked=None, up_since=99.5, last_heard=99.9)
+    old = Peer(5, "e", link_up=True, acks=False, acked=None, up_since=90.0, last_heard=99.9)
+    m = _membership([deaf, late, fine, young, old], now)
+    m.transport = _Transport()
+    assert m.drop_silent(now) == [1, 2]
+    assert [r for _, r in m.transport.dropped] == ["keepalives not acknowledged"] * 2
+
+
+def test_a_paused_peer_is_left_to_the_silence_rule():
+    """Paused: neither heard nor acknowledging; not dropped as deaf (its keepalive
+    limit applies, as before)."""
+    now = 100.0
+    paused = Peer(1, "a", link_up=True, acks=True, acked=98.5, up_since=90.0, last_heard=99.5)
+    m = _membership([paused], now)
+    m.transport = _Transport()
+    assert m.drop_silent(now) == [] and m.transport.dropped == []

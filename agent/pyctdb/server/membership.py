@@ -57,6 +57,7 @@ class Peer:
     #: node's newest keepalive it acknowledged (None: none since its link came up)
     acks: bool = False
     acked: float = None
+    up_since: float = 0.0
 
 
 class Membership:
@@ -129,6 +130,7 @@ class Membership:
         peer.guarded = hello.get("guard") is True
         peer.acks = hello.get("acks") is True
         peer.acked = None
+        peer.up_since = self.clock()
         peer.released = False
         peer.instance = hello["instance"]
         peer.state = None
@@ -282,9 +284,23 @@ class Membership:
         return min(heard) + self.keepalive_window + 0.002
 
     def drop_silent(self, now) -> list:
-        """Drop the peers silent for KeepaliveInterval x KeepaliveLimit; their PNNs."""
+        """Drop the peers silent for KeepaliveInterval x KeepaliveLimit, and those that
+        speak but have acknowledged none of this node's keepalives for that long (this
+        node's frames do not reach them: a half-open connection, or a one-way cut); their
+        PNNs. The outgoing loop then connects again."""
         dropped = []
         for peer in self.peers.values():
+            # (a peer that is paused stops both: it is not heard within a keepalive
+            # interval by then, and the silence rule below applies)
+            deaf_for = now - (peer.acked or peer.up_since)
+            if (peer.link_up and peer.acks
+                    and deaf_for > self.keepalive_window + self.keepalive_interval
+                    and now - peer.last_heard <= self.keepalive_interval):
+                log.warning("node %d (%s) acknowledged none of this node's keepalives for "
+                            "%.1fs though it speaks: this node's frames do not reach it; "
+                            "connecting again", peer.pnn, peer.address, deaf_for)
+                self.transport.drop(peer.pnn, "keepalives not acknowledged")
+                dropped.append(peer.pnn)
             if peer.link_up and now - peer.last_heard > self.keepalive_window:
                 log.warning("node %d (%s) silent for %.1fs (KeepaliveInterval %s x "
                             "KeepaliveLimit %s): dropping it", peer.pnn, peer.address,

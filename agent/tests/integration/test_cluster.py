@@ -298,7 +298,7 @@ def test_impostor_on_a_peers_connection(cluster3):
     c = cluster3
     # 127.0.0.1 is not in the nodes list: HELLO claiming node 1 from it is refused
     s = _raw(c, 2)
-    s.sendall(P.encode(P.MsgType.HELLO, {"pnn": 1, "address": c.address(1), "instance": "x",
+    s.sendall(P.encode(P.MsgType.HELLO, {"pnn": 1, "address": c.address(1), "instance": "impostor",
                                          "nodes_digest": "0", "agent_version": "0"}))
     assert _closed(s)
     assert "arrived from 127.0.0.1" in c.log(2)
