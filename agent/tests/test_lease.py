@@ -103,3 +103,17 @@ def test_a_paused_peer_is_left_to_the_silence_rule():
     m = _membership([paused], now)
     m.transport = _Transport()
     assert m.drop_silent(now) == [] and m.transport.dropped == []
+
+
+def test_the_minority_wait_is_skipped_only_when_every_missing_peer_is_known_gone():
+    """A cut-off leader whose peers are still linked but silent (no state) must wait
+    out the leader timeout before it campaigns again (it took the lock back at once,
+    in the nemesis, and served every address beside the majority)."""
+    gone = Peer(1, "a", link_up=False, released=True)
+    silent = Peer(2, "b", link_up=False)
+    stateless = Peer(3, "c", link_up=True, state=None)
+    fine = Peer(4, "d", link_up=True, state={"flags": 0})
+    assert _membership([gone, fine], 0).missing_all_released()
+    assert not _membership([gone, silent], 0).missing_all_released()
+    assert not _membership([gone, stateless], 0).missing_all_released()
+    assert not _membership([fine], 0).missing_all_released()  # (nobody missing)

@@ -41,6 +41,7 @@ import logging
 import time
 
 from pyctdb.common.logsetup import NOTICE
+from pyctdb.errors import ControlError
 from pyctdb.rules import election, nodeflags, takeover
 from pyctdb.server import tasks
 from pyctdb.server.hosted import HostedRecord
@@ -291,27 +292,29 @@ class TakeoverRunner:
         """On the leader: move one address to a node now."""
         c = self.cluster
         if not c.am_leader:
-            raise ValueError("this node is not the leader")
+            raise ControlError(c.pnn, "this node is not the leader", "EAGAIN")
         if self.disabled:
-            raise ValueError("failover is disabled ([failover] disabled = true)")
+            raise ControlError(c.pnn, "failover is disabled ([failover] disabled = true)",
+                               "EINVAL")
         try:
             addr, pnn = str(ipaddress.ip_address(args["address"])), int(args["pnn"])
         except (KeyError, TypeError, ValueError):
-            raise ValueError(f"usage: move_ip address=IP pnn=PNN (got {args!r})") from None
+            raise ControlError(c.pnn, f"usage: move_ip address=IP pnn=PNN (got {args!r})",
+                               "EINVAL") from None
         info = await c.control(pnn, "get_public_ips", timeout=CONTROL_TIMEOUT)
         if addr not in {a["address"] for a in info["configured"]}:
-            raise ValueError(f"node {pnn} CANNOT host IP address {addr}")
+            raise ControlError(c.pnn, f"node {pnn} CANNOT host IP address {addr}", "EINVAL")
         return await self.run(f"moveip {addr} to node {pnn}", moves={addr: pnn})
 
     async def _ctl_ipreallocate(self, src, args):
         """On the leader: a takeover run now (waiting for one under way first)."""
         c = self.cluster
         if not c.am_leader:
-            raise ValueError("this node is not the leader")
+            raise ControlError(c.pnn, "this node is not the leader", "EAGAIN")
         if self.disabled:
             return {"skipped": "failover is disabled"}
         if c.recmode != 0 or c.generation is None:
-            raise ValueError("the cluster is in recovery")
+            raise ControlError(c.pnn, "the cluster is in recovery", "EAGAIN")
         return await self.run(str(args.get("reason") or "ipreallocate"))
 
 

@@ -231,12 +231,14 @@ class Watch:
     """The guard process's loop (blocking; no event loop): waits for the agent's
     messages until the deadline passes or the agent goes, then fences the node."""
 
-    def __init__(self, sock, drop, close_gate=lambda: None):
+    def __init__(self, sock, drop, close_gate=lambda: None, after=lambda dropped: None):
         """``drop(why)`` removes the node's public addresses and returns them;
-        ``close_gate()`` closes the client fast path's gate."""
+        ``close_gate()`` closes the client fast path's gate; ``after(dropped)`` runs
+        once the links are closed (resetting the removed addresses' connections)."""
         self.sock = sock
         self.drop = drop
         self.close_gate = close_gate
+        self.after = after
         self.deadline = None
         self.links = {}  # (pnn, dir) -> socket
         self.lock = None  # (pid, pidfd) of the lock helper
@@ -328,10 +330,11 @@ class Watch:
             self.shut.append((time.monotonic(), sock))
         n = len(self.links)
         self.links = {}
+        ms = (time.monotonic() - t0) * 1000
+        self.after(dropped)
         log.error("guard: %s: removed %d public addresses%s%s, closed %d link sockets "
                   "(%.0f ms)", why, len(dropped), f" ({', '.join(dropped)})" if dropped else "",
-                  f", killed the cluster lock helper {killed}" if killed else "", n,
-                  (time.monotonic() - t0) * 1000)
+                  f", killed the cluster lock helper {killed}" if killed else "", n, ms)
         self._reply(dropped, why)
 
     def _reply(self, dropped, why):
@@ -364,6 +367,7 @@ def main(argv=None):
     # (imported here: only the guard process needs them, not the agent's import of Guard)
     from pyctdb.common.config import load_config  # noqa: PLC0415  (guard process only)
     from pyctdb.common.logsetup import setup  # noqa: PLC0415  (guard process only)
+    from pyctdb.server import netops  # noqa: PLC0415  (guard process only)
     from pyctdb.server.hosted import drop_addresses  # noqa: PLC0415  (guard process only)
     setup(args.log_location, args.log_level, prog="pyctdb-guard")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # (a terminal's ^C is for the agent)
@@ -380,17 +384,25 @@ def main(argv=None):
     sock = socket.socket(fileno=args.fd)
 
     def drop(why):
-        removed, errors = drop_addresses(public, args.hosted_file)
+        removed, errors = drop_addresses(public, args.hosted_file, kill_connections=False)
         for err in errors:
             log.error("guard: %s", err)
         return removed
+
+    def after(dropped):
+        for what in dropped:
+            netops.kill_local_connections(what.split("/")[0])
     def close_gate():
         if args.gate_file:
             try:
                 close_client_gate(args.gate_file)
             except (OSError, ValueError) as exc:
                 log.error("guard: cannot close the gate in %s: %s", args.gate_file, exc)
-    return Watch(sock, drop, close_gate).run()
+    try:
+        netops.all_addresses()  # (netlink's socket and pyroute2 ready before they count)
+    except Exception as exc:
+        log.error("guard: cannot read the interfaces: %s", exc)
+    return Watch(sock, drop, close_gate, after).run()
 
 
 def close_client_gate(path):

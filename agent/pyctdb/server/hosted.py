@@ -65,13 +65,15 @@ def write_hosted(path, entries):
     os.replace(tmp, path)
 
 
-def drop_addresses(public, hosted_file, rewrite=False):
+def drop_addresses(public, hosted_file, rewrite=False, kill_connections=True):
     """Remove from this host's interfaces every address of ``public`` ({address:
     prefix}: the public_addresses file's) and every address recorded in ``hosted_file``
     (what the agent hosted, runtime additions included), with their connections.
     Returns ``(removed, errors)``: ["address/prefix on iface"], [messages]. With
     ``rewrite``, the record then keeps only what could not be removed (the guard leaves
-    it to the agent: both writing it would race)."""
+    it to the agent: both writing it would race). ``kill_connections``: reset the
+    removed addresses' TCP connections too (``ss -K``: a process each; the guard does
+    it after it has closed the links)."""
     errors = []
     try:
         recorded = read_hosted(hosted_file)
@@ -90,7 +92,8 @@ def drop_addresses(public, hosted_file, rewrite=False):
             continue
         try:
             netops.del_address(iface, addr, prefix)
-            netops.kill_local_connections(addr)
+            if kill_connections:
+                netops.kill_local_connections(addr)
             removed.append(f"{addr}/{prefix} from {iface}")
         except netops.NetError as exc:
             errors.append(str(exc))

@@ -257,9 +257,12 @@ class Membership:
         return acks, released
 
     def missing_all_released(self) -> bool:
-        """Every peer whose link is down is known to have dropped its addresses and
-        stopped (its guard closed its links, or it said BYE)."""
-        return all(p.released for p in self.peers.values() if not p.link_up)
+        """Some peers are missing from this node's majority, and every one of them is
+        known to have dropped its addresses and stopped (its guard closed its links, or
+        it said BYE). False when a missing peer is merely silent, or still linked but
+        not heard from (no state yet)."""
+        missing = [p for p in self.peers.values() if not (p.link_up and p.state is not None)]
+        return bool(missing) and all(not p.link_up and p.released for p in missing)
 
     def held(self, now) -> dict:
         """{pnn: until when} of the peers that are down but may still serve their
