@@ -6,6 +6,8 @@ seen on two hosts in one sweep fails the test. Needs root and iproute2.
 """
 
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -236,4 +238,43 @@ def test_two_nodes_the_survivor_of_a_killed_leader_keeps_serving_and_leads(tmp_p
             assert "lease ended" not in log
             assert "giving the majority a head start" not in log.split("DISCONNECTED")[-1]
     finally:
+        lab.destroy()
+
+
+def test_cpu_starvation_moves_nothing(tmp_path):
+    """Ten seconds of CPU starvation beside the agents (two busy processes per core,
+    same priority), pyctdb's default keepalive (0.5 s x 3): no node is marked
+    DISCONNECTED, no lease ends, no guard fires, no address moves."""
+    lab = NetnsLab(3).create()
+    hogs = []
+    try:
+        pubs = [lab.public_address(j) for j in range(NPUB)]
+        c = LocalCluster(3, base_dir=tmp_path / "c", lab=lab,
+                         public_addresses="".join(f"{a}/24 eth0\n" for a in pubs))
+        with c:
+            c.start()
+            c.wait_healthy(60)
+            c.wait_for(lambda: placed(lab, pubs) is not None, 30,
+                       what="every address on exactly one host")
+            time.sleep(2.0)  # (a periodic takeover run's rebalancing, if any, done)
+            before = placed(lab, pubs)
+            marks = [len(c.log(p)) for p in range(3)]
+            with Watcher(lab, pubs) as w:
+                hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                        for _ in range(2 * (os.cpu_count() or 2))]
+                time.sleep(10.0)
+                for h in hogs:
+                    h.kill()
+                changes = placed(lab, pubs)
+            assert not w.doubles, w.doubles
+            assert changes == before, (before, changes)
+            for p in range(3):
+                log = c.log(p)[marks[p]:]
+                for bad in ("DISCONNECTED", "lease ended", "missed its keepalive",
+                            "silent for", "Traceback"):
+                    assert bad not in log, (p, bad, log[-2000:])
+            assert c.healthy()
+    finally:
+        for h in hogs:
+            h.kill()
         lab.destroy()
