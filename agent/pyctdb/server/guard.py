@@ -370,7 +370,10 @@ def main(argv=None):
     from pyctdb.server import netops  # noqa: PLC0415  (guard process only)
     from pyctdb.server.hosted import drop_addresses  # noqa: PLC0415  (guard process only)
     setup(args.log_location, args.log_level, prog="pyctdb-guard")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # (a terminal's ^C is for the agent)
+    # (a terminal's ^C, and systemd's SIGTERM to the whole unit, are for the agent: the
+    # guard goes when the agent tells it, or when the agent is gone)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         os.setpriority(os.PRIO_PROCESS, 0, -5)  # (it must run when the node is starved)
     except OSError:
