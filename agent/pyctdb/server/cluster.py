@@ -106,6 +106,8 @@ class Cluster:
         self._actions = []  # what the current cycle did, for its report
         self._last_report = None
 
+        #: name -> callable: more parts of :meth:`status` (the fencing's, from the daemon)
+        self.status_parts = {}
         self.membership = Membership(config, me, tunables, clock,
                                      state_payload=self._state_fields, on_change=self.kick)
         self.controls = Controls(self.pnn, self.membership.instance,
@@ -434,6 +436,7 @@ class Cluster:
                              "held": bool(self.lock and self.lock.held)},
             "uptime": self.uptime(),
             "transport": {"authenticated": self.transport.authenticated},
+            **{name: part() for name, part in self.status_parts.items()},
         }
 
     def uptime(self) -> dict:

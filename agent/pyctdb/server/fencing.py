@@ -41,6 +41,7 @@ class Fencing:
         m.link_lost.append(lambda pnn, reason: self.update())
         m.on_keepalive.append(self._keepalive)
         local.may_host = self.may_host
+        cluster.status_parts["fencing"] = self.describe
         if guard is not None:
             m.guarded = lambda: guard.running
             cluster.transport.link_sockets = guard
@@ -106,6 +107,19 @@ class Fencing:
     def renew_interval(self) -> float:
         """How often the gate is renewed: a third of the keepalive window, at most 1 s."""
         return min(1.0, self.cluster.membership.keepalive_window / 3)
+
+    def describe(self) -> dict:
+        """The ``fencing`` part of the node's status."""
+        end = self.expiry()
+        now = self.cluster.clock()
+        guard = self.guard
+        return {"guard": bool(guard and guard.running),
+                "guard_pid": guard.proc.pid if guard and guard.running else None,
+                "lease": ("unbounded" if end is None else
+                          "valid" if end > now else "none"),
+                "lease_remaining": (None if end is None else
+                                    round(max(0.0, end - now), 3)),
+                "bound_remaining": round(self.bound() - now, 3)}
 
     def guard_dropped(self, addresses, why):
         """The guard removed this node's addresses (this agent was paused or wedged):

@@ -151,6 +151,8 @@ def test_a_cut_off_node_drops_its_addresses_before_the_majority_takes_them(fence
     them a margin later. Never on two hosts."""
     c, lab, pubs = fenced
     victim, had = victim_of(c, lab, pubs)
+    st = c.status(victim)["fencing"]
+    assert st["guard"] and st["lease"] == "valid" and 0 < st["lease_remaining"] <= WINDOW
     with Watcher(lab, pubs) as w:
         t0 = time.monotonic()
         lab.link(victim, up=False)
@@ -168,6 +170,7 @@ def test_a_cut_off_node_drops_its_addresses_before_the_majority_takes_them(fence
     assert not w.doubles, w.doubles
     assert "lease ended" in c.log(victim)
     assert dropped <= moved
+    assert c.status(victim)["fencing"]["lease"] == "valid"  # (healed: acknowledged again)
     print(f"{had}: dropped at {dropped:.3f} s, moved at {moved:.3f} s, {w.sweeps} sweeps")
 
 
