@@ -2,10 +2,12 @@
 least once (kill, pause, partition of a node and of the leader, asymmetric partition,
 lock file removed or replaced, CPU starvation), under the live workload.
 
-One run serves both tests. Every invariant but one must hold (test_nemesis_invariants);
-the address invariant (never two nodes serving one address) is asserted on its own, in a
-test marked xfail (not strict) while the address-fencing work of issue 11 lands: a paused
-or cut-off node could keep serving its addresses while another node had taken them.
+Every invariant must hold, the address invariant (never two nodes serving one address)
+too, now that address fencing has landed (issue 11: the guard drops a killed or paused
+agent's addresses, the lease, the leader's hold): the kill rounds run without systemd's
+ExecStopPost emulation (bench/nemesis's default), so only the guard drops a killed
+agent's addresses.
+
 Needs root, iproute2 and nft.
 """
 
@@ -27,14 +29,6 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces"),
     pytest.mark.skipif(shutil.which("nft") is None, reason="needs nft"),
 ]
-
-#: the address invariant, asserted apart (known to fail before issue 11's fencing)
-KNOWN = {"dual-address"}
-KNOWN_REASON = ("known address-fencing bugs of issue 11 (dual-address): a paused (SIGSTOP) "
-                "or cut-off node keeps serving its public addresses while the majority has "
-                "taken them over, so an address is on two nodes during pause, partition, "
-                "partition-leader and asymmetric rounds")
-
 
 @pytest.fixture(scope="module")
 def nemesis_run(tmp_path_factory):
@@ -66,13 +60,9 @@ def test_nemesis_invariants(nemesis_run):
     wl = rep["workload"]
     assert wl["tack"] > 100 and wl["dack"] > 10 and wl["inc"] > 100, wl
     assert wl["persistent_checked"] == wl["tack"]
-    others = [v for v in rep["violations"] if v["kind"] not in KNOWN]
-    assert not others, _describe(others) + "\n\n" + rep["_stdout"][-3000:]
-    if not any(v["kind"] in KNOWN for v in rep["violations"]):
-        assert rep["_exit"] == 0, rep["_stdout"][-3000:]
-
-
-@pytest.mark.xfail(strict=False, reason=KNOWN_REASON)
-def test_nemesis_one_node_per_address(nemesis_run):
-    dual = [v for v in nemesis_run["violations"] if v["kind"] in KNOWN]
-    assert not dual, _describe(dual)
+    assert not rep["stop_post"]  # the guard alone drops a killed agent's addresses
+    dual = [v for v in rep["violations"] if v["kind"] == "dual-address"]
+    assert not dual, "an address on two nodes:\n" + _describe(dual)
+    assert not rep["violations"], _describe(rep["violations"]) + "\n\n" + \
+        rep["_stdout"][-3000:]
+    assert rep["_exit"] == 0, rep["_stdout"][-3000:]
