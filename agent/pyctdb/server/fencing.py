@@ -22,6 +22,12 @@ from pyctdb.server.membership import FENCE_MARGIN
 
 log = logging.getLogger(__name__)
 
+#: Seconds the guard waits past the node's bound before it fences a silent agent: a
+#: little tolerance for an agent starved of CPU, well inside the leader's FENCE_MARGIN
+#: (the guard's own work takes some 15 ms).
+GUARD_GRACE = 0.1
+assert GUARD_GRACE < FENCE_MARGIN / 2
+
 
 class Fencing:
     """This node's lease, and what it does when it ends (see the module doc)."""
@@ -89,8 +95,9 @@ class Fencing:
             # (the peers count any frame as heard: so does the deadline, to be no stricter;
             # an ended lease is this live agent's to act on, not the guard's)
             end = self.expiry()
-            self.guard.deadline(self.bound() if end is None or end > self.cluster.clock()
-                                else sent_at + self.cluster.membership.keepalive_window)
+            self.guard.deadline(GUARD_GRACE + (
+                self.bound() if end is None or end > self.cluster.clock()
+                else sent_at + self.cluster.membership.keepalive_window))
 
     def bound(self):
         """Until when this node may serve at most (CLOCK_MONOTONIC; None: no bound): the
