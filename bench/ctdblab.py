@@ -288,8 +288,8 @@ class CtdbLab:
         return r
 
     def leader(self, pnn=0):
-        """The PNN of the recovery master (leader), asked of node pnn."""
-        return int(self.ctdb(pnn, "recmaster").stdout.strip())
+        """The PNN of the leader (recovery master), asked of node pnn (`ctdb leader`)."""
+        return int(self.ctdb(pnn, "leader").stdout.strip())
 
     def ip_all(self, pnn=0):
         """{address: pnn} as CTDB sees it (`ctdb -X ip all`), -1 when unhosted."""
