@@ -17,12 +17,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import time
 
 from pyctdb.rules import election
 from pyctdb.rules.takeover import sort_key
-from pyctdb.server import netops
+from pyctdb.server import netops, tasks
 
 log = logging.getLogger(__name__)
+
+SLOW_NETOPS = 0.2  # seconds: a network operation that takes longer is logged (INFO)
 
 
 class NetThread:
@@ -36,7 +39,20 @@ class NetThread:
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="netops")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        queued = time.monotonic()
+        started = []
+
+        def timed():
+            started.append(time.monotonic())
+            return fn(*args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, timed)
+        finally:
+            done = time.monotonic()
+            if done - queued > SLOW_NETOPS:
+                start = started[0] if started else done
+                log.info("netops %s took %.0f ms (%.0f ms queued)", getattr(
+                    fn, "__name__", fn), (done - start) * 1000, (start - queued) * 1000)
 
     def shutdown(self):
         if self._executor is not None:
@@ -57,6 +73,7 @@ class LocalAddresses:
         self.events = events  # FailoverEvents
         self.assigned = {}
         self.netlock = asyncio.Lock()
+        self._tasks = set()
         #: whether this node may host addresses now (its lease: :mod:`pyctdb.server.fencing`)
         self.may_host = lambda: True
         cluster.control_handlers.update({
@@ -86,9 +103,12 @@ class LocalAddresses:
         addr = args["address"]
         self._check_term(src, "release", addr, args.get("term"))
         pa = self.addresses.lookup(addr)
+        t0 = time.monotonic()
         if addr in self.assigned and pa is not None:
             await self.events.run("releaseip", self.assigned[addr], addr, pa.prefix)
+        t1 = time.monotonic()
         async with self.netlock:
+            t2 = time.monotonic()
             # (it leaves ``assigned`` only once it is off the interface: a shutdown waits
             # for an empty ``assigned`` before it lets the process exit)
             iface = self.assigned.get(addr)
@@ -103,12 +123,17 @@ class LocalAddresses:
                 except netops.NetError:
                     failed = True
                     continue
-            killed = await self.net.run(netops.kill_local_connections, addr)
             self.assigned.pop(addr, None)
             if removed or not failed:  # (else it may still be there: keep it recorded)
                 await self.record.set(addr, None)
+        if conns:  # (after the answer: the new holder's tickles move the clients)
+            tasks.spawn(self._reset_connections(addr, len(conns)), "reset-connections",
+                        owner=self._tasks)
         log.warning("released %s%s%s", addr, f" from {iface}" if iface else "",
-                    f", reset {killed} connections" if killed else "")
+                    f", resetting {len(conns)} connections" if conns else "")
+        log.debug("release %s: releaseip event %.0f ms, waited for the netops lock %.0f ms, "
+                  "netops %.0f ms", addr, (t1 - t0) * 1000, (t2 - t1) * 1000,
+                  (time.monotonic() - t2) * 1000)
         self.tickles.forget(addr)
         if addr not in self.addresses.configured:
             self.addresses.removed.pop(addr, None)
@@ -124,7 +149,6 @@ class LocalAddresses:
                 prefix = pa.prefix if pa else (32 if ":" not in addr else 128)
                 try:
                     await self.net.run(netops.del_address, iface, addr, prefix)
-                    await self.net.run(netops.kill_local_connections, addr)
                 except netops.NetError as exc:
                     log.error("fencing: %s", exc)
                     continue
@@ -135,12 +159,30 @@ class LocalAddresses:
         if dropped:
             log.error("fencing: %s: removed %s", why,
                       ", ".join(f"{a} from {i}" for a, i, _ in dropped))
+        for addr, _, _ in dropped:
+            await self._reset_connections(addr)
         for addr, iface, prefix in dropped:
             try:
                 await self.events.run("releaseip", iface, addr, prefix)
             except Exception as exc:  # (the address is gone whatever the script says)
                 log.error("releaseip %s after fencing: %s", addr, exc)
         return [a for a, _, _ in dropped]
+
+    @staticmethod
+    async def _reset_connections(addr, count=None):
+        """Reset this host's TCP connections from ``addr`` (``ss -K``), as a child
+        process the event loop waits for (not the netops thread: a release or a take
+        must not queue behind it)."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                "ss", "-K", "-t", "src", addr, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL)
+            await asyncio.wait_for(proc.wait(), 5)
+        except (OSError, asyncio.TimeoutError) as exc:
+            log.warning("cannot reset the connections of %s: %s", addr, exc or "timeout")
+        else:
+            log.debug("reset %s connections of %s", count if count is not None else "the",
+                      addr)
 
     def _check_term(self, src, verb, addr, term):
         why = election.order_refused(f"{verb}_ip", term, self.cluster.newest_term())
