@@ -1,0 +1,79 @@
+"""The guard process's loop (pyctdb.server.guard.Watch) without an agent: its messages
+checked (malformed ones ignored), its deadline, and the order of its fence: gate,
+addresses, lock helper, then the links."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import threading
+import time
+
+from pyctdb.server.guard import MAX_MESSAGE, Watch, _encode
+
+
+def _watch(order):
+    agent, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    w = Watch(theirs, drop=lambda why: order.append(("drop", why)) or ["10.0.0.1/24 from eth0"],
+              close_gate=lambda: order.append(("gate",)),
+              after=lambda dropped: order.append(("after", tuple(dropped))))
+    t = threading.Thread(target=lambda: order.append(("exit", w.run())), daemon=True)
+    t.start()
+    return agent, w, t
+
+
+def test_a_missed_deadline_fences_in_order_and_closes_the_links():
+    order = []
+    agent, w, t = _watch(order)
+    link_a, link_b = socket.socketpair()  # (a link: the peer's end is link_b)
+    sleeper = subprocess.Popen(["sleep", "30"])
+    pidfd = os.pidfd_open(sleeper.pid)
+    try:
+        socket.send_fds(agent, [_encode("sock", pnn=1, dir="out")], [link_a.fileno()])
+        socket.send_fds(agent, [_encode("lock", pid=sleeper.pid)], [pidfd])
+        link_a.close()  # (the agent's own copy: the guard's keeps it open)
+        agent.send(_encode("deadline", at=time.monotonic() + 0.2))
+        link_b.settimeout(5)
+        assert link_b.recv(1) == b""  # the guard shut the link down: a clean end
+        assert sleeper.wait(5) == -9  # the lock helper was killed
+        reply = agent.recv(MAX_MESSAGE)
+        assert b'"dropped"' in reply and b"10.0.0.1" in reply
+        kinds = [o[0] for o in order]
+        assert kinds[:3] == ["gate", "drop", "after"]
+        assert "missed its keepalive deadline" in order[1][1]
+    finally:
+        os.close(pidfd)
+        sleeper.kill()
+        agent.close()
+        t.join(5)
+    assert order[-1][0] == "exit" and [o[0] for o in order].count("drop") == 2  # (EOF)
+
+
+def test_malformed_messages_are_ignored_and_eof_fences():
+    order = []
+    agent, w, t = _watch(order)
+    for junk in (b"not json", b"[]", b'{"v": 2, "op": "deadline", "at": 1}',
+                 b'{"v": 1, "op": 5}', b'{"v": 1, "op": "deadline", "at": "soon"}',
+                 b'{"v": 1, "op": "sock", "pnn": 1}', b"x" * (MAX_MESSAGE + 1),
+                 b'{"v": 1, "op": "unknown"}'):
+        agent.send(junk)
+    time.sleep(0.3)
+    assert order == [] and w.deadline is None  # nothing fenced, nothing armed
+    agent.close()  # the agent is gone
+    t.join(5)
+    assert [o[0] for o in order] == ["gate", "drop", "after", "exit"]
+    assert order[1][1] == "the agent exited"
+
+
+def test_stop_drops_when_asked_and_exits_without_fencing_the_links():
+    order = []
+    agent, w, t = _watch(order)
+    link_a, link_b = socket.socketpair()
+    socket.send_fds(agent, [_encode("sock", pnn=2, dir="in")], [link_a.fileno()])
+    link_a.close()
+    agent.send(_encode("stop", drop=True))
+    assert b'"dropped"' in agent.recv(MAX_MESSAGE)
+    t.join(5)
+    assert [o[0] for o in order] == ["drop", "exit"]
+    agent.close()
