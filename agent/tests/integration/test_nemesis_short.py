@@ -34,19 +34,23 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("nft") is None, reason="needs nft"),
 ]
 
-@pytest.fixture(scope="module")
-def nemesis_run(tmp_path_factory):
-    d = tmp_path_factory.mktemp("nemesis")
+def _run(tmp_path_factory, name, args, timeout):
+    """bench/nemesis with args, its report (plus its exit status and stdout)."""
+    d = tmp_path_factory.mktemp(name)
     out = d / "report.json"
-    r = subprocess.run(
-        [sys.executable, NEMESIS, "--nodes", "3", "--rounds", "10", "--seed", "20261206",
-         "--json", str(out), "--keep", str(d / "run")],
-        capture_output=True, text=True, timeout=540)
+    r = subprocess.run([sys.executable, NEMESIS, *args, "--json", str(out), "--keep",
+                        str(d / "run")], capture_output=True, text=True, timeout=timeout)
     assert out.exists(), f"no report (exit {r.returncode}):\n{r.stdout[-4000:]}\n" \
                          f"{r.stderr[-4000:]}"
     rep = json.loads(out.read_text())
     rep["_exit"], rep["_stdout"] = r.returncode, r.stdout
     return rep
+
+
+@pytest.fixture(scope="module")
+def nemesis_run(tmp_path_factory):
+    return _run(tmp_path_factory, "nemesis",
+                ["--nodes", "3", "--rounds", "10", "--seed", "20261206"], 540)
 
 
 def _describe(vs):
@@ -76,18 +80,9 @@ def test_nemesis_invariants(nemesis_run):
 def nemesis_etcd_run(tmp_path_factory):
     if shutil.which("etcd") is None:
         pytest.skip("etcd is not installed (Debian's etcd-server; scripts/setup-host.sh)")
-    d = tmp_path_factory.mktemp("nemesis-etcd")
-    out = d / "report.json"
-    r = subprocess.run(
-        [sys.executable, NEMESIS, "--nodes", "3", "--rounds", "4", "--seed", "20261207",
-         "--lock", "etcd", "--faults", "etcd-member,partition-leader,kill,lock",
-         "--json", str(out), "--keep", str(d / "run")],
-        capture_output=True, text=True, timeout=300)
-    assert out.exists(), f"no report (exit {r.returncode}):\n{r.stdout[-4000:]}\n" \
-                         f"{r.stderr[-4000:]}"
-    rep = json.loads(out.read_text())
-    rep["_exit"], rep["_stdout"] = r.returncode, r.stdout
-    return rep
+    return _run(tmp_path_factory, "nemesis-etcd",
+                ["--nodes", "3", "--rounds", "4", "--seed", "20261207", "--lock", "etcd",
+                 "--faults", "etcd-member,partition-leader,kill,lock"], 300)
 
 
 def test_nemesis_etcd_lock(nemesis_etcd_run):
