@@ -93,6 +93,32 @@ class LocalAddresses:
                 return iface
         return None
 
+    @classmethod
+    def _add_on_usable(cls, pa, addr):
+        """(In the netops thread: one job, not one per step.) Add ``addr`` on the first
+        usable interface and announce it; the interface, or None (none usable)."""
+        iface = cls._usable_iface(pa)
+        if iface is not None:
+            netops.add_address(iface, addr, pa.prefix)
+            netops.announce(iface, addr)
+        return iface
+
+    @staticmethod
+    def _remove(addr, candidates, prefix):
+        """(In the netops thread: one job.) The connections of ``addr``, then ``addr``
+        removed from the first of ``candidates`` that has it: ``(connections, removed,
+        failed)``."""
+        conns = netops.tcp_connections([addr])
+        removed = failed = False
+        for cand in candidates:
+            try:
+                if netops.del_address(cand, addr, prefix):
+                    removed = True
+                    break
+            except netops.NetError:
+                failed = True
+        return conns, removed, failed
+
     async def _ctl_get_public_ips(self, src, args):
         return {"configured": [{"address": pa.address, "prefix": pa.prefix,
                                 "interfaces": list(pa.interfaces)}
@@ -112,17 +138,9 @@ class LocalAddresses:
             # (it leaves ``assigned`` only once it is off the interface: a shutdown waits
             # for an empty ``assigned`` before it lets the process exit)
             iface = self.assigned.get(addr)
-            conns = await self.net.run(netops.tcp_connections, [addr])  # (reads /proc)
-            removed = failed = False
-            for cand in ([iface] if iface else []) + (list(pa.interfaces) if pa else []):
-                try:
-                    if await self.net.run(netops.del_address, cand, addr,
-                                          pa.prefix if pa else (32 if ":" not in addr else 128)):
-                        removed = True
-                        break
-                except netops.NetError:
-                    failed = True
-                    continue
+            conns, removed, failed = await self.net.run(
+                self._remove, addr, ([iface] if iface else []) + (list(pa.interfaces) if pa else []),
+                pa.prefix if pa else (32 if ":" not in addr else 128))
             self.assigned.pop(addr, None)
             if removed or not failed:  # (else it may still be there: keep it recorded)
                 await self.record.set(addr, None)
@@ -203,19 +221,24 @@ class LocalAddresses:
             raise ValueError(f"{addr} is not one of this node's public addresses")
         async with self.netlock:
             self._check_term(src, "take", addr, term)  # (a newer leader may have come meanwhile)
-            iface = await self.net.run(self._usable_iface, pa)
-            if iface is None:
-                raise ValueError(f"no usable interface for {addr} (configured: "
-                                 f"{','.join(pa.interfaces)})")
-            await self.record.set(addr, (pa.prefix, iface))
+            # recorded before it is added (the interface it will most likely be on: the
+            # record is for removing it, which finds it wherever it is)
+            presumed = self.assigned.get(addr) or (pa.interfaces[0] if pa.interfaces else "")
+            await self.record.set(addr, (pa.prefix, presumed))
             try:
-                await self.net.run(netops.add_address, iface, addr, pa.prefix)
+                iface = await self.net.run(self._add_on_usable, pa, addr)
             except Exception:
                 if addr not in self.assigned:
                     await self.record.set(addr, None)
                 raise
+            if iface is None:
+                if addr not in self.assigned:
+                    await self.record.set(addr, None)
+                raise ValueError(f"no usable interface for {addr} (configured: "
+                                 f"{','.join(pa.interfaces)})")
             self.assigned[addr] = iface
-            await self.net.run(netops.announce, iface, addr)
+            if iface != presumed:
+                await self.record.set(addr, (pa.prefix, iface))
         await self.events.run("takeip", iface, addr, pa.prefix)
         conns = self.tickles.for_take(addr, args.get("connections", []))
         if conns:
