@@ -39,6 +39,9 @@ def test_a_missed_deadline_fences_in_order_and_closes_the_links():
         assert sleeper.wait(5) == -9  # the lock helper was killed
         reply = agent.recv(MAX_MESSAGE)
         assert b'"dropped"' in reply and b"10.0.0.1" in reply
+        t_wait = time.monotonic() + 5
+        while len(order) < 3 and time.monotonic() < t_wait:
+            time.sleep(0.01)
         kinds = [o[0] for o in order]
         assert kinds[:3] == ["gate", "drop", "after"]
         assert "missed its keepalive deadline" in order[1][1]
@@ -77,3 +80,22 @@ def test_stop_drops_when_asked_and_exits_without_fencing_the_links():
     t.join(5)
     assert [o[0] for o in order] == ["drop", "exit"]
     agent.close()
+
+
+def test_an_end_of_stream_is_the_peer_s_only_when_the_peer_sent_it():
+    """A link's clean end of stream says 'its addresses are gone' only when the peer
+    sent it (CLOSE_WAIT); when this host's own guard shut the shared socket down, the
+    read ends the same way, and must not (a fenced leader took it for its peers' and
+    led again at once, in the nemesis)."""
+    from pyctdb.server.transport import _closed_by_peer
+    srv = socket.create_server(("127.0.0.1", 0))
+    a = socket.create_connection(srv.getsockname())
+    b, _ = srv.accept()
+    a.close()  # the peer's FIN
+    assert b.recv(1) == b"" and _closed_by_peer(b)
+    c = socket.create_connection(srv.getsockname())
+    d, _ = srv.accept()
+    d.shutdown(socket.SHUT_RDWR)  # this host's own shutdown (the guard's)
+    assert d.recv(1) == b"" and not _closed_by_peer(d)
+    for x in (b, c, d, srv):
+        x.close()

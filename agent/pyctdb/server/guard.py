@@ -331,11 +331,11 @@ class Watch:
         n = len(self.links)
         self.links = {}
         ms = (time.monotonic() - t0) * 1000
-        self.after(dropped)
         log.error("guard: %s: removed %d public addresses%s%s, closed %d link sockets "
                   "(%.0f ms)", why, len(dropped), f" ({', '.join(dropped)})" if dropped else "",
                   f", killed the cluster lock helper {killed}" if killed else "", n, ms)
         self._reply(dropped, why)
+        self.after(dropped)
 
     def _reply(self, dropped, why):
         try:

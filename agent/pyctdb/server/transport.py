@@ -74,6 +74,20 @@ def _reset(writer):
 
 
 _LINGER_RESET = (1).to_bytes(4, "little") + (0).to_bytes(4, "little")  # struct linger {1, 0}
+_TCP_CLOSE_WAIT = 8  # (linux/tcp_states.h)
+
+
+def _closed_by_peer(sock) -> bool:
+    """Whether the end of stream just read on ``sock`` is the peer's: its TCP state is
+    CLOSE_WAIT (the peer's FIN, nothing sent by this host). A socket this host shut down
+    itself — the node's own guard fencing it shuts the shared socket down — is in
+    FIN_WAIT or later, and says nothing about the peer's addresses."""
+    if sock is None:
+        return False
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0] == _TCP_CLOSE_WAIT
+    except (OSError, ValueError):
+        return False
 
 
 def _norm(addr: str) -> str:
@@ -329,7 +343,7 @@ class _FrameProtocol(asyncio.Protocol):
             _reset(self.transport)
 
     def eof_received(self):
-        self.eof = True
+        self.eof = _closed_by_peer(self.transport.get_extra_info("socket"))
         self._end(None)
 
     def connection_lost(self, exc):
@@ -642,7 +656,8 @@ class Transport:
                     self._update(pnn)
                     # The peer never sends on this connection (after the handshake): any
                     # byte or EOF ends it.
-                    clean = await reader.read(1) == b""
+                    clean = (await reader.read(1) == b""
+                             and _closed_by_peer(writer.get_extra_info("socket")))
             except (OSError, asyncio.IncompleteReadError):
                 pass
             except asyncio.CancelledError:
