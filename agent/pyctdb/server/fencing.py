@@ -81,9 +81,10 @@ class Fencing:
             return
         if self._had_lease:
             self._had_lease = False
-            log.log(NOTICE, "lease ended: this node hears no majority of the nodes since "
-                    "%.2fs and does not lead holding the cluster lock",
-                    now - end + self.cluster.membership.keepalive_window)
+            log.log(NOTICE, "lease ended: this node hears no majority of the nodes%s and "
+                    "does not lead holding the cluster lock",
+                    "" if end == lease.NO_LEASE else
+                    f" since {now - end + self.cluster.membership.keepalive_window:.2f}s")
         if self.local.assigned:
             tasks.spawn(self.local.drop_all("this node's lease ended"), "fence",
                         owner=self._tasks)

@@ -56,6 +56,8 @@ MAX_FDS = 2
 #: seconds the guard keeps shut-down link sockets open before closing them (closing
 #: one with unread data sends a reset; the peers must see the end of stream first)
 LINGER = 0.5
+#: seconds a lock helper has to exit on SIGTERM before the guard kills it
+LOCK_TERM_WAIT = 0.3
 
 
 def _encode(op, **fields) -> bytes:
@@ -303,6 +305,23 @@ class Watch:
                 os.close(fd)
         return op
 
+    def _stop_lock_helper(self):
+        """SIGTERM first (an etcd helper then gives its lease back at once, instead of
+        leaving the key to its TTL), SIGKILL if it has not exited within
+        :data:`LOCK_TERM_WAIT`. Its pid, or None if it was gone already."""
+        pid, pidfd = self.lock
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+        except OSError:
+            return None
+        ready, _, _ = select.select([pidfd], [], [], LOCK_TERM_WAIT)  # (readable: exited)
+        if not ready:
+            try:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            except OSError:
+                pass
+        return pid
+
     def _forget_lock(self):
         if self.lock is not None:
             os.close(self.lock[1])
@@ -316,11 +335,7 @@ class Watch:
         dropped = self.drop(why)
         killed = None
         if self.lock is not None:
-            try:
-                signal.pidfd_send_signal(self.lock[1], signal.SIGKILL)
-                killed = self.lock[0]
-            except OSError:
-                pass
+            killed = self._stop_lock_helper()
             self._forget_lock()
         for sock in self.links.values():
             try:

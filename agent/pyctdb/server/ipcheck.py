@@ -38,6 +38,12 @@ class InterfaceCheck:
             for addr, pa in self.addresses.configured.items():
                 on = present.get(addr)
                 if addr in local.assigned and on is None:
+                    if not local.may_host():
+                        # (fenced: the lease ended, or the guard removed them while this
+                        # agent was paused; another node may serve it now)
+                        log.warning("consistency: %s is missing and this node has no "
+                                    "lease: not adding it back", addr)
+                        continue
                     iface = local.assigned[addr]
                     try:
                         await record.set(addr, (pa.prefix, iface))
