@@ -193,7 +193,7 @@ class LocalAddresses:
         must not queue behind it)."""
         try:
             proc = await asyncio.create_subprocess_exec(
-                "ss", "-K", "-t", "src", addr, stdout=asyncio.subprocess.DEVNULL,
+                *netops.reset_command(addr), stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL)
             await asyncio.wait_for(proc.wait(), 5)
         except (OSError, asyncio.TimeoutError) as exc:

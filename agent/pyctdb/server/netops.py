@@ -271,13 +271,18 @@ def send_tickle(src_ip, src_port, dst_ip, dst_port, count=2):
             s.close()
 
 
+def reset_command(addr) -> list:
+    """The command that resets every TCP connection from ``addr`` (``ss -K``)."""
+    return ["ss", "-K", "-t", "src", addr]
+
+
 def kill_local_connections(addr) -> int:
     """Reset every TCP connection whose local address is ``addr`` (ss -K)."""
     conns = tcp_connections([addr])
     if not conns:
         return 0
     try:
-        subprocess.run(["ss", "-K", "-t", "src", addr], capture_output=True, timeout=5)
+        subprocess.run(reset_command(addr), capture_output=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired) as exc:
         log.warning("cannot reset connections on %s: %s", addr, exc)
     return len(conns)
