@@ -235,10 +235,8 @@ class CtdbLab:
 
     def _kill_leftovers(self, pnn):
         """SIGKILL every process in pnn's namespace whose environment is this lab's."""
-        r = subprocess.run(["ip", "netns", "pids", self.lab.host_ns(pnn)],
-                           capture_output=True, text=True)
         mark = f"CTDB_LAB_DIR={self.dir}".encode()
-        for pid in r.stdout.split():
+        for pid in self.lab.pids(pnn):
             try:
                 with open(f"/proc/{pid}/environ", "rb") as f:
                     if mark in f.read().split(b"\0"):

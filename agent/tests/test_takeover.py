@@ -3,13 +3,16 @@
 who takes which public address, in which order, and what stays unassigned and why."""
 
 import asyncio
+import re
 from types import SimpleNamespace
+
+import pytest
 
 from pyctdb.common.config import PublicAddress
 from pyctdb.errors import ControlError
 from pyctdb.rules import nodeflags
 from pyctdb.rules import takeover
-from pyctdb.rules.takeover import Release, Take, plan_takeover
+from pyctdb.rules.takeover import MoveRefused, Release, Take, plan_move, plan_takeover
 from pyctdb.server.failover import TakeoverRunner
 from pyctdb.server.ipevents import FailoverEvents
 
@@ -209,6 +212,53 @@ def test_without_a_silent_node_nothing_is_kept():
     assert plan.kept == {} and [t.address for t in plan.takes] == [A3]
 
 
+# -- moveip ---------------------------------------------------------------------------------
+def test_a_move_releases_on_the_holder_and_takes_on_the_target_and_nothing_else():
+    reports = {0: report(ALL, [A1, A3]), 1: report(ALL, [A2]), 2: report(ALL, [],
+                                                                          ("eth1", "eth0"))}
+    plan = plan_move(reports, [0, 0, 0], A1, 2)
+    assert plan.releases == (Release(A1, 0, takeover.MOVED),)
+    assert plan.takes == (Take(A1, 2, 0, ("eth1", "eth0")),)
+    assert plan.allocation == {A1: 2, A2: 1, A3: 0}  # (A3 is not rebalanced)
+    assert plan.changes(plan.takes) == [f"{A1} 0->2"]
+
+
+def test_a_move_of_an_address_on_two_nodes_releases_both():
+    reports = {0: report(ALL, [A1]), 1: report(ALL, [A1, A2]), 2: report(ALL, [A3])}
+    plan = plan_move(reports, [0, 0, 0], A1, 2)
+    assert [r.pnn for r in plan.releases] == [0, 1] and plan.takes[0].previous == 0
+
+
+def test_a_move_to_the_holder_changes_nothing():
+    plan = plan_move(balanced(), [0, 0, 0], A2, 1)
+    assert not plan.moving
+
+
+def test_a_move_of_an_unhosted_address_takes_it():
+    reports = {0: report(ALL, [A1]), 1: report(ALL, [A2]), 2: report(ALL, [])}
+    plan = plan_move(reports, [0, 0, 0], A3, 0)
+    assert plan.releases == () and plan.takes == (Take(A3, 0, -1, ("eth0",)),)
+
+
+def test_a_move_is_refused_when_the_target_cannot_host_it():
+    reports = {0: report(ALL, [A1]), 1: report([A1, A2], [A2]), 2: report(ALL, [A3])}
+    for flags, target, addr, why in (
+            ([0, 0, 0], 1, A3, "Node 1 CANNOT host IP address 10.0.0.3"),
+            ([0, 0, nodeflags.PERMANENTLY_DISABLED], 2, A1, "node 2 cannot host addresses "
+                                                              "now (DISABLED)"),
+            ([0, 0, nodeflags.UNHEALTHY], 2, A1, "(UNHEALTHY)"),
+            ([0, 0, 0], 3, A1, "node 3 did not report")):
+        with pytest.raises(MoveRefused, match=re.escape(why)):
+            plan_move(reports, flags, addr, target)
+
+
+def test_a_move_does_not_take_an_address_a_silent_node_may_serve():
+    reports = {0: report(ALL, [A1]), 1: report(ALL, [A2])}
+    with pytest.raises(MoveRefused, match="holder 2 did not answer"):
+        plan_move(reports, [0, 0, nodeflags.DISCONNECTED], A3, 1, silent={2},
+                  presumed={A1: 0, A2: 1, A3: 2})
+
+
 # -- the leader executes the plan -----------------------------------------------------------
 class FakeCluster:
     """Three connected nodes answering controls from ``reports``; every control is
@@ -329,3 +379,52 @@ def test_a_silent_peer_keeps_its_addresses_a_disconnected_one_loses_them(caplog)
     run = asyncio.run(runner.run("test"))
     assert [(p, a) for op, p, a in c.calls if op == "take_ip"] in ([(0, A3)], [(1, A3)])
     assert run["kept"] == {}
+
+
+def move_with(cluster, addr, pnn):
+    tunables = SimpleNamespace(get=lambda name: {"IPAllocAlgorithm": 2}.get(name, 0))
+    spawned = []
+
+    async def main():
+        def spawn(coro, name):
+            t = asyncio.ensure_future(coro)
+            spawned.append(t)
+            return t
+        runner = TakeoverRunner(cluster, tunables, SimpleNamespace(version=1),
+                                FailoverEvents(cluster, None), spawn=spawn, disabled=False)
+        try:
+            return runner, await runner.move(addr, pnn)
+        finally:
+            await asyncio.gather(*spawned)
+    return asyncio.run(main())
+
+
+def test_moveip_is_one_release_and_one_take_with_no_event_before_them():
+    """CTDB's moveip: no startipreallocate, no other address touched; ipreallocated
+    after the take."""
+    c = FakeCluster(balanced(), [0, 0, 0])
+    runner, run = move_with(c, A1, 2)
+    ops = [(op, p, a) for op, p, a in c.calls if op != "get_public_ips"]
+    assert ops[:2] == [("release_ip", 0, A1), ("take_ip", 2, A1)]
+    assert sorted(ops[2:]) == [("run_event", p, "ipreallocated") for p in range(3)]
+    assert run["moves"] == [f"{A1} 0->2"] and run["algorithm"] == "moveip"
+
+
+def test_moveip_refused_or_failed_is_a_control_error_and_takes_nothing():
+    c = FakeCluster(balanced(), [0, 0, nodeflags.PERMANENTLY_DISABLED])
+    with pytest.raises(ControlError, match="DISABLED") as exc:
+        move_with(c, A1, 2)
+    assert exc.value.code == "EINVAL"
+    c = FakeCluster(balanced(), [0, 0, 0], fail_release={(A1, 0)})
+    with pytest.raises(ControlError, match="failed to release") as exc:
+        move_with(c, A1, 2)
+    assert exc.value.code == "EIO"
+    assert not [x for x in c.calls if x[0] == "take_ip"]
+
+
+def test_moveip_beside_a_node_held_down_is_a_full_run():
+    c = FakeCluster(balanced(), [0, 0, 0])
+    c.held = {2: 1.0}
+    runner, run = move_with(c, A1, 1)
+    assert run["algorithm"] == "lcp2"
+    assert ("run_event", 0, "startipreallocate") in c.calls

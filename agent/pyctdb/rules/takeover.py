@@ -25,6 +25,10 @@ not allocated, not taken, until the silent node answers again or is dropped as
 DISCONNECTED by the keepalive rule (then it is not ``silent`` but gone, and its
 addresses move). Only a DISCONNECTED node's addresses move to others.
 
+**moveip** is a plan of its own (:func:`plan_move`), as CTDB's ``ctdb moveip`` is no
+takeover run: one address released wherever it is and taken by the node named, nothing
+else allocated, no ``startipreallocate`` before it.
+
 The node side's own decision, which interface a hosted address belongs on, is
 :func:`interface_moves` (CTDB's ``updateip``).
 
@@ -36,6 +40,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from pyctdb.errors import PyctdbError
 from pyctdb.rules import ipalloc, nodeflags
 
 #: IPAllocAlgorithm tunable value -> algorithm name of :func:`ipalloc.allocate`
@@ -269,3 +274,43 @@ def plan_takeover(reports, node_flags, *, algorithm="lcp2", no_ip_failback=False
     return TakeoverPlan(algorithm=algorithm, allocation=allocation, previous=previous,
                         releases=tuple(releases), takes=tuple(takes), unassigned=unassigned,
                         kept={a: kept_reason(h, silent) for a, h in kept.items()})
+
+
+class MoveRefused(PyctdbError):
+    """A ``moveip`` that cannot be done as asked (the message says why)."""
+
+
+def plan_move(reports, node_flags, address, target, *, silent=frozenset(),
+              presumed=None) -> TakeoverPlan:
+    """The plan of ``moveip ADDRESS TARGET`` over the nodes' ``reports`` (as for
+    :func:`plan_takeover`): release ``address`` on every node that hosts it but
+    ``target``, then take it on ``target``; every other address stays where it is.
+
+    Raises :class:`MoveRefused` when ``target`` did not answer, does not list the address
+    (CTDB's "Node N CANNOT host IP address A"), is not active and enabled, or when no
+    answering node hosts the address and a ``silent`` node may (address fencing: it
+    may still serve it)."""
+    if target not in reports:
+        raise MoveRefused(f"node {target} did not report its public addresses")
+    listed = {a["address"]: tuple(a.get("interfaces", ()))
+              for a in reports[target]["configured"]}
+    if address not in listed:
+        raise MoveRefused(f"Node {target} CANNOT host IP address {address}")
+    flags = node_flags[target] if target < len(node_flags) else nodeflags.DISCONNECTED
+    if not nodeflags.is_active(flags) or flags & nodeflags.DISABLED:
+        raise MoveRefused(f"node {target} cannot host addresses now "
+                          f"({nodeflags.pretty(flags)})")
+    holders = sorted(pnn for pnn, info in reports.items() if address in info["hosted"])
+    if not holders:
+        held = _held_by_silent(address, silent, presumed)
+        if held is not False:
+            raise MoveRefused(f"{address} may still be served by "
+                              f"{kept_reason(held, silent)}: not moved")
+    previous = holders[0] if holders else -1
+    allocation = {addr: pnn for pnn, info in reports.items() for addr in info["hosted"]}
+    allocation[address] = target
+    releases = tuple(Release(address, h, MOVED) for h in holders if h != target)
+    takes = () if target in holders else (Take(address, target, previous,
+                                               listed[address]),)
+    return TakeoverPlan(algorithm="moveip", allocation=allocation,
+                        previous={address: previous}, releases=releases, takes=takes)

@@ -135,11 +135,23 @@ class TakeoverRunner:
         pnn} to force (moveip). Runs one at a time: a run asked for (moveip,
         ipreallocate) waits for the one under way. A run whose term ends is abandoned
         before its next change (logged once at NOTICE) and raises StaleTerm (ESTALE)."""
+        return await self._in_term(self._run, reason, moves)
+
+    async def move(self, address, pnn):
+        """moveip: ``address`` released wherever it is and taken by node ``pnn``, in the
+        term this node leads in now, after the run under way (:func:`takeover.plan_move`;
+        CTDB's ``ctdb moveip``: no other address moves and no startipreallocate event
+        comes first; ipreallocated follows in the background, as CTDB 4.20 sends it). Raises ControlError when
+        the move is refused or a release or the take fails, StaleTerm as :meth:`run`."""
+        return await self._in_term(self._move, address, pnn)
+
+    async def _in_term(self, fn, *args):
+        """``fn(*args, term)`` under the run lock, in the current term (see :meth:`run`)."""
         term = self.cluster.term
         try:
             self._check_term(term)
             async with self._lock:
-                return await self._run(reason, moves, term)
+                return await fn(*args, term)
         except election.StaleTerm:
             self._abandoned(term)
             raise
@@ -246,6 +258,44 @@ class TakeoverRunner:
             log.error("takeover: node %d failed to take %s: %s", t.pnn, t.address, r)
         return failed
 
+    async def _move(self, addr, pnn, term):
+        c = self.cluster
+        reason = f"moveip {addr} to node {pnn}"
+        if c.held_down():  # (a node that may still serve addresses and cannot be asked:
+            return await self._run(reason, {addr: pnn}, term)  # the full run keeps them)
+        t0 = time.monotonic()
+        known, unreachable, silent = await self._reports()
+        self._check_term(term)
+        try:
+            plan = takeover.plan_move(
+                known, self._node_flags(unreachable), addr, pnn, silent=silent,
+                presumed=self.last_allocation if self._allocation_term == term else None)
+        except takeover.MoveRefused as exc:
+            raise ControlError(c.pnn, str(exc), "EINVAL") from None
+        blocked, conns = await self._release(plan, term)
+        failed = await self._take(plan.takes_after(blocked), conns, term)
+        if blocked or failed:
+            self._key = None  # (a full run next cycle puts every address somewhere)
+            why = f"node {failed[0][0].pnn} failed to take it: {failed[0][1]}" if failed \
+                else "a node that may still hold it failed to release it"
+            raise ControlError(c.pnn, f"{addr} not moved to node {pnn}: {why}", "EIO")
+        if plan.moving:
+            task = self._spawn(self._ipreallocated(term, list(known)), "ipreallocated")
+            self._runs.add(task)  # (cancelled on step-down, as runs are)
+            task.add_done_callback(self._runs.discard)
+        if self._allocation_term == term:
+            self.last_allocation[addr] = pnn
+        return self._ran(plan, plan.takes, reason, unreachable, term, t0, failed)
+
+    async def _ipreallocated(self, term, pnns):
+        """A move's ipreallocated event, after its answer (its term may end meanwhile)."""
+        try:
+            await self._event(term, pnns, "ipreallocated")
+        except election.StaleTerm:
+            pass
+        except Exception as exc:  # (the address moved; the event is the scripts' affair)
+            log.error("ipreallocated after a move: %s", exc)
+
     async def _run(self, reason, moves, term):
         t0 = time.monotonic()
         known, unreachable, silent = await self._reports()
@@ -272,6 +322,10 @@ class TakeoverRunner:
             await self._event(term, known, "ipreallocated")
         self.last_allocation = dict(plan.allocation)
         self._allocation_term = term
+        return self._ran(plan, takes, reason, unreachable, term, t0, failed)
+
+    def _ran(self, plan, takes, reason, unreachable, term, t0, failed):
+        """The run's one line (WARNING when something moved or failed) and last_run."""
         changes = plan.changes(takes)
         ms = (time.monotonic() - t0) * 1000
         summary = (f"takeover ({reason}, {plan.algorithm}): {len(plan.allocation)} addresses, "
@@ -301,10 +355,7 @@ class TakeoverRunner:
         except (KeyError, TypeError, ValueError):
             raise ControlError(c.pnn, f"usage: move_ip address=IP pnn=PNN (got {args!r})",
                                "EINVAL") from None
-        info = await c.control(pnn, "get_public_ips", timeout=CONTROL_TIMEOUT)
-        if addr not in {a["address"] for a in info["configured"]}:
-            raise ControlError(c.pnn, f"node {pnn} CANNOT host IP address {addr}", "EINVAL")
-        return await self.run(f"moveip {addr} to node {pnn}", moves={addr: pnn})
+        return await self.move(addr, pnn)
 
     async def _ctl_ipreallocate(self, src, args):
         """On the leader: a takeover run now (waiting for one under way first)."""

@@ -23,30 +23,39 @@ def _ip(*args, check=True):
     return subprocess.run(["ip", *args], check=check, capture_output=True, text=True)
 
 
-class NetnsLab:
+class LabAddresses:
+    """The addressing of a lab of ``hosts`` hosts on one /24 (``NET``.``subnet``.0):
+    hosts at .10+i, public addresses at .100+j, the client at .250, on ``eth0``."""
+
+    NET = "10.231"
+    prefix = 24
+    iface = "eth0"
+
     def __init__(self, hosts, subnet=None):
         self.hosts = hosts
         self.tag = "pc" + secrets.token_hex(2)
         self.subnet = subnet if subnet is not None else random.randint(10, 250)
-        self.bridge_ns = f"{self.tag}br"
         self.client_ns = f"{self.tag}cl"
-        self.created = False
 
     def host_ns(self, i):
         return f"{self.tag}h{i}"
 
     def host_address(self, i):
-        return f"10.231.{self.subnet}.{10 + i}"
+        return f"{self.NET}.{self.subnet}.{10 + i}"
 
     def public_address(self, j):
-        return f"10.231.{self.subnet}.{100 + j}"
+        return f"{self.NET}.{self.subnet}.{100 + j}"
 
     @property
     def client_address(self):
-        return f"10.231.{self.subnet}.250"
+        return f"{self.NET}.{self.subnet}.250"
 
-    prefix = 24
-    iface = "eth0"
+
+class NetnsLab(LabAddresses):
+    def __init__(self, hosts, subnet=None):
+        super().__init__(hosts, subnet)
+        self.bridge_ns = f"{self.tag}br"
+        self.created = False
 
     def create(self):
         try:
@@ -85,6 +94,10 @@ class NetnsLab:
         """IPv4 addresses on host i's eth0."""
         out = _ip("-n", self.host_ns(i), "-4", "-o", "addr", "show", "dev", self.iface).stdout
         return [line.split()[3].split("/")[0] for line in out.splitlines()]
+
+    def pids(self, i):
+        """Every process in host i's network namespace."""
+        return _ip("netns", "pids", self.host_ns(i), check=False).stdout.split()
 
     def destroy(self):
         for ns in [self.host_ns(i) for i in range(self.hosts)] + [self.client_ns,
