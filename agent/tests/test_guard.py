@@ -99,3 +99,23 @@ def test_an_end_of_stream_is_the_peer_s_only_when_the_peer_sent_it():
     assert d.recv(1) == b"" and not _closed_by_peer(d)
     for x in (b, c, d, srv):
         x.close()
+
+
+def test_the_guard_gets_a_systemd_scope_of_its_own_only_where_one_can_be_made(
+        tmp_path, monkeypatch, caplog):
+    """scope_argv: nothing outside systemd; under systemd, systemd-run --scope if a
+    probe with `true` works, else nothing (and a warning that says what it costs)."""
+    from pyctdb.server import guard as guard_mod
+    assert guard_mod.scope_argv(1, environ={}) == []
+    fake = tmp_path / "systemd-run"
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(guard_mod.os.path, "isdir", lambda p: p == "/run/systemd/system")
+    fake.write_text("#!/bin/sh\necho 'Failed to connect to bus' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    with caplog.at_level("WARNING"):
+        assert guard_mod.scope_argv(7, environ={"INVOCATION_ID": "x"}) == []
+    assert "Failed to connect to bus" in caplog.text and "ExecStopPost" in caplog.text
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    argv = guard_mod.scope_argv(7, environ={"INVOCATION_ID": "x"})
+    assert argv[:2] == [str(fake), "--scope"] and "(pid 7)" in " ".join(argv)
+    assert guard_mod.scope_argv(7, environ={}) == []

@@ -32,7 +32,8 @@ from pyctdb.server.db.databases import Databases
 from pyctdb.server.events import EventRunner, Monitor
 from pyctdb.server.failover import Failover
 from pyctdb.server.fencing import Fencing
-from pyctdb.server.guard import Guard
+from pyctdb.server.guard import Guard, scope_argv
+from pyctdb.server.loopwatch import LoopWatch
 from pyctdb.server.hosted import drop_addresses, hosted_ips_path
 from pyctdb.server.messaging import Messaging
 from pyctdb.server.sdnotify import notify
@@ -92,10 +93,12 @@ def event_loop():
 
 
 def guard_argv(config, socket_path, log_location):
-    """The command line of this agent's guard (:mod:`pyctdb.server.guard`)."""
-    return [sys.executable, "-m", "pyctdb.server.guard", "--config-dir", config.config_dir,
-            "--hosted-file", hosted_ips_path(socket_path), "--log-location", log_location,
-            "--log-level", config.log_level]
+    """The command line of this agent's guard (:mod:`pyctdb.server.guard`), in a scope
+    unit of its own under systemd (:func:`pyctdb.server.guard.scope_argv`)."""
+    return scope_argv(os.getpid()) + [
+        sys.executable, "-m", "pyctdb.server.guard", "--config-dir", config.config_dir,
+        "--hosted-file", hosted_ips_path(socket_path), "--log-location", log_location,
+        "--log-level", config.log_level]
 
 
 async def _serve(config, me, tunables, socket_path, ring, log_location):
@@ -149,9 +152,12 @@ async def _serve(config, me, tunables, socket_path, ring, log_location):
         print(f"pyctdbd: {exc.message}", file=sys.stderr)
         return 1
     guard.start()
+    watch = LoopWatch(loop)  # (a stall of the loop is logged with where it is)
+    watch.start()
     try:
         await cluster.start()
     except OSError as exc:
+        watch.stop()
         await guard.stop(drop=False)
         await api.stop()
         msg = f"cannot listen on {me.address}:{config.port}: {exc.strerror or exc}"
@@ -177,6 +183,7 @@ async def _serve(config, me, tunables, socket_path, ring, log_location):
     await cluster.stop(released=True)
     await api.stop()
     databases.close()
+    watch.stop()
     log.warning("stopped")
     return 0
 

@@ -28,6 +28,12 @@ lock helper's pidfd travel as ``SCM_RIGHTS``. A malformed message is logged and 
   lock held); ``stop`` {drop} (a clean stop: drop the addresses first if asked, answer
   ``dropped``, exit).
 * guard -> agent: ``dropped`` {addresses, why}.
+
+Under systemd the guard runs in a transient scope unit of its own (``systemd-run
+--scope``, :func:`scope_argv`), outside the agent's service cgroup: ``systemctl kill -s
+KILL pyctdbd``, the OOM killer acting on the unit, or systemd killing the unit's cgroup
+kill the agent but not its guard, which then fences at once (the unit's ExecStopPost
+comes after, and finds nothing left to drop).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import logging
 import mmap
 import os
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -79,6 +86,40 @@ def _decode(data: bytes):
 
 
 # -- the agent's side ----------------------------------------------------------------------
+#: seconds systemd waits, when it stops the guard's scope (the system shuts down), before
+#: it sends SIGKILL: the guard ignores SIGTERM
+SCOPE_STOP_TIMEOUT = 3
+
+
+def scope_argv(agent_pid, environ=None, probe=True):
+    """The command-line prefix that starts the guard in a systemd scope unit of its own
+    (``systemd-run --scope``: it execs the guard in the same process, so the socket pair
+    and the pid stay the agent's child's), or [] when the agent does not run under
+    systemd (no ``INVOCATION_ID``, no /run/systemd/system) or systemd-run cannot make a
+    scope here (``probe``: tried once with ``true``; its error logged)."""
+    environ = os.environ if environ is None else environ
+    exe = shutil.which("systemd-run")
+    if not environ.get("INVOCATION_ID") or not os.path.isdir("/run/systemd/system") \
+            or exe is None:
+        return []
+    argv = [exe, "--scope", "--quiet", "--collect",
+            f"--description=pyctdb guard of pyctdbd (pid {agent_pid})",
+            f"--property=TimeoutStopSec={SCOPE_STOP_TIMEOUT}"]
+    if probe:
+        try:
+            r = subprocess.run(argv + ["true"], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            r = None
+            why = str(exc)
+        else:
+            why = r.stderr.strip() or f"exit status {r.returncode}"
+        if r is None or r.returncode != 0:
+            log.warning("the guard runs in the agent's own cgroup: systemd-run --scope "
+                        "failed (%s); killing the unit kills the guard too, and then only "
+                        "ExecStopPost drops the addresses", why)
+            return []
+    return argv
+
 class Guard:
     """The agent's handle on its guard process: starts it, tells it the deadline, the
     link sockets and the lock helper, restarts it if it dies, and hands its
