@@ -89,7 +89,8 @@ def test_systemd_readiness_after_join_and_clean_sigterm(tmp_path):
     sock.settimeout(20)
     env = dict(os.environ, PYTHONPATH=AGENT, NOTIFY_SOCKET=notify_path)
     p = subprocess.Popen([sys.executable, "-m", "pyctdb.server.daemon", "--config-dir",
-                          c.config_dir(0), "--socket", c.socket(0)], env=env)
+                          c.config_dir(0), "--socket", c.socket(0), "--ctdb-socket",
+                          c.ctdb_socket(0)], env=env)
     try:
         msgs = [sock.recv(4096).decode()]
         assert msgs[0].startswith("STATUS=") and "waiting to join" in msgs[0]

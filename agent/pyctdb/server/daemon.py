@@ -40,6 +40,7 @@ from pyctdb.server.sdnotify import notify
 from pyctdb.server.api.operations import NodeOperations
 from pyctdb.server.api.registry_ops import TunablesWatcher  # [pyctdb:tunables] of the registry
 from pyctdb.server.api.server import ApiServer
+from pyctdb.server.ctdbsocket import DEFAULT_PATH as CTDB_SOCKET, CtdbSocketServer
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ def parse_args(argv):
                    help="configuration directory (default /etc/pyctdb)")
     p.add_argument("--socket", default=None,
                    help=f"API socket to serve (default $PYCTDB_SOCKET or {DEFAULT_SOCKET})")
+    p.add_argument("--ctdb-socket", default=None,
+                   help="CTDB's socket, where CTDB's client protocol is served (default "
+                        f"$CTDB_SOCKET or {CTDB_SOCKET}; 'none': not served)")
     p.add_argument("--check-config", action="store_true",
                    help="validate the configuration, print a summary and exit (0 = valid, "
                         "2 = invalid)")
@@ -74,6 +78,12 @@ def load(args):
 
 def socket_path_of(args):
     return args.socket or os.environ.get("PYCTDB_SOCKET") or DEFAULT_SOCKET
+
+
+def ctdb_socket_of(args):
+    """CTDB's socket path, or None (not served)."""
+    path = args.ctdb_socket or os.environ.get("CTDB_SOCKET") or CTDB_SOCKET
+    return None if path == "none" else path
 
 
 def event_loop():
@@ -101,7 +111,7 @@ def guard_argv(config, socket_path, log_location):
         "--log-level", config.log_level]
 
 
-async def _serve(config, me, tunables, socket_path, ring, log_location):
+async def _serve(config, me, tunables, socket_path, ring, log_location, ctdb_path=None):
     lock = make_lock(config.cluster_lock)
     cluster = Cluster(config, me, tunables, lock=lock)
     events = EventRunner(config.config_dir, tunables)
@@ -135,6 +145,8 @@ async def _serve(config, me, tunables, socket_path, ring, log_location):
     ops = NodeOperations(cluster, tunables, log_buffer=ring, failover=failover, events=events,
                          databases=databases, messaging=Messaging(cluster))
     api = ApiServer(socket_path, ops)
+    # CTDB's own client protocol, for CTDB's tool (and Samba's daemons, to come)
+    ctdb_sock = CtdbSocketServer(ctdb_path, ops) if ctdb_path else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -151,6 +163,13 @@ async def _serve(config, me, tunables, socket_path, ring, log_location):
         log.error("%s", exc.message)
         print(f"pyctdbd: {exc.message}", file=sys.stderr)
         return 1
+    if ctdb_sock is not None:
+        try:
+            await ctdb_sock.start()
+        except (ApiError, OSError) as exc:
+            log.error("CTDB socket %s not served: %s", ctdb_path,
+                      getattr(exc, "message", None) or exc)
+            ctdb_sock = None
     guard.start()
     watch = LoopWatch(loop)  # (a stall of the loop is logged with where it is)
     watch.start()
@@ -181,6 +200,8 @@ async def _serve(config, me, tunables, socket_path, ring, log_location):
     except Exception as exc:
         log.error("shutdown event: %s", exc)
     await cluster.stop(released=True)
+    if ctdb_sock is not None:
+        await ctdb_sock.stop()
     await api.stop()
     databases.close()
     watch.stop()
@@ -225,9 +246,11 @@ def main(argv=None):
                 __version__, me.pnn, me.address, args.config_dir, socket_path, loop_name)
     try:
         if loop_factory is None:
-            return asyncio.run(_serve(config, me, tunables, socket_path, ring, log_location))
+            return asyncio.run(_serve(config, me, tunables, socket_path, ring, log_location,
+                                      ctdb_socket_of(args)))
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            return runner.run(_serve(config, me, tunables, socket_path, ring, log_location))
+            return runner.run(_serve(config, me, tunables, socket_path, ring, log_location,
+                                      ctdb_socket_of(args)))
     except KeyboardInterrupt:
         return 0
 

@@ -252,6 +252,10 @@ class LocalCluster:
     def socket(self, pnn):
         return os.path.join(self.node_dir(pnn), "pyctdbd.socket")
 
+    def ctdb_socket(self, pnn):
+        """Node ``pnn``'s CTDB socket (CTDB's client protocol: CTDB_SOCKET for ctdb)."""
+        return os.path.join(self.node_dir(pnn), "ctdbd.socket")
+
     def event_script(self, pnn, name, text):
         """Install an enabled legacy event script ``events/legacy/NAME.script`` (CTDB's
         layout) with the shell ``text`` on node ``pnn``; scripts are looked up at each
@@ -346,7 +350,7 @@ class LocalCluster:
         env.pop("NOTIFY_SOCKET", None)
         out = open(os.path.join(self.node_dir(pnn), "stderr.log"), "ab")
         argv = [self.python, "-m", "pyctdb.server.daemon", "--config-dir", self.config_dir(pnn),
-                "--socket", self.socket(pnn)]
+                "--socket", self.socket(pnn), "--ctdb-socket", self.ctdb_socket(pnn)]
         if self.lab is not None:
             argv = self.lab.exec_argv(self.lab.host_ns(pnn), argv)
         self.procs[pnn] = subprocess.Popen(

@@ -48,16 +48,60 @@ def check_socket(path):
     log.info("API socket %s: mode 0600, owner %d", path, st.st_uid)
 
 
-class ApiServer(Frontend):
+async def listen_unix(path, factory, busy):
+    """A root-only Unix socket server at ``path`` (its directory made 0755 if missing and
+    checked, a stale socket file removed, mode 0600 checked): the asyncio server.
+    ApiError EEXIST with ``busy`` when a live server answers on ``path``."""
+    d = os.path.dirname(path)
+    if d:
+        os.makedirs(d, mode=0o755, exist_ok=True)
+    check_directory(d or ".")
+    if os.path.exists(path):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # (stale)
+        else:
+            raise ApiError("EEXIST", busy)
+        finally:
+            probe.close()
+    old = os.umask(0o177)
+    try:
+        server = await asyncio.get_running_loop().create_unix_server(factory, path=path)
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    check_socket(path)
+    return server
+
+
+class UnixSocketFrontend(Frontend):
+    """A front end on a root-only Unix socket at ``path`` (:func:`listen_unix`); ``stop``
+    closes it and removes the socket file."""
+
+    def __init__(self, path, ops):
+        super().__init__(ops)
+        self.path = path
+        self._server = None
+
+    async def stop(self):
+        if self._server is not None:
+            self._server.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+class ApiServer(UnixSocketFrontend):
     """The JSON front end: serves the API socket, decodes each request line, calls the
     command's node operation (``ops``, a NodeOperations) and encodes its result or
     error. ``commands``: command name -> handler; ``conn_commands``: those whose
     handler takes the client's connection (``conn=ApiConnection``)."""
 
     def __init__(self, path, ops):
-        super().__init__(ops)
-        self.path = path
-        self._server = None
+        super().__init__(path, ops)
         self.commands = commands.node_commands(ops)
         msg_cmds, msg_conn = commands.message_commands(ops)
         db_cmds, db_conn = db_commands.commands(ops)
@@ -67,37 +111,8 @@ class ApiServer(Frontend):
         self.conn_commands = msg_conn | db_conn
 
     async def start(self):
-        d = os.path.dirname(self.path)
-        if d:
-            os.makedirs(d, mode=0o755, exist_ok=True)
-        check_directory(d or ".")
-        if os.path.exists(self.path):
-            # A live daemon answers on it; a stale socket file is removed.
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(self.path)
-            except OSError:
-                os.unlink(self.path)
-            else:
-                raise ApiError("EEXIST", f"another pyctdbd is serving {self.path}")
-            finally:
-                probe.close()
-        old = os.umask(0o177)
-        try:
-            self._server = await asyncio.get_running_loop().create_unix_server(
-                lambda: ApiProtocol(self), path=self.path)
-        finally:
-            os.umask(old)
-        os.chmod(self.path, 0o600)
-        check_socket(self.path)
-
-    async def stop(self):
-        if self._server is not None:
-            self._server.close()
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+        self._server = await listen_unix(self.path, lambda: ApiProtocol(self),
+                                         f"another pyctdbd is serving {self.path}")
 
     @staticmethod
     def peer_allowed(transport) -> bool:

@@ -1,0 +1,134 @@
+"""The data of CTDB's controls and messages (``ctdb/protocol/protocol_types.c``,
+``protocol_basic.c``): control numbers, and the structs pyctdb sends and reads, in the
+host's byte order as ctdbd lays them out."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+
+# controls (enum ctdb_controls): those pyctdb answers, and those it names in errors
+PROCESS_EXISTS = 0
+STATISTICS = 1
+PING = 3
+GETDBPATH = 4
+GETVNNMAP = 5
+GET_DEBUG = 7
+GET_DBMAP = 9
+GET_RECMODE = 15
+DB_ATTACH = 18
+REGISTER_SRVID = 23
+DEREGISTER_SRVID = 24
+GET_PID = 30
+GET_RECMASTER = 31
+GET_PNN = 35
+SHUTDOWN = 36
+GET_TUNABLE = 49
+LIST_TUNABLES = 50
+UPTIME = 69
+GET_CAPABILITIES = 80
+GET_PUBLIC_IPS = 90
+GET_NODEMAP = 91
+GET_RECLOCK_FILE = 99
+GET_RUNSTATE = 138
+DB_ATTACH_PERSISTENT = 61
+CHECK_PID_SRVID = 151
+ECHO_DATA = 156
+
+#: a control's name by number, for the log
+NAMES = {v: k for k, v in globals().items() if k.isupper() and isinstance(v, int)}
+
+# srvids of messages
+SRVID_LEADER = 0xF101000000000000
+
+# capabilities (CTDB_CAP_*)
+CAP_RECMASTER = 0x1
+CAP_LMASTER = 0x2
+CAP_PARALLEL_RECOVERY = 0x10000
+CAP_FRAGMENTED_CONTROLS = 0x20000
+CAP_DEFAULT = CAP_RECMASTER | CAP_LMASTER | CAP_PARALLEL_RECOVERY | CAP_FRAGMENTED_CONTROLS
+
+# run states (enum ctdb_runstate)
+RUNSTATE_UNKNOWN, RUNSTATE_INIT, RUNSTATE_SETUP, RUNSTATE_FIRST_RECOVERY, \
+    RUNSTATE_STARTUP, RUNSTATE_RUNNING, RUNSTATE_SHUTDOWN = range(7)
+
+#: sizeof(ctdb_sock_addr): a union of sockaddr, sockaddr_in and sockaddr_in6
+SOCK_ADDR_SIZE = 28
+_U32 = struct.Struct("<I")
+_TIMEVAL = struct.Struct("<qq")  # struct timeval on 64-bit Linux
+
+
+def u32(value) -> bytes:
+    return _U32.pack(value)
+
+
+def parse_u32(data) -> int:
+    if len(data) < 4:
+        raise ValueError(f"{len(data)} bytes where a uint32 was expected")
+    return _U32.unpack_from(data)[0]
+
+
+def sock_addr(address, port=0) -> bytes:
+    """``ctdb_sock_addr`` of an IPv4 or IPv6 address (the family in host order, the port
+    in network order, as in ``struct sockaddr_in``/``sockaddr_in6``), 28 bytes."""
+    ip = ipaddress.ip_address(address)
+    if ip.version == 4:
+        raw = struct.pack("<H", socket.AF_INET) + struct.pack("!H", port) + ip.packed
+    else:
+        raw = (struct.pack("<H", socket.AF_INET6) + struct.pack("!H", port)
+               + b"\0" * 4 + ip.packed + b"\0" * 4)
+    return raw.ljust(SOCK_ADDR_SIZE, b"\0")
+
+
+def parse_sock_addr(data):
+    """``(address, port)`` of a ``ctdb_sock_addr``."""
+    if len(data) < SOCK_ADDR_SIZE:
+        raise ValueError(f"{len(data)} bytes where a {SOCK_ADDR_SIZE}-byte address was "
+                         "expected")
+    family = struct.unpack_from("<H", data)[0]
+    port = struct.unpack_from("!H", data, 2)[0]
+    if family == socket.AF_INET:
+        return str(ipaddress.IPv4Address(bytes(data[4:8]))), port
+    if family == socket.AF_INET6:
+        return str(ipaddress.IPv6Address(bytes(data[8:24]))), port
+    raise ValueError(f"address family {family} is neither IPv4 nor IPv6")
+
+
+def node_map(nodes) -> bytes:
+    """``ctdb_node_map`` of ``nodes``: [(pnn, flags, address)]."""
+    out = [u32(len(nodes))]
+    for pnn, flags, address in nodes:
+        out.append(u32(pnn) + u32(flags) + sock_addr(address))
+    return b"".join(out)
+
+
+def parse_node_map(data):
+    n = parse_u32(data)
+    size = 8 + SOCK_ADDR_SIZE
+    if len(data) < 4 + n * size:
+        raise ValueError(f"node map of {n} nodes in {len(data)} bytes")
+    out = []
+    for i in range(n):
+        off = 4 + i * size
+        pnn, flags = struct.unpack_from("<II", data, off)
+        out.append((pnn, flags, parse_sock_addr(data[off + 8:off + size])[0]))
+    return out
+
+
+def vnn_map(generation, pnns) -> bytes:
+    """``ctdb_vnn_map``: the generation, the number of entries, the PNNs."""
+    return u32(generation) + u32(len(pnns)) + b"".join(u32(p) for p in pnns)
+
+
+def timeval(t) -> bytes:
+    """``struct timeval`` of ``t`` seconds since the epoch (0 or None: zero)."""
+    t = t or 0.0
+    sec = int(t)
+    return _TIMEVAL.pack(sec, int(round((t - sec) * 1e6)))
+
+
+def uptime(current, start, recovery_started, recovery_finished) -> bytes:
+    """``ctdb_uptime``: four timevals."""
+    return b"".join(timeval(t) for t in (current, start, recovery_started,
+                                         recovery_finished))

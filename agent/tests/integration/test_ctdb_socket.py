@@ -1,0 +1,114 @@
+"""CTDB's socket on real agents: Debian's own `ctdb` tool (CTDB 4.17) talks to pyctdbd
+through CTDB_SOCKET and prints what it prints against ctdbd; bad packets close only
+their connection; an unknown control gets CTDB's error reply and the connection goes on."""
+
+import os
+import shutil
+import socket
+import stat
+import subprocess
+
+import pytest
+
+from pyctdb.protocol.ctdb import marshal as M
+from pyctdb.protocol.ctdb import packet as P
+from pyctdb.testing.localcluster import LocalCluster
+
+pytestmark = pytest.mark.skipif(shutil.which("ctdb") is None,
+                                reason="Debian's ctdb package (the ctdb tool) is missing")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = LocalCluster(3, base_dir=str(tmp_path_factory.mktemp("ctdbsock")))
+    c.start()
+    try:
+        c.wait_healthy(60)
+        yield c
+    finally:
+        c.stop_all()
+
+
+def ctdb(c, pnn, *args):
+    r = subprocess.run(["ctdb", *args], env=dict(os.environ, CTDB_SOCKET=c.ctdb_socket(pnn)),
+                       capture_output=True, text=True, timeout=30)
+    return r
+
+
+def test_ctdb_tool_shows_the_cluster_as_pyctdb_sees_it(cluster):
+    c = cluster
+    st = c.status(1)
+    r = ctdb(c, 1, "pnn")
+    assert (r.returncode, r.stdout.strip()) == (0, "1"), r.stderr
+    r = ctdb(c, 1, "status")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "Number of nodes:3"
+    assert lines[1].split() == ["pnn:0", c.address(0), "OK"]
+    assert lines[2].split() == ["pnn:1", c.address(1), "OK", "(THIS", "NODE)"]
+    assert f"Generation:{st['generation']}" in lines
+    assert "Recovery mode:NORMAL (0)" in lines and f"Leader:{st['leader']}" in lines
+    r = ctdb(c, 1, "-X", "status")
+    assert r.returncode == 0
+    assert r.stdout.splitlines()[2] == f"|1|{c.address(1)}|0|0|0|0|0|0|0|0|Y|"
+    assert ctdb(c, 2, "leader").stdout.strip() == str(st["leader"])
+    assert ctdb(c, 1, "runstate").stdout.strip() == "RUNNING"
+    assert int(ctdb(c, 1, "getpid").stdout) == c.procs[1].pid
+    assert "LEADER: YES" in ctdb(c, 1, "getcapabilities").stdout
+
+
+def test_the_socket_is_root_only(cluster):
+    st = os.stat(cluster.ctdb_socket(0))
+    assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+
+
+def raw(c, pnn):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(c.ctdb_socket(pnn))
+    return s
+
+
+def recv_packet(s):
+    r = P.PacketReader()
+    while True:
+        data = s.recv(65536)
+        if not data:
+            return None
+        got = r.feed(data)
+        if got:
+            return got[0]
+
+
+def control(s, opcode, data=b"", reqid=1):
+    s.sendall(P.pack(P.REQ_CONTROL, reqid, P.control_body(opcode, data),
+                     destnode=P.CURRENT_NODE, srcnode=0))
+    h, body = recv_packet(s)
+    assert h.operation == P.REPLY_CONTROL and h.reqid == reqid
+    return P.parse_reply_control(body)
+
+
+def test_an_unknown_control_gets_an_error_reply_and_the_connection_goes_on(cluster):
+    s = raw(cluster, 0)
+    status, data, err = control(s, 200, b"xx", reqid=5)
+    assert status == -1 and "control 200 is not supported" in err
+    assert control(s, M.GET_PNN, reqid=6)[0] == 0
+    assert control(s, M.ECHO_DATA, b"hello", reqid=7)[1] == b"hello"
+    s.close()
+
+
+@pytest.mark.parametrize("junk", [
+    b"\x10\0\0\0" + b"\0" * 28,                    # length below the header
+    b"\xff\xff\xff\x7f" + b"\0" * 28,              # 2 GiB announced
+    P.pack(P.REQ_CONTROL, 1, b"", destnode=0, srcnode=0)[:4] + b"BADM" + b"\0" * 24,
+    P.pack(P.REQ_CONTROL, 1, b"\0" * 4, destnode=0, srcnode=0),  # a control too short
+])
+def test_a_bad_packet_closes_its_connection_only(cluster, junk):
+    c = cluster
+    s = raw(c, 2)
+    s.sendall(junk)
+    assert recv_packet(s) is None  # closed
+    s.close()
+    assert ctdb(c, 2, "pnn").stdout.strip() == "2"
+    assert c.running(2)
+    assert "Traceback" not in c.log(2)
