@@ -337,6 +337,16 @@ _DEFS = [
         sent_by="every node to every connected node when the TCP connections of the "
                 "addresses it hosts change (checked every second)"),
     ControlDef(
+        "ctdb_control",
+        (Arg("opcode", INT), Arg("data", STR, doc="base64"),
+         Arg("srvid", INT, required=False, default=0),
+         Arg("flags", INT, required=False, default=0)),
+        Reply(dict, ("status", "data"), ("error",),
+              doc="`data` base64; `error` when the control failed"),
+        sent_by="a node's [CTDB socket](#ctdbs-client-protocol-on-ctdbs-socket), for a "
+                "CTDB control a client addressed to this node: answered as this node's "
+                "CTDB socket answers it"),
+    ControlDef(
         "move_ip",
         (Arg("address", STR, checked=False), Arg("pnn", INT, checked=False)),
         Reply(dict, doc="the takeover run's summary `{time, reason, algorithm, "

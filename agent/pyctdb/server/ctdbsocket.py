@@ -10,7 +10,8 @@ GET_PID, PROCESS_EXISTS, REGISTER_SRVID and DEREGISTER_SRVID, ECHO_DATA) and the
 message (CTDB_SRVID_LEADER) the tool waits for. Any other control gets CTDB's error
 reply (status -1 and a message naming it), never a dropped connection. A packet that
 cannot be read (bad length, magic or version) is logged and the connection closed; a
-control addressed to another node is refused (EHOSTUNREACH) for now. Only root may
+control addressed to another node is forwarded to it (pyctdb's control
+``ctdb_control``) and answered there by the same handlers. Only root may
 connect (SO_PEERCRED), and the socket is mode 0600.
 """
 
@@ -26,11 +27,23 @@ from pyctdb.protocol.ctdb import marshal as M
 from pyctdb.protocol.ctdb import packet as P
 from pyctdb.server.api.frontend import ClientConnection
 from pyctdb.server.api.server import ApiServer, UnixSocketFrontend, listen_unix
+from pyctdb.server.tasks import spawn
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PATH = "/run/ctdb/ctdbd.socket"
+FORWARD_TIMEOUT = 10.0  # seconds for a control forwarded to another node
+PUBLIC_IP_ONLY_AVAILABLE = 0x1  # GET_PUBLIC_IPS flag: only addresses some node hosts
 INVALID_GENERATION = 1  # CTDB's, for "no generation yet"
+
+
+def link_up(iface) -> bool:
+    """Whether ``iface``'s link is up (its operstate in sysfs: a small file read)."""
+    try:
+        with open(f"/sys/class/net/{iface}/operstate") as f:
+            return f.read().strip() in ("up", "unknown")
+    except OSError:
+        return False
 
 
 class CtdbConnection(ClientConnection):
@@ -88,13 +101,20 @@ class CtdbSocketServer(UnixSocketFrontend):
 
     def __init__(self, path, ops):
         super().__init__(path, ops)
+        self.cluster = ops.info.cluster
         self.clients = 0
+        self._tasks = set()
+        # (every node answers the controls other nodes' CTDB sockets forward to it,
+        # whether or not it serves a socket itself)
+        self.cluster.control_handlers["ctdb_control"] = self._ctl_ctdb_control
         self.handlers = {
             M.GET_PNN: self._get_pnn, M.GET_RECMODE: self._get_recmode,
             M.GET_RECMASTER: self._get_recmaster, M.GET_PID: self._get_pid,
             M.PING: self._ping, M.GET_NODEMAP: self._get_nodemap,
             M.GETVNNMAP: self._getvnnmap, M.GET_RUNSTATE: self._get_runstate,
             M.GET_CAPABILITIES: self._get_capabilities, M.UPTIME: self._uptime,
+            M.GET_PUBLIC_IPS: self._get_public_ips, M.GET_IFACES: self._get_ifaces,
+            M.GET_PUBLIC_IP_INFO: self._get_public_ip_info,
             M.PROCESS_EXISTS: self._process_exists, M.ECHO_DATA: self._echo_data,
             M.REGISTER_SRVID: self._register_srvid,
             M.DEREGISTER_SRVID: self._deregister_srvid,
@@ -130,29 +150,76 @@ class CtdbSocketServer(UnixSocketFrontend):
         c = self._parsed(proto, P.parse_control, body)
         if c is None:
             return
-        me = proto.conn.pnn
-        if h.destnode not in (me, P.CURRENT_NODE):
-            status, data, err = -1, b"", (f"control {M.NAMES.get(c.opcode, c.opcode)} for "
-                                          f"node {h.destnode}: only this node ({me}) "
-                                          "answers on this socket yet")
+        conn = proto.conn
+        if h.destnode in (conn.pnn, P.CURRENT_NODE):
+            result = self.answer(conn, c)
         else:
-            handler = self.handlers.get(c.opcode)
-            if handler is None:
-                status, data, err = -1, b"", (f"control {M.NAMES.get(c.opcode, c.opcode)} "
-                                              "is not supported by pyctdbd")
-                log.info("CTDB socket: %s", err)
-            else:
-                try:
-                    status, data = handler(proto.conn, c)
-                    err = None
-                except (PyctdbError, ValueError) as exc:
-                    status, data, err = -1, b"", str(getattr(exc, "message", exc))
+            result = self._forward(h.destnode, c)
+        if asyncio.iscoroutine(result):
+            spawn(self._finish(proto, h, c, result), "ctdb control", owner=self._tasks)
+        else:
+            self._reply(proto, h, c, *result)
+
+    async def _finish(self, proto, h, c, coro):
+        self._reply(proto, h, c, *(await coro))
+
+    def _reply(self, proto, h, c, status, data, err):
+        if proto.conn is None:  # (the client went meanwhile)
+            return
         if not c.flags & P.CTRL_FLAG_NOREPLY:
             proto.transport.write(P.pack(
                 P.REPLY_CONTROL, h.reqid, P.reply_control_body(status, data, err),
-                destnode=h.srcnode, srcnode=me, generation=h.generation))
+                destnode=h.srcnode, srcnode=proto.conn.pnn, generation=h.generation))
         if c.opcode == M.REGISTER_SRVID and c.srvid == M.SRVID_LEADER and err is None:
             self._send_leader(proto.conn)
+
+    def answer(self, conn, c):
+        """This node's answer to control ``c`` of the client ``conn`` (None: a control
+        forwarded from another node): ``(status, data, error or None)``, or a coroutine
+        that returns it."""
+        handler = self.handlers.get(c.opcode)
+        if handler is None:
+            err = f"control {M.NAMES.get(c.opcode, c.opcode)} is not supported by pyctdbd"
+            log.info("CTDB socket: %s", err)
+            return -1, b"", err
+        try:
+            result = handler(conn, c)
+        except (PyctdbError, ValueError) as exc:
+            return -1, b"", str(getattr(exc, "message", exc))
+        if asyncio.iscoroutine(result):
+            return self._answered(result)
+        return result[0], result[1], None
+
+    @staticmethod
+    async def _answered(coro):
+        try:
+            status, data = await coro
+        except (PyctdbError, ValueError) as exc:
+            return -1, b"", str(getattr(exc, "message", exc))
+        return status, data, None
+
+    async def _forward(self, dest, c):
+        """A control for node ``dest``, answered there by its CTDB socket's handlers."""
+        try:
+            res = await self.cluster.control(dest, "ctdb_control", {
+                "opcode": c.opcode, "data": base64.b64encode(c.data).decode(),
+                "srvid": c.srvid, "flags": c.flags}, timeout=FORWARD_TIMEOUT)
+        except PyctdbError as exc:
+            return -1, b"", f"node {dest}: {exc.message}"
+        return res["status"], base64.b64decode(res["data"]), res.get("error")
+
+    async def _ctl_ctdb_control(self, src, args):
+        """(Control ``ctdb_control``, from another node's CTDB socket.)"""
+        c = P.Control(args["opcode"], args.get("srvid", 0), 0, args.get("flags", 0),
+                      base64.b64decode(args["data"]))
+        result = self.answer(None, c)
+        if asyncio.iscoroutine(result):
+            result = await result
+        status, data, err = result
+        out = {"status": status, "data": base64.b64encode(data).decode()}
+        if err is not None:
+            out["error"] = err
+        return out
 
     def _message(self, proto, h, body):
         m = self._parsed(proto, P.parse_message, body)
@@ -174,7 +241,7 @@ class CtdbSocketServer(UnixSocketFrontend):
 
     # -- controls --------------------------------------------------------------------------
     def _get_pnn(self, conn, c):
-        return conn.pnn, b""
+        return self.cluster.pnn, b""
 
     def _get_recmode(self, conn, c):
         return self.ops.info.status()["recovery_mode_value"], b""
@@ -222,10 +289,49 @@ class CtdbSocketServer(UnixSocketFrontend):
     def _echo_data(self, conn, c):
         return 0, c.data
 
+    @staticmethod
+    def _client(conn, c):
+        if conn is None:
+            raise ValueError(f"control {M.NAMES.get(c.opcode, c.opcode)} is for the "
+                             "client's own node")
+        return conn
+
     def _register_srvid(self, conn, c):
-        self.ops.messages.register(conn, c.srvid)
+        self.ops.messages.register(self._client(conn, c), c.srvid)
         return 0, b""
 
     def _deregister_srvid(self, conn, c):
-        self.ops.messages.deregister(conn, c.srvid)
+        self.ops.messages.deregister(self._client(conn, c), c.srvid)
         return 0, b""
+
+    async def _get_public_ips(self, conn, c):
+        ips = (await self.ops.ips.ip())["ips"]
+        if c.flags & PUBLIC_IP_ONLY_AVAILABLE:
+            ips = [ip for ip in ips if ip["pnn"] != -1]
+        return 0, M.public_ip_list([(ip["pnn"], ip["address"]) for ip in ips])
+
+    def _refs(self, ips):
+        """{interface: how many of this node's hosted addresses list it first}."""
+        refs = {}
+        for ip in ips:
+            for i, iface in enumerate(ip.get("interfaces", [])):
+                refs.setdefault(iface, 0)
+                if i == 0 and ip["pnn"] == self.cluster.pnn:
+                    refs[iface] += 1
+        return refs
+
+    async def _get_ifaces(self, conn, c):
+        refs = self._refs((await self.ops.ips.ip())["ips"])
+        return 0, M.iface_list([(name, link_up(name), n) for name, n in sorted(refs.items())])
+
+    async def _get_public_ip_info(self, conn, c):
+        addr, _port = M.parse_sock_addr(c.data)
+        ips = (await self.ops.ips.ip())["ips"]
+        ip = next((ip for ip in ips if ip["address"] == addr), None)
+        if ip is None:
+            raise ValueError(f"{addr} is not a public address of node {self.cluster.pnn}")
+        refs = self._refs(ips)
+        names = ip.get("interfaces", [])
+        active = 0 if ip["pnn"] == self.cluster.pnn and names else 0xFFFFFFFF
+        return 0, M.public_ip_info(ip["pnn"], addr, active,
+                                   [(n, link_up(n), refs.get(n, 0)) for n in names])

@@ -146,7 +146,8 @@ async def _serve(config, me, tunables, socket_path, ring, log_location, ctdb_pat
                          databases=databases, messaging=Messaging(cluster))
     api = ApiServer(socket_path, ops)
     # CTDB's own client protocol, for CTDB's tool (and Samba's daemons, to come)
-    ctdb_sock = CtdbSocketServer(ctdb_path, ops) if ctdb_path else None
+    # (every node answers what other nodes' CTDB sockets forward to it)
+    ctdb_sock = CtdbSocketServer(ctdb_path or "", ops)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -163,13 +164,13 @@ async def _serve(config, me, tunables, socket_path, ring, log_location, ctdb_pat
         log.error("%s", exc.message)
         print(f"pyctdbd: {exc.message}", file=sys.stderr)
         return 1
-    if ctdb_sock is not None:
+    if ctdb_path:
         try:
             await ctdb_sock.start()
         except (ApiError, OSError) as exc:
             log.error("CTDB socket %s not served: %s", ctdb_path,
                       getattr(exc, "message", None) or exc)
-            ctdb_sock = None
+            ctdb_path = None
     guard.start()
     watch = LoopWatch(loop)  # (a stall of the loop is logged with where it is)
     watch.start()
@@ -178,6 +179,8 @@ async def _serve(config, me, tunables, socket_path, ring, log_location, ctdb_pat
     except OSError as exc:
         watch.stop()
         await guard.stop(drop=False)
+        if ctdb_path:
+            await ctdb_sock.stop()
         await api.stop()
         msg = f"cannot listen on {me.address}:{config.port}: {exc.strerror or exc}"
         log.error("%s", msg)
@@ -200,7 +203,7 @@ async def _serve(config, me, tunables, socket_path, ring, log_location, ctdb_pat
     except Exception as exc:
         log.error("shutdown event: %s", exc)
     await cluster.stop(released=True)
-    if ctdb_sock is not None:
+    if ctdb_path:
         await ctdb_sock.stop()
     await api.stop()
     databases.close()

@@ -13,6 +13,7 @@ import pytest
 from pyctdb.protocol.ctdb import marshal as M
 from pyctdb.protocol.ctdb import packet as P
 from pyctdb.testing.localcluster import LocalCluster
+from pyctdb.testing.netns import NetnsLab
 
 pytestmark = pytest.mark.skipif(shutil.which("ctdb") is None,
                                 reason="Debian's ctdb package (the ctdb tool) is missing")
@@ -20,13 +21,23 @@ pytestmark = pytest.mark.skipif(shutil.which("ctdb") is None,
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = LocalCluster(3, base_dir=str(tmp_path_factory.mktemp("ctdbsock")))
-    c.start()
+    """Three agents in network namespaces (pyctdb.testing.netns), six public addresses;
+    their CTDB sockets are files, reached from the host."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces)")
+    lab = NetnsLab(3).create()
+    pub = "".join(f"{lab.public_address(j)}/24 eth0\n" for j in range(6))
+    c = LocalCluster(3, base_dir=str(tmp_path_factory.mktemp("ctdbsock")), lab=lab,
+                     public_addresses=pub)
     try:
+        c.start()
         c.wait_healthy(60)
+        c.wait_for(lambda: all(ip["pnn"] != -1 for ip in c.call(0, "ip")["ips"]), 30,
+                   what="every address hosted")
         yield c
     finally:
         c.stop_all()
+        lab.destroy()
 
 
 def ctdb(c, pnn, *args):
@@ -112,3 +123,27 @@ def test_a_bad_packet_closes_its_connection_only(cluster, junk):
     assert ctdb(c, 2, "pnn").stdout.strip() == "2"
     assert c.running(2)
     assert "Traceback" not in c.log(2)
+
+
+def test_controls_for_other_nodes_are_answered_there(cluster):
+    """`ctdb -n 2 getpid` through node 0's socket: forwarded to node 2 and answered by
+    it; `ctdb status` asks every node for its interfaces and prints no error."""
+    c = cluster
+    r = ctdb(c, 0, "-n", "2", "getpid")
+    assert (r.returncode, r.stdout.strip()) == (0, str(c.procs[2].pid)), r.stderr
+    r = ctdb(c, 0, "status")
+    assert r.returncode == 0 and "failed" not in r.stderr, r.stderr
+    s = raw(c, 0)
+    s.sendall(P.pack(P.REQ_CONTROL, 9, P.control_body(M.GET_PID), destnode=1, srcnode=0))
+    h, body = recv_packet(s)
+    assert h.reqid == 9 and P.parse_reply_control(body)[0] == c.procs[1].pid
+    s.close()
+
+
+def test_ctdb_ip_lists_this_node_s_addresses_and_their_holders(cluster):
+    c = cluster
+    r = ctdb(c, 0, "-X", "ip")
+    assert r.returncode == 0, r.stderr
+    ours = {ip["address"]: ip["pnn"] for ip in c.call(0, "ip")["ips"]}
+    rows = [line.strip("|").split("|") for line in r.stdout.splitlines()[1:]]
+    assert len(ours) == 6 and {row[0]: int(row[1]) for row in rows} == ours

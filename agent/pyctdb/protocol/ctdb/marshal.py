@@ -31,6 +31,8 @@ GET_CAPABILITIES = 80
 GET_PUBLIC_IPS = 90
 GET_NODEMAP = 91
 GET_RECLOCK_FILE = 99
+GET_PUBLIC_IP_INFO = 123
+GET_IFACES = 124
 GET_RUNSTATE = 138
 DB_ATTACH_PERSISTENT = 61
 CHECK_PID_SRVID = 151
@@ -114,6 +116,32 @@ def parse_node_map(data):
         pnn, flags = struct.unpack_from("<II", data, off)
         out.append((pnn, flags, parse_sock_addr(data[off + 8:off + size])[0]))
     return out
+
+
+IFACE_NAME_SIZE = 18  # CTDB_IFACE_SIZE (IFNAMSIZ, 16) + 2
+
+
+def public_ip_list(ips) -> bytes:
+    """``ctdb_public_ip_list`` of ``ips``: [(pnn of the holder or -1, address)]."""
+    return u32(len(ips)) + b"".join(u32(pnn & 0xFFFFFFFF) + sock_addr(a) for pnn, a in ips)
+
+
+def iface_list(ifaces) -> bytes:
+    """``ctdb_iface_list`` of ``ifaces``: [(name, link up, references)]; each entry
+    24 bytes (the name in 18, then u16 link_state and u32 references, packed)."""
+    out = [u32(len(ifaces))]
+    for name, up, refs in ifaces:
+        raw = name.encode()[:IFACE_NAME_SIZE - 1]
+        out.append(raw.ljust(IFACE_NAME_SIZE, b"\0") + struct.pack("<HI", int(bool(up)),
+                                                                     refs))
+    return b"".join(out)
+
+
+def public_ip_info(pnn, address, active_idx, ifaces) -> bytes:
+    """``ctdb_public_ip_info``: the address and its holder, the index of the interface
+    it is on (in ``ifaces``; 0xFFFFFFFF: none), and its interfaces (:func:`iface_list`)."""
+    return (u32(pnn & 0xFFFFFFFF) + sock_addr(address) + u32(active_idx & 0xFFFFFFFF)
+            + iface_list(ifaces))
 
 
 def vnn_map(generation, pnns) -> bytes:
