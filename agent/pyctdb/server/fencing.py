@@ -18,6 +18,7 @@ import logging
 from pyctdb.common.logsetup import NOTICE
 from pyctdb.rules import lease
 from pyctdb.server import tasks
+from pyctdb.server.guard import STOPPING
 from pyctdb.server.membership import FENCE_MARGIN
 
 log = logging.getLogger(__name__)
@@ -130,10 +131,11 @@ class Fencing:
                 "bound_remaining": round(self.bound() - now, 3)}
 
     def guard_dropped(self, addresses, why):
-        """The guard removed this node's addresses (this agent was paused or wedged):
-        forget them here too."""
-        log.error("the guard removed this node's public addresses (%s): %s", why,
-                  ", ".join(addresses) or "none were on the interfaces")
+        """The guard removed this node's addresses (this agent was paused or wedged, or
+        it stops): forget them here too."""
+        log.log(logging.INFO if why == STOPPING else logging.ERROR,
+                "the guard removed this node's public addresses (%s): %s", why,
+                ", ".join(addresses) or "none were on the interfaces")
         if self.local.assigned:
             tasks.spawn(self.local.drop_all("the guard fenced this node"), "fence",
                         owner=self._tasks)

@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 
 VERSION = 1
 MAX_MESSAGE = 4096
+#: the ``why`` of the guard's ``dropped`` answer to a clean ``stop``
+STOPPING = "the agent stops"
 MAX_FDS = 2
 #: seconds the guard keeps shut-down link sockets open before closing them (closing
 #: one with unread data sends a reset; the peers must see the end of stream first)
@@ -336,8 +338,8 @@ class Watch:
                 if fds:
                     self.lock, fds = (msg["pid"], fds[0]), []
             elif op == "stop":
-                dropped = self.drop("the agent stops") if msg.get("drop") else []
-                self._reply(dropped, "the agent stops")
+                dropped = self.drop(STOPPING) if msg.get("drop") else []
+                self._reply(dropped, STOPPING)
                 return "stop"
             else:
                 log.warning("guard: ignoring a malformed message (%d bytes)", len(data))
