@@ -115,6 +115,7 @@ class CtdbSocketServer(UnixSocketFrontend):
             M.GET_CAPABILITIES: self._get_capabilities, M.UPTIME: self._uptime,
             M.GET_PUBLIC_IPS: self._get_public_ips, M.GET_IFACES: self._get_ifaces,
             M.GET_PUBLIC_IP_INFO: self._get_public_ip_info,
+            M.RELEASE_IP: self._release_ip, M.TAKEOVER_IP: self._takeover_ip,
             M.PROCESS_EXISTS: self._process_exists, M.ECHO_DATA: self._echo_data,
             M.REGISTER_SRVID: self._register_srvid,
             M.DEREGISTER_SRVID: self._deregister_srvid,
@@ -319,6 +320,22 @@ class CtdbSocketServer(UnixSocketFrontend):
                 if i == 0 and ip["pnn"] == self.cluster.pnn:
                     refs[iface] += 1
         return refs
+
+    def _release_ip(self, conn, c):
+        """CTDB's ``ctdb moveip`` first sends RELEASE_IP to every active node but the
+        target, then TAKEOVER_IP to the target. In pyctdb the leader moves an address
+        (release, then take, in its term: address fencing), so the release is a no-op
+        here and the take below is the whole move."""
+        M.parse_public_ip(c.data)
+        return 0, b""
+
+    async def _takeover_ip(self, conn, c):
+        pnn, addr = M.parse_public_ip(c.data)
+        if pnn != self.cluster.pnn:
+            raise ValueError(f"TAKEOVER_IP of {addr} for node {pnn} sent to node "
+                             f"{self.cluster.pnn}")
+        await self.ops.ips.moveip(addr, pnn)
+        return 0, b""
 
     async def _get_ifaces(self, conn, c):
         refs = self._refs((await self.ops.ips.ip())["ips"])

@@ -147,3 +147,20 @@ def test_ctdb_ip_lists_this_node_s_addresses_and_their_holders(cluster):
     ours = {ip["address"]: ip["pnn"] for ip in c.call(0, "ip")["ips"]}
     rows = [line.strip("|").split("|") for line in r.stdout.splitlines()[1:]]
     assert len(ours) == 6 and {row[0]: int(row[1]) for row in rows} == ours
+
+
+def test_ctdb_moveip_moves_the_address_through_pyctdb_s_leader(cluster):
+    """Debian's `ctdb moveip` (RELEASE_IP to the other nodes, then TAKEOVER_IP to the
+    target) moves the address, and only one node has it afterwards."""
+    c = cluster
+    ips = {ip["address"]: ip["pnn"] for ip in c.call(0, "ip")["ips"]}
+    addr, holder = sorted(ips.items())[0]
+    target = (holder + 1) % 3
+    r = ctdb(c, 1, "moveip", addr, str(target))
+    assert r.returncode == 0, r.stderr
+    c.wait_for(lambda: {ip["address"]: ip["pnn"] for ip in c.call(0, "ip")["ips"]}[addr]
+               == target, 10, what=f"{addr} on node {target}")
+    on = [p for p in range(3) if addr in c.lab.addresses(p)]
+    assert on == [target]
+    r = ctdb(c, 1, "moveip", addr, "7")
+    assert r.returncode != 0

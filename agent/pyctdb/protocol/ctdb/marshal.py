@@ -28,6 +28,8 @@ GET_TUNABLE = 49
 LIST_TUNABLES = 50
 UPTIME = 69
 GET_CAPABILITIES = 80
+RELEASE_IP = 88
+TAKEOVER_IP = 89
 GET_PUBLIC_IPS = 90
 GET_NODEMAP = 91
 GET_RECLOCK_FILE = 99
@@ -119,6 +121,11 @@ def parse_node_map(data):
 
 
 IFACE_NAME_SIZE = 18  # CTDB_IFACE_SIZE (IFNAMSIZ, 16) + 2
+
+
+def parse_public_ip(data):
+    """``(pnn, address)`` of a ``ctdb_public_ip``."""
+    return parse_u32(data), parse_sock_addr(data[4:])[0]
 
 
 def public_ip_list(ips) -> bytes:
