@@ -52,7 +52,9 @@ class ClientConnection:
     def encode_message(srvid, src, data, dropped=0) -> bytes:
         """A message for the client (``data``: base64 text) in its protocol's form;
         ``dropped``: how many messages were dropped for it before this one (0: none).
-        A static function, the same object for every connection of one front end."""
+        A static function, the same object for every connection of one front end, has a
+        message encoded once for all its clients; a bound method (CTDB's socket, whose
+        packets name the node) once per client."""
         raise NotImplementedError
 
     def closed(self):
