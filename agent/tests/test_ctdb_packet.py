@@ -95,3 +95,13 @@ def test_node_map_and_vnn_map_as_ctdbd_lays_them_out():
     assert M.vnn_map(77, [0, 2]) == struct.pack("<4I", 77, 2, 0, 2)
     assert len(M.uptime(1.5, 2, None, 0)) == 64
     assert M.timeval(1.25) == struct.pack("<qq", 1, 250000)
+
+
+def test_tunables_as_ctdb_lays_them_out():
+    assert M.var_list(["A", "Bc"]) == struct.pack("<I", 5) + b"A:Bc\0"
+    data = struct.pack("<I", 9) + struct.pack("<I", 4) + b"Abc\0"
+    assert M.parse_tunable(data) == ("Abc", 9)
+    with pytest.raises(ValueError, match="tunable name of 40 bytes"):
+        M.parse_stringn(struct.pack("<I", 40) + b"Abc\0", "tunable name")
+    with pytest.raises(ValueError, match="where a uint32"):
+        M.parse_tunable(b"\1\0")

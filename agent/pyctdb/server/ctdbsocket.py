@@ -116,6 +116,8 @@ class CtdbSocketServer(UnixSocketFrontend):
             M.GET_PUBLIC_IPS: self._get_public_ips, M.GET_IFACES: self._get_ifaces,
             M.GET_PUBLIC_IP_INFO: self._get_public_ip_info,
             M.RELEASE_IP: self._release_ip, M.TAKEOVER_IP: self._takeover_ip,
+            M.LIST_TUNABLES: self._list_tunables, M.GET_TUNABLE: self._get_tunable,
+            M.SET_TUNABLE: self._set_tunable,
             M.PROCESS_EXISTS: self._process_exists, M.ECHO_DATA: self._echo_data,
             M.REGISTER_SRVID: self._register_srvid,
             M.DEREGISTER_SRVID: self._deregister_srvid,
@@ -320,6 +322,19 @@ class CtdbSocketServer(UnixSocketFrontend):
                 if i == 0 and ip["pnn"] == self.cluster.pnn:
                     refs[iface] += 1
         return refs
+
+    def _list_tunables(self, conn, c):
+        return 0, M.var_list([t["name"] for t in self.ops.tunables.listvars()["tunables"]])
+
+    def _get_tunable(self, conn, c):
+        name, _ = M.parse_stringn(c.data, "tunable name")
+        value = self.ops.tunables.getvar(name)["value"]
+        return 0, M.u32(int(value))
+
+    def _set_tunable(self, conn, c):
+        name, value = M.parse_tunable(c.data)
+        self.ops.tunables.setvar(name, value)
+        return 0, b""
 
     def _release_ip(self, conn, c):
         """CTDB's ``ctdb moveip`` first sends RELEASE_IP to every active node but the

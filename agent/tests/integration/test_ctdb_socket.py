@@ -164,3 +164,20 @@ def test_ctdb_moveip_moves_the_address_through_pyctdb_s_leader(cluster):
     assert on == [target]
     r = ctdb(c, 1, "moveip", addr, "7")
     assert r.returncode != 0
+
+
+def test_ctdb_listvars_getvar_setvar_are_pyctdb_s_tunables(cluster):
+    c = cluster
+    r = ctdb(c, 0, "listvars")
+    assert r.returncode == 0, r.stderr
+    got = {k.strip(): v for k, v in (line.split(" = ") for line in r.stdout.splitlines())}
+    ours = {t["name"]: t["value"] for t in c.call(0, "listvars")["tunables"]}
+    assert got == {k: str(int(v)) for k, v in ours.items()}
+    name, value = ctdb(c, 0, "getvar", "MonitorInterval").stdout.split(" = ")
+    assert (name.strip(), value.strip()) == ("MonitorInterval",
+                                             str(int(ours["MonitorInterval"])))
+    r = ctdb(c, 2, "setvar", "MonitorInterval", "17")
+    assert r.returncode == 0, r.stderr
+    assert c.call(2, "getvar", name="MonitorInterval")["value"] == 17
+    assert ctdb(c, 0, "getvar", "NoSuchTunable").returncode != 0
+    ctdb(c, 2, "setvar", "MonitorInterval", str(int(ours["MonitorInterval"])))

@@ -24,6 +24,7 @@ GET_PID = 30
 GET_RECMASTER = 31
 GET_PNN = 35
 SHUTDOWN = 36
+SET_TUNABLE = 48
 GET_TUNABLE = 49
 LIST_TUNABLES = 50
 UPTIME = 69
@@ -149,6 +150,27 @@ def public_ip_info(pnn, address, active_idx, ifaces) -> bytes:
     it is on (in ``ifaces``; 0xFFFFFFFF: none), and its interfaces (:func:`iface_list`)."""
     return (u32(pnn & 0xFFFFFFFF) + sock_addr(address) + u32(active_idx & 0xFFFFFFFF)
             + iface_list(ifaces))
+
+
+def parse_stringn(data, what="string"):
+    """A ``stringn`` (u32 length, then that many bytes, NUL included): ``(text, size)``."""
+    n = parse_u32(data)
+    if n > len(data) - 4:
+        raise ValueError(f"{what} of {n} bytes in {len(data) - 4}")
+    return bytes(data[4:4 + n]).split(b"\0", 1)[0].decode("utf-8", "replace"), 4 + n
+
+
+def var_list(names) -> bytes:
+    """``ctdb_var_list``: the payload's length, then the names joined with ``:``, NUL
+    terminated."""
+    text = ":".join(names).encode() + b"\0"
+    return u32(len(text)) + text
+
+
+def parse_tunable(data):
+    """``(name, value)`` of a ``ctdb_tunable`` (u32 value, then the name as a stringn)."""
+    value = parse_u32(data)
+    return parse_stringn(data[4:], "tunable name")[0], value
 
 
 def vnn_map(generation, pnns) -> bytes:
