@@ -105,3 +105,11 @@ def test_tunables_as_ctdb_lays_them_out():
         M.parse_stringn(struct.pack("<I", 40) + b"Abc\0", "tunable name")
     with pytest.raises(ValueError, match="where a uint32"):
         M.parse_tunable(b"\1\0")
+
+
+def test_debug_levels_are_samba_s_numbers():
+    assert [M.debug_level_name(n) for n in range(11)] == [
+        "ERROR", "WARNING", "WARNING", "NOTICE", "NOTICE", "INFO", "INFO", "INFO", "INFO",
+        "INFO", "DEBUG"]
+    with pytest.raises(ValueError, match="not one of CTDB's"):
+        M.debug_level_name(11)

@@ -118,6 +118,7 @@ class CtdbSocketServer(UnixSocketFrontend):
             M.RELEASE_IP: self._release_ip, M.TAKEOVER_IP: self._takeover_ip,
             M.LIST_TUNABLES: self._list_tunables, M.GET_TUNABLE: self._get_tunable,
             M.SET_TUNABLE: self._set_tunable,
+            M.GET_DEBUG: self._get_debug, M.SET_DEBUG: self._set_debug,
             M.PROCESS_EXISTS: self._process_exists, M.ECHO_DATA: self._echo_data,
             M.REGISTER_SRVID: self._register_srvid,
             M.DEREGISTER_SRVID: self._deregister_srvid,
@@ -334,6 +335,14 @@ class CtdbSocketServer(UnixSocketFrontend):
     def _set_tunable(self, conn, c):
         name, value = M.parse_tunable(c.data)
         self.ops.tunables.setvar(name, value)
+        return 0, b""
+
+    def _get_debug(self, conn, c):
+        level = self.ops.info.getdebug()["level"]
+        return 0, M.u32(M.DEBUG_LEVELS.get(level, M.DEBUG_LEVELS["NOTICE"]))
+
+    def _set_debug(self, conn, c):
+        self.ops.info.setdebug(M.debug_level_name(M.parse_u32(c.data)))
         return 0, b""
 
     def _release_ip(self, conn, c):

@@ -146,6 +146,19 @@ def cmd_leader(c, a):
     return str(res["leader"]), 0
 
 
+@COMMANDS.command("getdebug", help="show the agent's log level")
+def cmd_getdebug(c, a):
+    res = c.call("getdebug")
+    return (res, 0) if a.json else (res["level"], 0)
+
+
+@COMMANDS.command("setdebug", help="set the agent's log level until it restarts",
+                  args=[arg("level", help="ERROR, WARNING, NOTICE, INFO or DEBUG")])
+def cmd_setdebug(c, a):
+    res = c.call("setdebug", level=a.level)
+    return (res, 0) if a.json else (None, 0)
+
+
 @COMMANDS.command("uptime", help="show node uptime and time of the last recovery")
 def cmd_uptime(c, a):
     u = c.call("uptime")

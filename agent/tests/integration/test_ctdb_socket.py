@@ -181,3 +181,23 @@ def test_ctdb_listvars_getvar_setvar_are_pyctdb_s_tunables(cluster):
     assert c.call(2, "getvar", name="MonitorInterval")["value"] == 17
     assert ctdb(c, 0, "getvar", "NoSuchTunable").returncode != 0
     ctdb(c, 2, "setvar", "MonitorInterval", str(int(ours["MonitorInterval"])))
+
+
+def test_ctdb_setdebug_changes_the_log_level_at_run_time(cluster):
+    c = cluster
+    assert ctdb(c, 1, "getdebug").stdout.strip() == "INFO"  # (LocalCluster's level)
+    assert ctdb(c, 1, "setdebug", "DEBUG").returncode == 0
+    assert ctdb(c, 1, "getdebug").stdout.strip() == "DEBUG"
+    c.wait_for(lambda: "log level set to DEBUG (was INFO)" in c.log(1), 5, what="logged")
+    assert ctdb(c, 1, "setdebug", "INFO").returncode == 0
+    assert ctdb(c, 1, "getdebug").stdout.strip() == "INFO"
+
+
+def test_pyctdb_getdebug_setdebug_are_the_same_level(cluster):
+    c = cluster
+    assert c.cli_ok(0, "getdebug").strip() == "INFO"
+    c.cli_ok(0, "setdebug", "notice")
+    assert ctdb(c, 0, "getdebug").stdout.strip() == "NOTICE"
+    r = c.cli(0, "setdebug", "LOUD")
+    assert r.returncode != 0 and "log level must be one of" in r.stderr
+    c.cli_ok(0, "setdebug", "INFO")

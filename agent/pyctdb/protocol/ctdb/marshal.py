@@ -15,6 +15,7 @@ PING = 3
 GETDBPATH = 4
 GETVNNMAP = 5
 GET_DEBUG = 7
+SET_DEBUG = 8
 GET_DBMAP = 9
 GET_RECMODE = 15
 DB_ATTACH = 18
@@ -46,6 +47,17 @@ NAMES = {v: k for k, v in globals().items() if k.isupper() and isinstance(v, int
 
 # srvids of messages
 SRVID_LEADER = 0xF101000000000000
+
+# debug levels (ctdb/common/logging.c: Samba's DBGLVL numbers; 2, 4 and 6-9 name the
+# level below them)
+DEBUG_LEVELS = {"ERROR": 0, "WARNING": 1, "NOTICE": 3, "INFO": 5, "DEBUG": 10}
+
+
+def debug_level_name(n) -> str:
+    """The level CTDB's number ``n`` names (0-10)."""
+    if not 0 <= n <= 10:
+        raise ValueError(f"debug level {n} is not one of CTDB's (0-10)")
+    return max((v, k) for k, v in DEBUG_LEVELS.items() if v <= n)[1]
 
 # capabilities (CTDB_CAP_*)
 CAP_RECMASTER = 0x1

@@ -32,6 +32,7 @@ def node_commands(ops) -> dict:
         "ping": info.ping, "version": info.version, "status": info.status,
         "listnodes": info.listnodes, "pnn": info.pnn, "leader": info.leader,
         "uptime": info.uptime, "log": info.log,
+        "getdebug": info.getdebug, "setdebug": info.setdebug,
         "listvars": tunables.listvars, "getvar": tunables.getvar,
         "setvar": tunables.setvar,
         "disable": act("disable"), "enable": act("enable"), "stop": act("stop"),

@@ -8,6 +8,7 @@ import time
 
 from pyctdb import API_VERSION, PROTOCOL_VERSION, __version__
 from pyctdb.common import tunables as tunable_defs
+from pyctdb.common.logsetup import LEVELS, NOTICE
 from pyctdb.errors import ApiError, ControlError
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,24 @@ class InfoOperations:
 
     def uptime(self):
         return self.cluster.uptime()
+
+    @staticmethod
+    def getdebug():
+        """This agent's log level now (``[logging] log level`` until ``setdebug``)."""
+        return {"level": logging.getLevelName(logging.getLogger().level)}
+
+    @staticmethod
+    def setdebug(level):
+        """Change this agent's log level at run time (ERROR, WARNING, NOTICE, INFO,
+        DEBUG), as ``ctdb setdebug``; until the agent restarts."""
+        if not isinstance(level, str) or level.upper() not in LEVELS:
+            raise ApiError("EINVAL", f"log level must be one of {', '.join(LEVELS)}, not "
+                                     f"{level!r}")
+        root = logging.getLogger()
+        was = logging.getLevelName(root.level)
+        root.setLevel(LEVELS[level.upper()])
+        log.log(NOTICE, "log level set to %s (was %s)", level.upper(), was)
+        return {"level": level.upper(), "previous": was}
 
     def log(self, lines=20):
         if not isinstance(lines, int) or isinstance(lines, bool) or lines < 0:
