@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PATH = "/run/ctdb/ctdbd.socket"
 FORWARD_TIMEOUT = 10.0  # seconds for a control forwarded to another node
+TAKEOVER_RUN_WAIT = 9.0  # seconds a client's takeover run waits out a recovery
 PUBLIC_IP_ONLY_AVAILABLE = 0x1  # GET_PUBLIC_IPS flag: only addresses some node hosts
 INVALID_GENERATION = 1  # CTDB's, for "no generation yet"
 
@@ -119,6 +120,8 @@ class CtdbSocketServer(UnixSocketFrontend):
             M.LIST_TUNABLES: self._list_tunables, M.GET_TUNABLE: self._get_tunable,
             M.SET_TUNABLE: self._set_tunable,
             M.GET_DEBUG: self._get_debug, M.SET_DEBUG: self._set_debug,
+            M.DISABLE_NODE: self._admin("disable"), M.ENABLE_NODE: self._admin("enable"),
+            M.STOP_NODE: self._admin("stop"), M.CONTINUE_NODE: self._admin("continue"),
             M.PROCESS_EXISTS: self._process_exists, M.ECHO_DATA: self._echo_data,
             M.REGISTER_SRVID: self._register_srvid,
             M.DEREGISTER_SRVID: self._deregister_srvid,
@@ -229,6 +232,10 @@ class CtdbSocketServer(UnixSocketFrontend):
         m = self._parsed(proto, P.parse_message, body)
         if m is None:
             return
+        if m.srvid == M.SRVID_TAKEOVER_RUN:  # (ctdb ipreallocate, ctdb disable, ...)
+            spawn(self._takeover_run(proto.conn, m.data), "ctdb takeover run",
+                  owner=self._tasks)
+            return
         dest = "all" if h.destnode in (P.BROADCAST_ALL, P.BROADCAST_ACTIVE) else \
             "connected" if h.destnode == P.BROADCAST_CONNECTED else \
             proto.conn.pnn if h.destnode == P.CURRENT_NODE else h.destnode
@@ -236,6 +243,35 @@ class CtdbSocketServer(UnixSocketFrontend):
             self.ops.messages.send(dest, m.srvid, base64.b64encode(m.data).decode())
         except PyctdbError as exc:
             log.info("CTDB socket: message to srvid 0x%x not sent: %s", m.srvid, exc.message)
+
+    async def _takeover_run(self, conn, data):
+        """CTDB_SRVID_TAKEOVER_RUN: the leader's takeover run, answered to the srvid the
+        request names with the leader's PNN (or -1: it failed), as CTDB's recovery
+        daemon answers it."""
+        try:
+            _pnn, reply_to = M.parse_srvid_message(data)
+        except ValueError as exc:
+            log.warning("CTDB socket: takeover run request ignored: %s", exc)
+            return
+        deadline = asyncio.get_running_loop().time() + TAKEOVER_RUN_WAIT
+        while True:  # (as CTDB's recovery daemon, a run asked during a recovery waits)
+            try:
+                await self.ops.ips.ipreallocate()
+                result = self.cluster.leader if self.cluster.leader is not None else -1
+                break
+            except PyctdbError as exc:
+                if asyncio.get_running_loop().time() < deadline and (
+                        self.cluster.recmode != 0 or self.cluster.leader is None
+                        or exc.code == "EAGAIN"):
+                    await asyncio.sleep(0.1)
+                    continue
+                log.warning("CTDB socket: takeover run asked by a client failed: %s",
+                            exc.message)
+                result = -1
+                break
+        if reply_to and not conn.transport.is_closing():
+            conn.transport.write(conn.encode_message(
+                reply_to, self.cluster.pnn, base64.b64encode(M.i32(result)).decode()))
 
     def _send_leader(self, conn):
         leader = self.ops.info.leader()["leader"]
@@ -344,6 +380,13 @@ class CtdbSocketServer(UnixSocketFrontend):
     def _set_debug(self, conn, c):
         self.ops.info.setdebug(M.debug_level_name(M.parse_u32(c.data)))
         return 0, b""
+
+    def _admin(self, action):
+        """DISABLE_NODE, ENABLE_NODE, STOP_NODE, CONTINUE_NODE: ``action`` on this node."""
+        async def handler(conn, c):
+            await self.ops.admin.act(action)
+            return 0, b""
+        return handler
 
     def _release_ip(self, conn, c):
         """CTDB's ``ctdb moveip`` first sends RELEASE_IP to every active node but the

@@ -201,3 +201,19 @@ def test_pyctdb_getdebug_setdebug_are_the_same_level(cluster):
     r = c.cli(0, "setdebug", "LOUD")
     assert r.returncode != 0 and "log level must be one of" in r.stderr
     c.cli_ok(0, "setdebug", "INFO")
+
+
+def test_ctdb_disable_enable_stop_continue_ipreallocate(cluster):
+    """The tool's admin commands: the control, its wait for the flag, then its takeover
+    run (a CTDB_SRVID_TAKEOVER_RUN message answered with the leader's PNN)."""
+    c = cluster
+    for cmd, flag in (("disable", "DISABLED"), ("stop", "STOPPED")):
+        r = ctdb(c, 2, cmd)
+        assert r.returncode == 0, (cmd, r.stdout, r.stderr, c.log(2)[-2000:])
+        assert flag in c.status(0)["nodes"][2]["flag_names"]
+        assert all(ip["pnn"] != 2 for ip in c.call(0, "ip")["ips"])
+        r = ctdb(c, 2, {"disable": "enable", "stop": "continue"}[cmd])
+        assert r.returncode == 0, r.stderr
+        c.wait_for(lambda: c.status(0)["nodes"][2]["flags"] == 0, 20, what="node 2 OK")
+    r = ctdb(c, 0, "ipreallocate")
+    assert r.returncode == 0, r.stderr

@@ -35,18 +35,23 @@ TAKEOVER_IP = 89
 GET_PUBLIC_IPS = 90
 GET_NODEMAP = 91
 GET_RECLOCK_FILE = 99
+STOP_NODE = 101
+CONTINUE_NODE = 102
 GET_PUBLIC_IP_INFO = 123
 GET_IFACES = 124
 GET_RUNSTATE = 138
 DB_ATTACH_PERSISTENT = 61
 CHECK_PID_SRVID = 151
 ECHO_DATA = 156
+DISABLE_NODE = 157
+ENABLE_NODE = 158
 
 #: a control's name by number, for the log
 NAMES = {v: k for k, v in globals().items() if k.isupper() and isinstance(v, int)}
 
 # srvids of messages
 SRVID_LEADER = 0xF101000000000000
+SRVID_TAKEOVER_RUN = 0xFB00000000000000
 
 # debug levels (ctdb/common/logging.c: Samba's DBGLVL numbers; 2, 4 and 6-9 name the
 # level below them)
@@ -162,6 +167,19 @@ def public_ip_info(pnn, address, active_idx, ifaces) -> bytes:
     it is on (in ``ifaces``; 0xFFFFFFFF: none), and its interfaces (:func:`iface_list`)."""
     return (u32(pnn & 0xFFFFFFFF) + sock_addr(address) + u32(active_idx & 0xFFFFFFFF)
             + iface_list(ifaces))
+
+
+def parse_srvid_message(data):
+    """``(pnn, srvid)`` of a ``ctdb_srvid_message`` (u32 pnn, 4 bytes of padding, u64
+    srvid): whom to answer."""
+    if len(data) < 16:
+        raise ValueError(f"srvid message of {len(data)} bytes, not 16")
+    pnn, srvid = struct.unpack_from("<I4xQ", data)
+    return pnn, srvid
+
+
+def i32(value) -> bytes:
+    return struct.pack("<i", value)
 
 
 def parse_stringn(data, what="string"):
