@@ -122,6 +122,7 @@ class CtdbSocketServer(UnixSocketFrontend):
             M.GET_DEBUG: self._get_debug, M.SET_DEBUG: self._set_debug,
             M.DISABLE_NODE: self._admin("disable"), M.ENABLE_NODE: self._admin("enable"),
             M.STOP_NODE: self._admin("stop"), M.CONTINUE_NODE: self._admin("continue"),
+            M.SET_BAN_STATE: self._set_ban_state, M.GET_RECLOCK_FILE: self._get_reclock,
             M.PROCESS_EXISTS: self._process_exists, M.ECHO_DATA: self._echo_data,
             M.REGISTER_SRVID: self._register_srvid,
             M.DEREGISTER_SRVID: self._deregister_srvid,
@@ -387,6 +388,20 @@ class CtdbSocketServer(UnixSocketFrontend):
             await self.ops.admin.act(action)
             return 0, b""
         return handler
+
+    async def _set_ban_state(self, conn, c):
+        pnn, seconds = M.parse_ban_state(c.data)
+        if pnn != self.cluster.pnn:
+            raise ValueError(f"ban state for node {pnn} sent to node {self.cluster.pnn}")
+        if seconds:
+            await self.ops.admin.ban(seconds)
+        else:
+            await self.ops.admin.act("unban")
+        return 0, b""
+
+    def _get_reclock(self, conn, c):
+        lock = self.ops.info.status()["cluster_lock"]
+        return 0, M.string(lock["lock"] if lock["configured"] else None)
 
     def _release_ip(self, conn, c):
         """CTDB's ``ctdb moveip`` first sends RELEASE_IP to every active node but the

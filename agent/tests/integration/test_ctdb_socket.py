@@ -217,3 +217,18 @@ def test_ctdb_disable_enable_stop_continue_ipreallocate(cluster):
         c.wait_for(lambda: c.status(0)["nodes"][2]["flags"] == 0, 20, what="node 2 OK")
     r = ctdb(c, 0, "ipreallocate")
     assert r.returncode == 0, r.stderr
+
+
+def test_ctdb_getreclock_ban_unban_process_exists(cluster):
+    c = cluster
+    lock = c.status(0)["cluster_lock"]["lock"]
+    assert ctdb(c, 0, "getreclock").stdout.strip() == lock
+    r = ctdb(c, 2, "ban", "30")
+    assert r.returncode == 0, r.stderr
+    assert "BANNED" in c.status(0)["nodes"][2]["flag_names"]
+    r = ctdb(c, 2, "unban")
+    assert r.returncode == 0, r.stderr
+    c.wait_for(lambda: c.status(0)["nodes"][2]["flags"] == 0, 20, what="node 2 OK")
+    assert ctdb(c, 0, "process-exists", str(c.procs[0].pid)).returncode == 0
+    r = ctdb(c, 0, "process-exists", "4000000")
+    assert r.returncode == 1 and "does not exist" in r.stdout

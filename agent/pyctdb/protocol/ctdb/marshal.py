@@ -36,6 +36,7 @@ GET_PUBLIC_IPS = 90
 GET_NODEMAP = 91
 GET_RECLOCK_FILE = 99
 STOP_NODE = 101
+SET_BAN_STATE = 109
 CONTINUE_NODE = 102
 GET_PUBLIC_IP_INFO = 123
 GET_IFACES = 124
@@ -176,6 +177,18 @@ def parse_srvid_message(data):
         raise ValueError(f"srvid message of {len(data)} bytes, not 16")
     pnn, srvid = struct.unpack_from("<I4xQ", data)
     return pnn, srvid
+
+
+def string(text) -> bytes:
+    """A ``ctdb_string``: the text and its NUL (nothing for None)."""
+    return b"" if text is None else text.encode() + b"\0"
+
+
+def parse_ban_state(data):
+    """``(pnn, seconds)`` of a ``ctdb_ban_state`` (0 seconds: unban)."""
+    if len(data) < 8:
+        raise ValueError(f"ban state of {len(data)} bytes, not 8")
+    return struct.unpack_from("<II", data)
 
 
 def i32(value) -> bytes:
