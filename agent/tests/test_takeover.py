@@ -3,6 +3,7 @@
 who takes which public address, in which order, and what stays unassigned and why."""
 
 import asyncio
+import time
 import re
 from types import SimpleNamespace
 
@@ -428,3 +429,36 @@ def test_moveip_beside_a_node_held_down_is_a_full_run():
     runner, run = move_with(c, A1, 1)
     assert run["algorithm"] == "lcp2"
     assert ("run_event", 0, "startipreallocate") in c.calls
+
+
+def test_takeover_runs_disabled_for_a_while_start_none_and_refuse_a_requested_one():
+    c = FakeCluster(balanced(), [0, 0, nodeflags.BANNED])
+    c.recmode, c.generation = 0, 5
+    spawned = []
+    tunables = SimpleNamespace(get=lambda name: {"IPAllocAlgorithm": 2}.get(name, 0))
+    class Done:  # (a task that has finished)
+        def done(self):
+            return True
+
+        def add_done_callback(self, fn):
+            pass
+
+    def spawn(coro, name):
+        coro.close()
+        spawned.append(name)
+        return Done()
+    runner = TakeoverRunner(c, tunables, SimpleNamespace(version=1),
+                            FailoverEvents(c, None), spawn=spawn, disabled=False)
+    c.peer_flags = lambda p: c.flags[p.pnn]
+    c.held_down = lambda: {}
+
+    async def main():
+        await runner._ctl_disable_takeover_runs(1, {"seconds": 30})
+        assert runner.on_cycle(time.monotonic()) is None and not spawned
+        with pytest.raises(ControlError, match="disabled") as exc:
+            await runner._ctl_ipreallocate(1, {})
+        assert exc.value.code == "EAGAIN"
+        await runner._ctl_disable_takeover_runs(1, {"seconds": 0})
+        assert runner.on_cycle(time.monotonic()) == "takeover run (cluster changed)"
+        assert len(spawned) == 1
+    asyncio.run(main())

@@ -403,6 +403,14 @@ _DEFS = [
         sent_by="API `addip`, `delip`, `reloadips` (after a change) and `ipreallocate`, to "
                 "the leader; fails on a node that is not the leader or while the cluster "
                 "is in recovery"),
+    ControlDef(
+        "disable_takeover_runs",
+        (Arg("seconds", NUMBER, doc="how long; 0 enables them again"),),
+        Reply(dict, ("pnn", "until"), doc="`until`: CLOCK_MONOTONIC seconds, or null"),
+        sent_by="a node's CTDB socket, to the leader, for CTDB's "
+                "`CTDB_SRVID_DISABLE_TAKEOVER_RUNS` message (`ctdb reloadips`): no "
+                "takeover run starts on the leader until then (periodic, on a change, or "
+                "asked: those fail with EAGAIN); fails on a node that is not the leader"),
 
     # -- database --------------------------------------------------------------------------
     ControlDef(

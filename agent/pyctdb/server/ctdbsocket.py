@@ -123,6 +123,7 @@ class CtdbSocketServer(UnixSocketFrontend):
             M.DISABLE_NODE: self._admin("disable"), M.ENABLE_NODE: self._admin("enable"),
             M.STOP_NODE: self._admin("stop"), M.CONTINUE_NODE: self._admin("continue"),
             M.SET_BAN_STATE: self._set_ban_state, M.GET_RECLOCK_FILE: self._get_reclock,
+            M.RELOAD_PUBLIC_IPS: self._reload_public_ips,
             M.PROCESS_EXISTS: self._process_exists, M.ECHO_DATA: self._echo_data,
             M.REGISTER_SRVID: self._register_srvid,
             M.DEREGISTER_SRVID: self._deregister_srvid,
@@ -237,6 +238,11 @@ class CtdbSocketServer(UnixSocketFrontend):
             spawn(self._takeover_run(proto.conn, m.data), "ctdb takeover run",
                   owner=self._tasks)
             return
+        if m.srvid == M.SRVID_DISABLE_TAKEOVER_RUNS:  # (ctdb reloadips)
+            dest = proto.conn.pnn if h.destnode == P.CURRENT_NODE else h.destnode
+            spawn(self._disable_takeover_runs(proto.conn, dest, m.data),
+                  "ctdb disable takeover runs", owner=self._tasks)
+            return
         dest = "all" if h.destnode in (P.BROADCAST_ALL, P.BROADCAST_ACTIVE) else \
             "connected" if h.destnode == P.BROADCAST_CONNECTED else \
             proto.conn.pnn if h.destnode == P.CURRENT_NODE else h.destnode
@@ -273,6 +279,31 @@ class CtdbSocketServer(UnixSocketFrontend):
         if reply_to and not conn.transport.is_closing():
             conn.transport.write(conn.encode_message(
                 reply_to, self.cluster.pnn, base64.b64encode(M.i32(result)).decode()))
+
+    async def _disable_takeover_runs(self, conn, dest, data):
+        """CTDB_SRVID_DISABLE_TAKEOVER_RUNS, sent by the tool to each node: in pyctdb only
+        the leader runs takeover runs, so the leader is told (once per message; the same
+        request again changes nothing), and the answer comes back on the srvid the
+        request names as node ``dest``'s, as each of CTDB's recovery daemons answers."""
+        try:
+            _pnn, reply_to, timeout = M.parse_disable_message(data)
+        except ValueError as exc:
+            log.warning("CTDB socket: disable-takeover-runs request ignored: %s", exc)
+            return
+        leader = self.cluster.leader
+        try:
+            if leader is None:
+                raise PyctdbError("no leader")
+            await self.cluster.control(leader, "disable_takeover_runs",
+                                       {"seconds": timeout}, timeout=FORWARD_TIMEOUT)
+            result = dest
+        except PyctdbError as exc:
+            log.warning("CTDB socket: takeover runs not disabled: %s", exc.message)
+            result = -1
+        if reply_to and not conn.transport.is_closing():
+            conn.transport.write(conn.encode_message(
+                reply_to, dest if result >= 0 else self.cluster.pnn,
+                base64.b64encode(M.i32(result)).decode()))
 
     def _send_leader(self, conn):
         leader = self.ops.info.leader()["leader"]
@@ -397,6 +428,12 @@ class CtdbSocketServer(UnixSocketFrontend):
             await self.ops.admin.ban(seconds)
         else:
             await self.ops.admin.act("unban")
+        return 0, b""
+
+    async def _reload_public_ips(self, conn, c):
+        """This node's public_addresses file read again (a takeover run follows when it
+        changed and runs are not disabled; the tool asks for one at its end)."""
+        await self.ops.ips.reloadips()
         return 0, b""
 
     def _get_reclock(self, conn, c):

@@ -82,9 +82,11 @@ class TakeoverRunner:
         self._allocation_term = None  # the term of last_allocation
         self._runs = set()  # the runs under way or waiting (cancelled on step-down)
         cluster.on_step_down(self._stepped_down)
+        self._disabled_until = None  # (CLOCK_MONOTONIC) no runs before: ctdb reloadips
         cluster.control_handlers.update({
             "move_ip": self._ctl_move_ip,
             "ipreallocate": self._ctl_ipreallocate,
+            "disable_takeover_runs": self._ctl_disable_takeover_runs,
         })
 
     # -- when -----------------------------------------------------------------------------
@@ -95,6 +97,8 @@ class TakeoverRunner:
         c = self.cluster
         if not (c.am_leader and c.recmode == 0 and c.generation is not None):
             self._key = None
+            return None
+        if self.runs_disabled(now):
             return None
         key = self._state_key()
         if key != self._key or now - self._last >= TAKEOVER_REFRESH:
@@ -357,6 +361,32 @@ class TakeoverRunner:
                                "EINVAL") from None
         return await self.move(addr, pnn)
 
+    def runs_disabled(self, now=None) -> bool:
+        """Whether takeover runs are disabled now (CTDB's disable_takeover_runs)."""
+        if self._disabled_until is None:
+            return False
+        if (time.monotonic() if now is None else now) < self._disabled_until:
+            return True
+        self._disabled_until = None
+        self._key = None  # (the first cycle after runs a takeover run if anything changed)
+        return False
+
+    async def _ctl_disable_takeover_runs(self, src, args):
+        """On the leader: no takeover run for ``seconds`` (0: runs allowed again)."""
+        c = self.cluster
+        if not c.am_leader:
+            raise ControlError(c.pnn, "this node is not the leader", "EAGAIN")
+        seconds = float(args["seconds"])
+        if seconds > 0:
+            self._disabled_until = time.monotonic() + seconds
+            log.log(NOTICE, "takeover runs disabled for %.0f s (asked by node %d)", seconds,
+                    src)
+        elif self._disabled_until is not None:
+            self._disabled_until = None
+            self._key = None
+            log.log(NOTICE, "takeover runs enabled again (asked by node %d)", src)
+        return {"pnn": c.pnn, "until": self._disabled_until}
+
     async def _ctl_ipreallocate(self, src, args):
         """On the leader: a takeover run now (waiting for one under way first)."""
         c = self.cluster
@@ -366,6 +396,8 @@ class TakeoverRunner:
             return {"skipped": "failover is disabled"}
         if c.recmode != 0 or c.generation is None:
             raise ControlError(c.pnn, "the cluster is in recovery", "EAGAIN")
+        if self.runs_disabled():
+            raise ControlError(c.pnn, "takeover runs are disabled for now", "EAGAIN")
         return await self.run(str(args.get("reason") or "ipreallocate"))
 
 

@@ -40,6 +40,7 @@ SET_BAN_STATE = 109
 CONTINUE_NODE = 102
 GET_PUBLIC_IP_INFO = 123
 GET_IFACES = 124
+RELOAD_PUBLIC_IPS = 134
 GET_RUNSTATE = 138
 DB_ATTACH_PERSISTENT = 61
 CHECK_PID_SRVID = 151
@@ -53,6 +54,7 @@ NAMES = {v: k for k, v in globals().items() if k.isupper() and isinstance(v, int
 # srvids of messages
 SRVID_LEADER = 0xF101000000000000
 SRVID_TAKEOVER_RUN = 0xFB00000000000000
+SRVID_DISABLE_TAKEOVER_RUNS = 0xFB03000000000000
 
 # debug levels (ctdb/common/logging.c: Samba's DBGLVL numbers; 2, 4 and 6-9 name the
 # level below them)
@@ -189,6 +191,14 @@ def parse_ban_state(data):
     if len(data) < 8:
         raise ValueError(f"ban state of {len(data)} bytes, not 8")
     return struct.unpack_from("<II", data)
+
+
+def parse_disable_message(data):
+    """``(pnn, srvid, timeout)`` of a ``ctdb_disable_message`` (u32 pnn, 4 bytes of
+    padding, u64 srvid, u32 timeout in seconds, 4 bytes of padding)."""
+    if len(data) < 20:
+        raise ValueError(f"disable message of {len(data)} bytes, not 24")
+    return struct.unpack_from("<I4xQI", data)
 
 
 def i32(value) -> bytes:
