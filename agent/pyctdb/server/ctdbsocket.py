@@ -124,6 +124,9 @@ class CtdbSocketServer(UnixSocketFrontend):
             M.STOP_NODE: self._admin("stop"), M.CONTINUE_NODE: self._admin("continue"),
             M.SET_BAN_STATE: self._set_ban_state, M.GET_RECLOCK_FILE: self._get_reclock,
             M.RELOAD_PUBLIC_IPS: self._reload_public_ips,
+            M.GET_DBMAP: self._get_dbmap, M.GET_DBNAME: self._db_field("name"),
+            M.GETDBPATH: self._db_field("path"), M.DB_GET_HEALTH: self._db_health,
+            M.GET_DB_SEQNUM: self._get_db_seqnum,
             M.PROCESS_EXISTS: self._process_exists, M.ECHO_DATA: self._echo_data,
             M.REGISTER_SRVID: self._register_srvid,
             M.DEREGISTER_SRVID: self._deregister_srvid,
@@ -429,6 +432,33 @@ class CtdbSocketServer(UnixSocketFrontend):
         else:
             await self.ops.admin.act("unban")
         return 0, b""
+
+    async def _get_dbmap(self, conn, c):
+        dbs = (await self.ops.databases.getdbmap())["dbs"]
+        return 0, M.dbid_map([(d["db_id"], M.DB_FLAGS_PERSISTENT if d["persistent"] else 0)
+                              for d in dbs])
+
+    async def _db(self, db_id):
+        """The dbmap entry of ``db_id`` (ValueError: no such database here)."""
+        for d in (await self.ops.databases.getdbmap())["dbs"]:
+            if d["db_id"] == db_id:
+                return d
+        raise ValueError(f"no database 0x{db_id:08x} on node {self.cluster.pnn}")
+
+    def _db_field(self, field):
+        """GET_DBNAME, GETDBPATH: the database's name or where it is, as a string."""
+        async def handler(conn, c):
+            return 0, M.string((await self._db(M.parse_u32(c.data)))[field])
+        return handler
+
+    async def _db_health(self, conn, c):
+        """The reason the database is unhealthy here, or nothing (healthy)."""
+        d = await self._db(M.parse_u32(c.data))
+        return 0, M.string(d["reason"] if d["unhealthy"] else None)
+
+    async def _get_db_seqnum(self, conn, c):
+        d = await self._db(M.parse_u32(c.data[:4]))
+        return 0, M.u64(d["seqnum"])
 
     async def _reload_public_ips(self, conn, c):
         """This node's public_addresses file read again (a takeover run follows when it

@@ -251,3 +251,24 @@ def test_ctdb_reloadips_reads_every_node_s_file_again(cluster):
     leader = c.status(0)["leader"]
     log = c.log(leader)
     assert "takeover runs disabled for" in log and "takeover runs enabled again" in log
+
+
+def test_ctdb_getdbmap_getdbstatus_getdbseqnum_show_pyctdb_s_databases(cluster):
+    c = cluster
+    c.call(0, "attach", db_name="vol_ctdbsock.tdb")
+    c.call(0, "attach", db_name="per_ctdbsock.tdb", persistent=True)
+    c.call(0, "pstore", db_name="per_ctdbsock.tdb", key="azE=", value="djE=")
+    ours = {d["name"]: d for d in c.call(1, "getdbmap")["dbs"]}
+    r = ctdb(c, 1, "getdbmap")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == f"Number of databases:{len(ours)}"
+    for name, d in ours.items():
+        line = next(x for x in lines if f"name:{name} " in x)
+        assert line.startswith(f"dbid:0x{d['db_id']:08x} name:{name} path:{d['path']}")
+        assert ("PERSISTENT" in line) == d["persistent"]
+    r = ctdb(c, 1, "getdbseqnum", "per_ctdbsock.tdb")
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout.strip(), 0) == ours["per_ctdbsock.tdb"]["seqnum"] >= 1
+    r = ctdb(c, 1, "getdbstatus", "vol_ctdbsock.tdb")
+    assert r.returncode == 0 and "HEALTH: OK" in r.stdout, (r.stdout, r.stderr)

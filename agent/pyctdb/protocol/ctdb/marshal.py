@@ -17,6 +17,7 @@ GETVNNMAP = 5
 GET_DEBUG = 7
 SET_DEBUG = 8
 GET_DBMAP = 9
+GET_DBNAME = 25
 GET_RECMODE = 15
 DB_ATTACH = 18
 REGISTER_SRVID = 23
@@ -38,6 +39,8 @@ GET_RECLOCK_FILE = 99
 STOP_NODE = 101
 SET_BAN_STATE = 109
 CONTINUE_NODE = 102
+GET_DB_SEQNUM = 120
+DB_GET_HEALTH = 122
 GET_PUBLIC_IP_INFO = 123
 GET_IFACES = 124
 RELOAD_PUBLIC_IPS = 134
@@ -66,6 +69,9 @@ def debug_level_name(n) -> str:
     if not 0 <= n <= 10:
         raise ValueError(f"debug level {n} is not one of CTDB's (0-10)")
     return max((v, k) for k, v in DEBUG_LEVELS.items() if v <= n)[1]
+
+# database flags (ctdb_dbid.flags)
+DB_FLAGS_PERSISTENT = 0x01
 
 # capabilities (CTDB_CAP_*)
 CAP_RECMASTER = 0x1
@@ -199,6 +205,16 @@ def parse_disable_message(data):
     if len(data) < 20:
         raise ValueError(f"disable message of {len(data)} bytes, not 24")
     return struct.unpack_from("<I4xQI", data)
+
+
+def dbid_map(dbs) -> bytes:
+    """``ctdb_dbid_map`` of ``dbs``: [(db_id, flags)] (each u32 db_id, u8 flags, 3 bytes
+    of padding)."""
+    return u32(len(dbs)) + b"".join(struct.pack("<IB3x", i, f) for i, f in dbs)
+
+
+def u64(value) -> bytes:
+    return struct.pack("<Q", value)
 
 
 def i32(value) -> bytes:
