@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PATH = "/run/ctdb/ctdbd.socket"
 FORWARD_TIMEOUT = 10.0  # seconds for a control forwarded to another node
 TAKEOVER_RUN_WAIT = 9.0  # seconds a client's takeover run waits out a recovery
+LEADER_BROADCAST = 1.0  # seconds between CTDB_SRVID_LEADER messages to local clients
 PUBLIC_IP_ONLY_AVAILABLE = 0x1  # GET_PUBLIC_IPS flag: only addresses some node hosts
 INVALID_GENERATION = 1  # CTDB's, for "no generation yet"
 
@@ -105,6 +106,7 @@ class CtdbSocketServer(UnixSocketFrontend):
         self.cluster = ops.info.cluster
         self.clients = 0
         self._tasks = set()
+        self._broadcaster = None
         # (every node answers the controls other nodes' CTDB sockets forward to it,
         # whether or not it serves a socket itself)
         self.cluster.control_handlers["ctdb_control"] = self._ctl_ctdb_control
@@ -136,6 +138,28 @@ class CtdbSocketServer(UnixSocketFrontend):
         self._server = await listen_unix(self.path, lambda: CtdbProtocol(self),
                                          f"a ctdbd (or another pyctdbd) serves {self.path}")
         log.info("CTDB socket %s: serving CTDB's client protocol", self.path)
+        self._broadcaster = spawn(self._broadcast_leader(), "ctdb leader broadcast",
+                                  owner=self._tasks)
+
+    async def stop(self):
+        if self._broadcaster is not None:
+            self._broadcaster.cancel()
+        await super().stop()
+
+    async def _broadcast_leader(self):
+        """As CTDB's leader broadcasts CTDB_SRVID_LEADER every second, this node tells
+        its own clients registered for it who leads, every LEADER_BROADCAST seconds."""
+        while True:
+            await asyncio.sleep(LEADER_BROADCAST)
+            leader = self.cluster.leader
+            if leader is None:
+                continue
+            try:
+                if self.ops.messages.check([M.SRVID_LEADER])["srvids"][0]["registered"]:
+                    self.ops.messages.send(self.cluster.pnn, M.SRVID_LEADER,
+                                           base64.b64encode(M.u32(leader)).decode())
+            except PyctdbError as exc:
+                log.debug("leader broadcast: %s", exc.message)
 
     # -- packets ---------------------------------------------------------------------------
     def serve(self, proto, h, body):

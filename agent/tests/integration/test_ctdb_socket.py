@@ -7,6 +7,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import time
 
 import pytest
 
@@ -272,3 +273,19 @@ def test_ctdb_getdbmap_getdbstatus_getdbseqnum_show_pyctdb_s_databases(cluster):
     assert int(r.stdout.strip(), 0) == ours["per_ctdbsock.tdb"]["seqnum"] >= 1
     r = ctdb(c, 1, "getdbstatus", "vol_ctdbsock.tdb")
     assert r.returncode == 0 and "HEALTH: OK" in r.stdout, (r.stdout, r.stderr)
+
+
+def test_a_client_registered_for_the_leader_hears_it_at_once_and_every_second(cluster):
+    c = cluster
+    s = raw(c, 1)
+    s.sendall(P.pack(P.REQ_CONTROL, 3, P.control_body(M.REGISTER_SRVID, srvid=M.SRVID_LEADER),
+                     destnode=P.CURRENT_NODE, srcnode=1))
+    r, got, t0 = P.PacketReader(), [], time.monotonic()
+    while len(got) < 3 and time.monotonic() - t0 < 5:
+        got += r.feed(s.recv(65536))
+    s.close()
+    assert got[0][0].operation == P.REPLY_CONTROL and got[0][0].reqid == 3
+    msgs = [P.parse_message(b) for h, b in got[1:] if h.operation == P.REQ_MESSAGE]
+    assert len(msgs) == 2 and {m.srvid for m in msgs} == {M.SRVID_LEADER}
+    assert {M.parse_u32(m.data) for m in msgs} == {c.status(1)["leader"]}
+    assert time.monotonic() - t0 > 0.5  # (the second one is the periodic broadcast)
