@@ -21,10 +21,13 @@ import asyncio
 import base64
 import logging
 import os
+import socket
+import struct
 
 from pyctdb.errors import PyctdbError
 from pyctdb.protocol.ctdb import marshal as M
 from pyctdb.protocol.ctdb import packet as P
+from pyctdb.rules import nodeflags
 from pyctdb.server.api.frontend import ClientConnection
 from pyctdb.server.api.server import ApiServer, UnixSocketFrontend, listen_unix
 from pyctdb.server.tasks import spawn
@@ -39,6 +42,16 @@ PUBLIC_IP_ONLY_AVAILABLE = 0x1  # GET_PUBLIC_IPS flag: only addresses some node 
 INVALID_GENERATION = 1  # CTDB's, for "no generation yet"
 
 
+def peer_pid(transport):
+    """The process at the other end of a Unix socket connection (SO_PEERCRED), or 0."""
+    sock = transport.get_extra_info("socket")
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return 0
+    return struct.unpack("3i", creds)[0]
+
+
 def link_up(iface) -> bool:
     """Whether ``iface``'s link is up (its operstate in sysfs: a small file read)."""
     try:
@@ -49,14 +62,15 @@ def link_up(iface) -> bool:
 
 
 class CtdbConnection(ClientConnection):
-    """A client of CTDB's socket: messages for its srvids go out as REQ_MESSAGE
-    packets."""
+    """A client of CTDB's socket (process ``pid``): messages for its srvids go out as
+    REQ_MESSAGE packets."""
 
-    __slots__ = ("pnn",)
+    __slots__ = ("pnn", "pid")
 
-    def __init__(self, transport, pnn):
+    def __init__(self, transport, pnn, pid):
         super().__init__(transport)
         self.pnn = pnn
+        self.pid = pid
 
     def encode_message(self, srvid, src, data, dropped=0) -> bytes:
         return P.pack(P.REQ_MESSAGE, 0, P.message_body(srvid, base64.b64decode(data)),
@@ -76,12 +90,13 @@ class CtdbProtocol(asyncio.Protocol):
             log.warning("CTDB socket: a client that is not root was refused")
             transport.close()
             return
-        self.conn = CtdbConnection(transport, self.server.ops.info.pnn()["pnn"])
-        self.server.clients += 1
+        self.conn = CtdbConnection(transport, self.server.ops.info.pnn()["pnn"],
+                                   peer_pid(transport))
+        self.server.conns.add(self.conn)
 
     def connection_lost(self, exc):
         if self.conn is not None:
-            self.server.clients -= 1
+            self.server.conns.discard(self.conn)
             self.conn.closed()
             self.conn = None
 
@@ -104,7 +119,7 @@ class CtdbSocketServer(UnixSocketFrontend):
     def __init__(self, path, ops):
         super().__init__(path, ops)
         self.cluster = ops.info.cluster
-        self.clients = 0
+        self.conns = set()  # CtdbConnection: the clients connected now
         self._tasks = set()
         self._broadcaster = None
         # (every node answers the controls other nodes' CTDB sockets forward to it,
@@ -130,6 +145,7 @@ class CtdbSocketServer(UnixSocketFrontend):
             M.GETDBPATH: self._db_field("path"), M.DB_GET_HEALTH: self._db_health,
             M.GET_DB_SEQNUM: self._get_db_seqnum,
             M.PROCESS_EXISTS: self._process_exists, M.ECHO_DATA: self._echo_data,
+            M.CHECK_PID_SRVID: self._check_pid_srvid,
             M.REGISTER_SRVID: self._register_srvid,
             M.DEREGISTER_SRVID: self._deregister_srvid,
         }
@@ -353,7 +369,7 @@ class CtdbSocketServer(UnixSocketFrontend):
         return os.getpid(), b""
 
     def _ping(self, conn, c):
-        return self.clients, b""
+        return len(self.conns), b""
 
     def _get_nodemap(self, conn, c):
         st = self.ops.info.status()
@@ -376,7 +392,14 @@ class CtdbSocketServer(UnixSocketFrontend):
                            u["last_recovery_finished"])
 
     def _process_exists(self, conn, c):
-        pid = M.parse_u32(c.data)
+        """As ctdbd: the process must be a client of this node's socket, and alive; on an
+        inactive node (banned, stopped) none is."""
+        pid = struct.unpack_from("<i", c.data)[0] if len(c.data) >= 4 else None
+        if pid is None:
+            raise ValueError("PROCESS_EXISTS without a pid")
+        if self.cluster.my_flags & nodeflags.INACTIVE or not any(
+                k.pid == pid for k in self.conns):
+            return -1, b""
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
@@ -384,6 +407,13 @@ class CtdbSocketServer(UnixSocketFrontend):
         except PermissionError:
             pass
         return 0, b""
+
+    def _check_pid_srvid(self, conn, c):
+        """Whether process ``pid``, a client of this node's socket, registered
+        ``srvid`` (Samba's check that a process it knows of is still there)."""
+        pid, srvid = M.parse_pid_srvid(c.data)
+        return (0 if any(k.pid == pid and self.ops.messages.registered_by(k, srvid)
+                         for k in self.conns) else -1), b""
 
     def _echo_data(self, conn, c):
         return 0, c.data

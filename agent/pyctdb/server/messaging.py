@@ -148,7 +148,10 @@ class Messaging:
             if not conns:
                 del self._by_srvid[srvid]
 
-    def registered(self, srvid) -> bool:
+    def registered(self, srvid, key=None) -> bool:
+        """Whether a client (``key``: that client connection) registered ``srvid``."""
+        if key is not None:
+            return key in self._by_srvid.get(srvid, ())
         return srvid in self._by_srvid
 
     def status(self) -> dict:

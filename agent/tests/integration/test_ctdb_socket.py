@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import stat
+import struct
 import subprocess
 import time
 
@@ -228,11 +229,33 @@ def test_ctdb_getreclock_ban_unban_process_exists(cluster):
     assert r.returncode == 0, r.stderr
     assert "BANNED" in c.status(0)["nodes"][2]["flag_names"]
     r = ctdb(c, 2, "unban")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0, (r.stdout, r.stderr, c.log(2)[-1500:])
     c.wait_for(lambda: c.status(0)["nodes"][2]["flags"] == 0, 20, what="node 2 OK")
-    assert ctdb(c, 0, "process-exists", str(c.procs[0].pid)).returncode == 0
-    r = ctdb(c, 0, "process-exists", "4000000")
+    # as ctdbd: a process "exists" for the node when it is a client of its socket
+    s = raw(c, 0)
+    control(s, M.GET_PNN)  # (connected, and served)
+    r = ctdb(c, 0, "process-exists", str(os.getpid()))
+    assert r.returncode == 0 and "exists" in r.stdout, (r.stdout, r.stderr)
+    r = ctdb(c, 0, "process-exists", str(c.procs[0].pid))  # (alive, but no client)
     assert r.returncode == 1 and "does not exist" in r.stdout
+    s.close()
+
+
+def test_check_pid_srvid_says_whether_that_client_registered_that_srvid(cluster):
+    c = cluster
+    a, b = raw(c, 1), raw(c, 1)
+    a.sendall(P.pack(P.REQ_CONTROL, 1, P.control_body(M.REGISTER_SRVID, srvid=0x1234),
+                     destnode=P.CURRENT_NODE, srcnode=1))
+    h, body = recv_packet(a)
+    assert P.parse_reply_control(body)[0] == 0
+    pid = os.getpid()
+    assert control(b, M.CHECK_PID_SRVID, struct.pack("<iQ", pid, 0x1234))[0] == 0
+    assert control(b, M.CHECK_PID_SRVID, struct.pack("<iQ", pid, 0x9999))[0] == -1
+    assert control(b, M.CHECK_PID_SRVID, struct.pack("<iQ", c.procs[1].pid, 0x1234))[0] == -1
+    a.close()
+    time.sleep(0.2)
+    assert control(b, M.CHECK_PID_SRVID, struct.pack("<iQ", pid, 0x1234))[0] == -1
+    b.close()
 
 
 def test_ctdb_reloadips_reads_every_node_s_file_again(cluster):

@@ -192,6 +192,13 @@ def string(text) -> bytes:
     return b"" if text is None else text.encode() + b"\0"
 
 
+def parse_pid_srvid(data):
+    """``(pid, srvid)`` of a ``ctdb_pid_srvid`` (i32 pid, then u64 srvid)."""
+    if len(data) < 12:
+        raise ValueError(f"pid and srvid in {len(data)} bytes, not 12")
+    return struct.unpack_from("<iQ", data)
+
+
 def parse_ban_state(data):
     """``(pnn, seconds)`` of a ``ctdb_ban_state`` (0 seconds: unban)."""
     if len(data) < 8:

@@ -30,12 +30,14 @@ class IpOperations:
             return await c.control(c.leader, "ipreallocate", {"reason": reason},
                                    timeout=20.0)
         except ControlError as exc:
-            return {"error": str(exc)}
+            return {"error": str(exc), "code": exc.code}
 
     async def ipreallocate(self):
+        """A takeover run now; ApiError with the leader's code when it failed (EAGAIN:
+        the cluster is in recovery, or runs are disabled for now: try again)."""
         res = await self.takeover_run("ipreallocate")
         if "error" in res:
-            raise ApiError("EIO", res["error"])
+            raise ApiError(res.get("code") or "EIO", res["error"])
         return res
 
     async def addip(self, address, prefix, interfaces, pnn=None, check=False):

@@ -53,5 +53,9 @@ class MessageOperations:
         return {"pnn": self.cluster.pnn,
                 "srvids": [{"srvid": s, "registered": m.registered(s)} for s in srvids]}
 
+    def registered_by(self, conn, srvid) -> bool:
+        """Whether the client connection ``conn`` registered ``srvid``."""
+        return self._msg().registered(check_srvid(srvid), conn)
+
     def status(self):
         return self._msg().status()
