@@ -312,3 +312,16 @@ def test_a_client_registered_for_the_leader_hears_it_at_once_and_every_second(cl
     assert len(msgs) == 3 and {m.srvid for _, m in msgs} == {M.SRVID_LEADER}
     assert {M.parse_u32(m.data) for _, m in msgs} == {c.status(1)["leader"]}
     assert msgs[2][0] - msgs[1][0] > 0.5  # (the periodic broadcast, every second)
+
+
+def test_ctdb_ip_all_and_ifaces_as_ctdb_prints_them(cluster):
+    c = cluster
+    r = ctdb(c, 1, "-X", "ip", "all")
+    assert r.returncode == 0, r.stderr
+    rows = dict(line.strip("|").split("|") for line in r.stdout.splitlines()[1:])
+    ours = {ip["address"]: str(ip["pnn"]) for ip in c.call(1, "ip", all=True)["ips"]}
+    assert rows == ours
+    r = ctdb(c, 1, "-X", "ifaces")
+    assert r.returncode == 0, r.stderr
+    hosted = sum(1 for p in ours.values() if p == "1")
+    assert r.stdout.splitlines()[1:] == [f"|eth0|1|{hosted}|"]
