@@ -120,8 +120,10 @@ async def _serve(config, me, tunables, socket_path, ring, log_location, ctdb_pat
                         hosted_file=hosted_ips_path(socket_path))
     # The guard drops this node's addresses (and kills the lock helper) when the agent is
     # killed or paused; the lease drops them when the node loses the majority.
-    guard = Guard(guard_argv(config, socket_path, log_location),
-                  on_dropped=lambda addrs, why: fencing.guard_dropped(addrs, why))
+    # (guard_argv may try systemd-run once: off the loop)
+    argv = await asyncio.get_running_loop().run_in_executor(
+        None, guard_argv, config, socket_path, log_location)
+    guard = Guard(argv, on_dropped=lambda addrs, why: fencing.guard_dropped(addrs, why))
     fencing = Fencing(cluster, failover.local, guard)
     cluster.leadership.step_down_hooks.append(lambda term: fencing.update())
     cluster.leadership.lock_hooks.append(guard.lock_holder)
