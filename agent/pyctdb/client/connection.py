@@ -60,13 +60,24 @@ class Client:
         self._sock = s
 
     def call(self, command, **args):
-        if self._sock is None:
+        fresh = self._sock is None
+        if fresh:
             self._connect()
         req_id = next(self._ids)
         line = json.dumps({"version": API_VERSION, "id": req_id, "command": command,
-                           "args": args}) + "\n"
+                           "args": args}).encode() + b"\n"
         try:
-            self._sock.sendall(line.encode())
+            try:
+                self._sock.sendall(line)
+            except (BrokenPipeError, ConnectionResetError):
+                if fresh:
+                    raise
+                # The agent this connection was made to has gone (a Unix socket whose
+                # peer closed refuses the write: the request reached no one); an agent
+                # started since answers on a new connection.
+                self.close()
+                self._connect()
+                self._sock.sendall(line)
             while b"\n" not in self._buf:
                 chunk = self._sock.recv(65536)
                 if not chunk:
