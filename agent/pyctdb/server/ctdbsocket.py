@@ -319,9 +319,8 @@ class CtdbSocketServer(UnixSocketFrontend):
                             exc.message)
                 result = -1
                 break
-        if reply_to and not conn.transport.is_closing():
-            conn.transport.write(conn.encode_message(
-                reply_to, self.cluster.pnn, base64.b64encode(M.i32(result)).decode()))
+        if reply_to:
+            self._tell(conn, reply_to, self.cluster.pnn, M.i32(result))
 
     async def _disable_takeover_runs(self, conn, dest, data):
         """CTDB_SRVID_DISABLE_TAKEOVER_RUNS, sent by the tool to each node: in pyctdb only
@@ -343,16 +342,21 @@ class CtdbSocketServer(UnixSocketFrontend):
         except PyctdbError as exc:
             log.warning("CTDB socket: takeover runs not disabled: %s", exc.message)
             result = -1
-        if reply_to and not conn.transport.is_closing():
-            conn.transport.write(conn.encode_message(
-                reply_to, dest if result >= 0 else self.cluster.pnn,
-                base64.b64encode(M.i32(result)).decode()))
+        if reply_to:
+            self._tell(conn, reply_to, dest if result >= 0 else self.cluster.pnn,
+                       M.i32(result))
 
     def _send_leader(self, conn):
         leader = self.ops.info.leader()["leader"]
         if leader is not None:
-            conn.transport.write(conn.encode_message(
-                M.SRVID_LEADER, conn.pnn, base64.b64encode(M.u32(leader)).decode()))
+            self._tell(conn, M.SRVID_LEADER, conn.pnn, M.u32(leader))
+
+    @staticmethod
+    def _tell(conn, srvid, src, payload):
+        """A message for the client ``conn`` alone (an answer of this node's)."""
+        if not conn.transport.is_closing():
+            conn.transport.write(conn.encode_message(srvid, src,
+                                                     base64.b64encode(payload).decode()))
 
     # -- controls --------------------------------------------------------------------------
     def _get_pnn(self, conn, c):
