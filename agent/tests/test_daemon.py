@@ -66,15 +66,35 @@ def test_address_not_on_this_host(tmp_path):
     assert r.returncode == 2 and "node address" in r.stderr
 
 
-def test_second_agent_on_same_socket_refused(tmp_path):
+def test_second_agent_refused_on_same_socket_or_same_database_directories(tmp_path):
+    """A second pyctdbd on a running agent's database directories is refused at start
+    (it would wipe the volatile databases under the first), naming the directory and the
+    holder; with directories of its own, on the same socket, it is refused too. The first
+    agent and its data are untouched."""
+    import shutil
     from pyctdb.testing.localcluster import LocalCluster
     with LocalCluster(1, base_dir=tmp_path) as c:
         c.start()
         c.wait_healthy(20)
-        r = run("--config-dir", c.config_dir(0), "--socket", c.socket(0))
+        c.cli_ok(0, "attach", "v")
+        c.cli_ok(0, "writekey", "v", "k", "kept")
+        r = run("--config-dir", c.config_dir(0), "--socket", str(tmp_path / "other.socket"))
+        assert r.returncode == 1
+        vol = os.path.join(str(tmp_path), "node0", "db", "volatile")
+        assert ("database directory %s is in use by another pyctdbd (PID %d)"
+                % (vol, c.procs[0].pid)) in r.stderr, r.stderr
+        assert not os.path.exists(tmp_path / "other.socket")
+        # with database directories of its own: the socket is the one in use
+        other = tmp_path / "other-etc"
+        shutil.copytree(c.config_dir(0), other)
+        conf = (other / "pyctdb.conf").read_text().replace(
+            "%s/node0/db" % tmp_path, "%s/other-db" % tmp_path)
+        (other / "pyctdb.conf").write_text(conf)
+        r = run("--config-dir", str(other), "--socket", c.socket(0))
         assert r.returncode == 1
         assert "another pyctdbd is serving" in r.stderr
         assert c.status(0)["healthy"]
+        assert "kept" in c.cli_ok(0, "readkey", "v", "k")
 
 
 def test_systemd_readiness_after_join_and_clean_sigterm(tmp_path):

@@ -75,6 +75,7 @@ def _inventory(base, subnet, port, agent_src, helpers, host_extra=None):
         "pyctdb_service_state": "stopped",
         "pyctdb_cluster_lock": os.path.join(base, "shared", "cluster.lock"),
         "pyctdb_log_location": "file:{{ pyctdb_base }}/pyctdb.log",
+        "pyctdb_database_directory": "{{ pyctdb_base }}/db",
         "pyctdb_log_level": "INFO",
         "pyctdb_port": port,
         "pyctdb_leader_timeout": 3,
@@ -136,6 +137,7 @@ def test_role_installs_configures_and_is_idempotent(workdir, helpers):
         assert "port = %d" % port in conf and "leader timeout = 3" in conf
         assert "location = file:%s/pyctdb.log" % node in conf
         assert "log level = INFO" in conf and "disabled = false" in conf
+        assert "persistent database directory = %s/db/persistent" % node in conf
         with open(os.path.join(etc, "public_addresses")) as f:
             lines = [ln for ln in f.read().splitlines() if not ln.startswith("#")]
         assert lines == ["192.0.2.10/24 eth0,eth1", "192.0.2.11/24 eth0"]

@@ -29,6 +29,7 @@ from pyctdb.protocol.fastpath import WAIT_FILE
 from pyctdb.server.cluster import Cluster
 from pyctdb.server.clusterlock import make_lock
 from pyctdb.server.db.databases import Databases
+from pyctdb.server.db.dirlock import DirectoryInUse, DirectoryLocks
 from pyctdb.server.events import EventRunner, Monitor
 from pyctdb.server.failover import Failover
 from pyctdb.server.fencing import Fencing
@@ -249,6 +250,14 @@ def main(argv=None):
     loop_name, loop_factory = event_loop()
     log.warning("pyctdbd %s starting: node %d (%s), config %s, socket %s, event loop %s",
                 __version__, me.pnn, me.address, args.config_dir, socket_path, loop_name)
+    dirs = DirectoryLocks((config.volatile_db_dir, config.persistent_db_dir,
+                           config.state_db_dir))
+    try:
+        dirs.acquire()
+    except DirectoryInUse as exc:
+        log.error("%s", exc.message)
+        print(f"pyctdbd: {exc.message}", file=sys.stderr)
+        return 1
     try:
         if loop_factory is None:
             return asyncio.run(_serve(config, me, tunables, socket_path, ring, log_location,
@@ -258,6 +267,8 @@ def main(argv=None):
                                       ctdb_socket_of(args)))
     except KeyboardInterrupt:
         return 0
+    finally:
+        dirs.release()
 
 
 if __name__ == "__main__":

@@ -542,6 +542,11 @@ class LocalCluster:
                 out.append(f"node {p}: leader={st['leader']} gen={st['generation']} "
                            f"recmode={st['recovery_mode']} nodes="
                            + ",".join(f"{n['pnn']}:{n['state']}" for n in st["nodes"]))
+        for p in range(self.n):  # (what each agent said last: why it is so)
+            tail = self.log(p).splitlines()[-12:]
+            if tail:
+                out.append(f"node {p}'s log, last lines:")
+                out += ["  " + ln for ln in tail]
         return "\n".join(out)
 
 

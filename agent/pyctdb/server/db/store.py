@@ -253,18 +253,19 @@ class Store(StorageBackend):
         for it even with the old one's blocks."""
         def job():
             path = os.path.join(self.path, PROBE_FILE)
+            new = "%s.new.%d" % (path, os.getpid())  # (this process's own name)
             try:
-                fd = os.open(path + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 try:
                     os.write(fd, bytes(PROBE_BYTES))
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-                os.replace(path + ".new", path)
+                os.replace(new, path)
                 return None
             except OSError as exc:
                 try:
-                    os.unlink(path + ".new")
+                    os.unlink(new)
                 except OSError:
                     pass
                 return errno.errorcode.get(exc.errno, "EIO"), exc.strerror
