@@ -460,7 +460,9 @@ _DEFS = [
     ControlDef(
         "db_trans_apply",
         _db(Arg("db_id", OPT_INT, required=False, default=None, min=0),
-            Arg("seqnum", INT, min=0), Arg("records", LIST, items=LIST)),
+            Arg("seqnum", INT, min=0), Arg("records", LIST, items=LIST),
+            Arg("tdb", BOOL, required=False, default=False,
+                doc="a TDB database (attached through CTDB's socket), created as one")),
         Reply(dict, (), ("skipped",)),
         group="database",
         sent_by="the coordinator, to every member (itself included): one LMDB transaction "
@@ -476,7 +478,7 @@ _DEFS = [
     ControlDef(
         "db_freeze",
         reply=Reply(dict, ("dbs", "unavailable"),
-                    doc="(`dbs`: `[{name, db_id, persistent, seqnum, unhealthy}]`; "
+                    doc="(`dbs`: `[{name, db_id, persistent, seqnum, unhealthy, tdb}]`; "
                         "`unavailable`: `[persistent]`)"),
         group="database",
         sent_by="the leader, first in a recovery, and a node running `restoredb`, to every "
@@ -501,6 +503,8 @@ _DEFS = [
         "db_push",
         _db(Arg("db_id", OPT_INT, required=False, default=None, min=0),
             Arg("persistent", BOOL),
+            Arg("tdb", BOOL, required=False, default=False,
+                doc="a TDB database (attached through CTDB's socket), created as one"),
             Arg("chunk", CHUNK, required=False, doc="base64"),
             Arg("records", LIST, required=False, items=LIST,
                 doc="wire records, instead of `chunk`"),

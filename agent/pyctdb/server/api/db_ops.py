@@ -150,7 +150,7 @@ class DatabaseOperations:
         k = _checked(records.check_key, key)
         await db.ready()
         st, _ = db.usable(db_name)
-        rec = st.get(db_name, k)
+        rec = await st.read(db_name, k)
         return None if rec is None or rec.deleted else rec
 
     async def pstore(self, db_name, key, value):
@@ -190,7 +190,7 @@ class DatabaseOperations:
         return await db.maint.detach(db_names)
 
     async def getdbstatus(self, db_name):
-        return self._db().maint.status(db_name)
+        return await self._db().maint.status(db_name)
 
     async def backupdb(self, db_name, file):
         db = self._db()

@@ -19,14 +19,46 @@ is the environment's writer lock (one write transaction, in the store's worker t
 clients of this node write the volatile environment too, see gate.py). For TDB it is
 the record's chain lock (``tdb_chainlock``), which smbd takes as well: it must be taken
 off the event loop (in a worker thread), as it may wait for another process. Reads never
-block (LMDB read transactions; TDB reads without the chain lock see a whole record).
+block the loop: LMDB's on the loop (read transactions), TDB's in its worker (a fetch
+takes the chain's read lock), through the asynchronous ``read*`` methods, which every
+component that may meet a TDB database uses.
 """
 
 from __future__ import annotations
 
 import abc
+import errno
+import os
 
 from pyctdb.errors import PyctdbError
+
+#: the probe's file in each database directory, and how much it writes (a few pages)
+PROBE_FILE = ".pyctdb-probe"
+PROBE_BYTES = 64 * 1024
+
+
+def probe_directory(path):
+    """(In a worker) write and fsync a small new file in directory ``path``, then put it
+    in place of the last one: None if that works, else (errno name, strerror). Put in
+    place, not overwritten: a full disk has no room for it even with the old one's
+    blocks. The new file's name is this process's own."""
+    final = os.path.join(path, PROBE_FILE)
+    new = "%s.new.%d" % (final, os.getpid())
+    try:
+        fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, bytes(PROBE_BYTES))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(new, final)
+        return None
+    except OSError as exc:
+        try:
+            os.unlink(new)
+        except OSError:
+            pass
+        return errno.errorcode.get(exc.errno, "EIO"), exc.strerror
 
 
 class StoreError(PyctdbError):
@@ -120,6 +152,25 @@ class StorageBackend(abc.ABC):
     @abc.abstractmethod
     def count(self, name) -> int:
         """How many records of ``name`` are stored here, tombstones included."""
+
+    # -- reads that may wait (a backend whose reads take locks other processes hold:
+    # TDB) -- the components that may meet such a database read through these; by
+    # default they are the reads above.
+    async def read(self, name, key):
+        """:meth:`get`, for a backend whose reads may wait."""
+        return self.get(name, key)
+
+    async def read_items(self, name):
+        """:meth:`items`, for a backend whose reads may wait."""
+        return self.items(name)
+
+    async def read_page(self, name, after=None, limit_bytes=1 << 20, raw=False):
+        """:meth:`page`, for a backend whose reads may wait."""
+        return self.page(name, after, limit_bytes, raw)
+
+    async def read_count(self, name):
+        """:meth:`count`, for a backend whose reads may wait."""
+        return self.count(name)
 
     # -- writes (off the event loop; each call is one atomic, durable-if-persistent step) --
     @abc.abstractmethod

@@ -30,6 +30,7 @@ from pyctdb.server.db.migration import (CTL_TIMEOUT, GIVE_LOCK_WAIT, LEASE_SECON
                                         KeyLocks, Leases, Migration, Retry)
 from pyctdb.server.db.recovery import Recovery
 from pyctdb.server.db.store import Store
+from pyctdb.server.db.tdbstore import TdbStore
 from pyctdb.server.db.transactions import (AMBIGUOUS, CONFLICT, TXIDS_KEPT, TXIDS_KEY,
                                            Transactions)
 from pyctdb.server.db.vacuum import Vacuum
@@ -52,8 +53,13 @@ class Databases:
     def __init__(self, cluster, config):
         self.cluster = cluster
         self.pnn = cluster.pnn
+        #: the LMDB backends (pyctdb's own clients), by kind (persistent: True)
         self.stores = {False: Store(config.volatile_db_dir, False),
                        True: Store(config.persistent_db_dir, True)}
+        #: the TDB backends (what CTDB's socket attaches: Samba's databases), by kind; in
+        #: the same directories (``NAME.PNN`` files beside LMDB's)
+        self.tdb_stores = {False: TdbStore(config.volatile_db_dir, False, cluster.pnn),
+                           True: TdbStore(config.persistent_db_dir, True, cluster.pnn)}
         #: the freeze state: while ``frozen`` nothing is written; ``epoch`` goes up at
         #: every freeze, so that a write begun before it (a record locked, a migration)
         #: is refused after it
@@ -77,16 +83,24 @@ class Databases:
         self.maint = Maintenance(self)    # detach, getdbstatus, backup, restore
         self.health = DiskHealth(self)    # a full or read-only database directory
 
+    def backends(self):
+        """Every storage backend of this node: LMDB's two, then TDB's two."""
+        return [*self.stores.values(), *self.tdb_stores.values()]
+
+    def kind_stores(self, persistent):
+        """The backends of one kind (volatile or persistent)."""
+        return [self.stores[bool(persistent)], self.tdb_stores[bool(persistent)]]
+
     def open(self):
-        self.stores[False].open(wipe=True)
-        self.stores[True].open()
-        for st in self.stores.values():
+        for st in self.backends():
+            st.open(wipe=not st.persistent)
             if st.available:
-                log.info("%s databases in %s: %s", st.kind, st.path,
+                log.info("%s %s databases in %s: %s", st.kind,
+                         "TDB" if st in self.tdb_stores.values() else "LMDB", st.path,
                          ", ".join(sorted(st.meta)) or "none")
 
     def close(self):
-        for st in self.stores.values():
+        for st in self.backends():
             st.close()
 
     # -- lookups -------------------------------------------------------------------------
@@ -94,10 +108,10 @@ class Databases:
         """(store, meta) of database ``name``; DbError ENOENT if not attached."""
         if not isinstance(name, str):
             raise DbError("EINVAL", "db must be a database name")
-        for st in self.stores.values():
+        for st in self.backends():
             if name in st.meta:
                 return st, st.meta[name]
-        broken = [st.error for st in self.stores.values() if st.error]
+        broken = [st.error for st in self.backends() if st.error]
         if broken:  # it may be in the environment this node cannot open
             raise DbError("EIO", f"database {name!r} not available on node {self.pnn}: "
                           + "; ".join(broken))
@@ -118,31 +132,36 @@ class Databases:
 
     def dbmap(self):
         out = []
-        for st in self.stores.values():
+        for st in self.backends():
             for name, meta in st.meta.items():
                 out.append({"db_id": meta["db_id"], "name": name,
                             "path": st.location(name), "persistent": st.persistent,
                             "seqnum": meta["seqnum"], "unhealthy": name in st.damaged,
-                            "reason": st.damaged.get(name)})
-        problems = [st.error for st in self.stores.values() if st.error]
+                            "reason": st.damaged.get(name), "tdb": bool(meta.get("tdb"))})
+        problems = [st.error for st in self.backends() if st.error]
         return sorted(out, key=lambda d: d["name"]), problems
 
-    async def ensure(self, name, persistent, db_id=None):
-        """Create database ``name`` here if it is not attached (idempotent)."""
+    async def ensure(self, name, persistent, db_id=None, tdb=False):
+        """Create database ``name`` here if it is not attached (idempotent): a TDB file
+        with ``tdb`` (CTDB's socket, Samba), else in LMDB. A database attached already
+        keeps its backend, except that one Samba must open (``tdb``) cannot be LMDB's."""
         record_rules.check_name(name)
         want = record_rules.db_id(name)
         if db_id is not None and db_id != want:
             raise ValueError(f"db_id 0x{db_id:08x} is not the id of {name!r}")
-        for st in self.stores.values():
+        for st in self.backends():
             if name in st.meta:
                 if st.persistent != bool(persistent):
                     raise ValueError(f"database {name} is attached as "
                                      f"{'persistent' if st.persistent else 'volatile'}")
+                if tdb and not st.meta[name].get("tdb"):
+                    raise ValueError(f"database {name} is attached as a pyctdb (LMDB) "
+                                     "database: a client of CTDB's socket cannot open it")
                 return st.meta[name]
             for other, meta in st.meta.items():
                 if meta["db_id"] == want:
                     raise ValueError(f"db_id 0x{want:08x} of {name!r} collides with {other!r}")
-        st = self.stores[bool(persistent)]
+        st = (self.tdb_stores if tdb else self.stores)[bool(persistent)]
         if not st.available:
             raise StoreError(st.error)
         meta = await st.create(name, want)
@@ -299,8 +318,8 @@ class Databases:
     async def commit(self, name, writes, timeout=15.0, expect_seqnum=None):
         return await self.transactions.commit(name, writes, timeout, expect_seqnum)
 
-    def txid_seqnum(self, name, txid):
-        return self.transactions.txid_seqnum(name, txid)
+    async def txid_seqnum(self, name, txid):
+        return await self.transactions.txid_seqnum(name, txid)
 
     async def traverse(self, name):
         return await self.recovery.traverse(name)

@@ -37,7 +37,7 @@ class DiskHealth:
         self.failing = {}
         self._next = 0.0
         self._tasks = set()
-        for st in dbs.stores.values():
+        for st in dbs.backends():
             st.on_disk_error = self.failed
 
     def failed(self, st, err):
@@ -70,7 +70,7 @@ class DiskHealth:
 
     async def _probe(self):
         healed = False
-        for st in self.dbs.stores.values():
+        for st in self.dbs.stores.values():  # (the TDB backends share their directories)
             if not st.available and not os.path.isdir(st.path):
                 continue  # (its directory cannot even be made: open's error says why)
             res = await st.probe()

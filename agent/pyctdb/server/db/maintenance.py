@@ -92,23 +92,24 @@ class Maintenance:
         if allow:
             raise RuntimeError(f"Database access is still active on node {self.dbs.pnn}")
         name = args["db"]
-        st = self.dbs.stores[False]
-        if name not in st.meta:
+        try:
+            st = self.dbs.find(name)[0]
+        except DbError:
             return {"detached": False}
-        if self.dbs.stores[True].meta.get(name):
+        if st.persistent:
             raise RuntimeError("Only volatile databases can be detached")
         await st.drop(name)
         log.warning("database %s detached (asked by node %d)", name, src)
         return {"detached": True}
 
     # -- getdbstatus -----------------------------------------------------------------------
-    def status(self, name):
+    async def status(self, name):
         st, meta = self.dbs.find(name)
         health = st.damaged.get(name)
         records = None
         if health is None:
             try:
-                records = st.count(name)
+                records = await st.read_count(name)
             except Exception as exc:
                 raise DbError("EIO", str(exc)) from None
         vac = getattr(self.dbs, "vacuum", None)
@@ -227,7 +228,7 @@ class Maintenance:
         if not args.get("last"):
             return {}
         recs = self._restoring.pop(key)
-        st = self.dbs.stores[persistent]
+        st = self.dbs.find(name)[0]
         # records locked on this node lose their lock: their epoch is over
         self.dbs.epoch += 1
         await st.barrier()

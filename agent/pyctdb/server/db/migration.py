@@ -113,8 +113,8 @@ class Migration:
         while True:
             await dbs.ready(max(0.1, deadline - time.monotonic()))
             epoch = dbs.epoch
-            rec = st.get(name, key)
-            if rec is not None and rec.dmaster == self.pnn:
+            rec = await st.read(name, key)
+            if rec is not None and rec.dmaster == self.pnn and epoch == dbs.epoch:
                 return rec, epoch
             lm = record_rules.lmaster(key, self.cluster.vnnmap)
             try:
@@ -124,7 +124,7 @@ class Migration:
                 w = await self.cluster.control(lm, "db_migrate", {
                     "db": name, "key": b64(key), "to": self.pnn}, timeout=CTL_TIMEOUT)
                 got = rec_from_wire(w)[1]
-                cur = st.get(name, key)
+                cur = await st.read(name, key)
                 if cur is not None and cur.rsn > got.rsn:
                     got = cur.replace(rsn=cur.rsn)  # our copy is newer: keep its data
                 got = got.replace(dmaster=self.pnn)
@@ -148,7 +148,7 @@ class Migration:
         await self.lmaster_locks.acquire((name, key), CTL_TIMEOUT)
         held = True
         try:
-            rec = st.get(name, key)
+            rec = await st.read(name, key)
             dm = rec.dmaster if rec is not None else self.pnn
             if dm in (self.pnn, to) or dm not in self.cluster.vnnmap and dm not in \
                     self.cluster.members:
@@ -262,7 +262,7 @@ class Leases:
         try:
             await dbs.gate.hold(name, key)
             st, _ = dbs.usable(name)
-            rec = st.get(name, key)
+            rec = await st.read(name, key)
             if rec is None or rec.dmaster != dbs.pnn or dbs.epoch != epoch:
                 raise DbError("EAGAIN", "a recovery took the record away: try again")
         except BaseException:

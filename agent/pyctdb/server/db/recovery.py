@@ -52,11 +52,11 @@ class Recovery:
         # no client writes from now (a client holding a record delays this), and writes
         # queued before the freeze are done
         await dbs.gate.close()
-        for st in dbs.stores.values():
+        for st in dbs.backends():
             await st.barrier()
         infos, _problems = dbs.dbmap()
         return {"dbs": [{k: d[k] for k in ("name", "db_id", "persistent", "seqnum",
-                                           "unhealthy")} for d in infos],
+                                           "unhealthy", "tdb")} for d in infos],
                 "unavailable": [st.persistent for st in dbs.stores.values()
                                 if not st.available]}
 
@@ -65,7 +65,8 @@ class Recovery:
         st, _ = self.dbs.usable_ctl(name)
         after = unb64(args["after"]) if args.get("after") else None
         raw = bool(args.get("chunk"))  # a binary chunk instead of JSON records
-        recs, more = st.page(name, after, CHUNK_BYTES if raw else PULL_BYTES, raw=raw)
+        recs, more = await st.read_page(name, after, CHUNK_BYTES if raw else PULL_BYTES,
+                                        raw=raw)
         last = b64(recs[-1][0]) if recs else None
         if args.get("dmaster_only"):  # a traverse: the live records this node masters
             if raw:
@@ -84,12 +85,13 @@ class Recovery:
 
     async def _ctl_push(self, src, args):
         name, persistent = args["db"], bool(args["persistent"])
-        st = self.dbs.stores[persistent]
+        tdb = bool(args.get("tdb"))
+        st = (self.dbs.tdb_stores if tdb else self.dbs.stores)[persistent]
         if not st.available:
             return {"skipped": st.error}
         if args.get("first"):
             try:
-                await self.dbs.ensure(name, persistent, args.get("db_id"))
+                await self.dbs.ensure(name, persistent, args.get("db_id"), tdb=tdb)
             except ValueError as exc:  # e.g. attached here as the other kind: keep ours
                 log.error("recovery: database %s not taken from the leader: %s", name, exc)
                 return {"skipped": str(exc)}
@@ -155,13 +157,15 @@ class Recovery:
             self._inactive_wiped = False
 
     async def _wipe_volatile(self):
-        st = self.dbs.stores[False]
-        for name in list(st.meta):
-            try:
-                await st.wipe(name)
-            except Exception as exc:
-                log.error("cannot wipe volatile database %s: %s", name, exc)
-        if st.meta:
+        wiped = False
+        for st in self.dbs.kind_stores(False):
+            for name in list(st.meta):
+                try:
+                    await st.wipe(name)
+                    wiped = True
+                except Exception as exc:
+                    log.error("cannot wipe volatile database %s: %s", name, exc)
+        if wiped:
             log.warning("node %d is inactive: its volatile databases were emptied", self.pnn)
 
     # -- the leader --------------------------------------------------------------------------
@@ -172,7 +176,7 @@ class Recovery:
         dbs = {}
         for m, info in zip(members, infos):
             for d in info["dbs"]:
-                e = dbs.setdefault(d["name"], {"db_id": d["db_id"],
+                e = dbs.setdefault(d["name"], {"db_id": d["db_id"], "tdb": d.get("tdb"),
                                                "persistent": d["persistent"], "nodes": {}})
                 if d["persistent"] != e["persistent"]:
                     log.error("recovery: database %s is persistent on some nodes and "
@@ -229,7 +233,8 @@ class Recovery:
         await self.dbs.ready()
         st, _ = self.dbs.usable(name)
         if st.persistent:  # (without the transactions' own record)
-            return [(k, r) for k, r in st.items(name) if not r.deleted and k != TXIDS_KEY]
+            return [(k, r) for k, r in await st.read_items(name)
+                    if not r.deleted and k != TXIDS_KEY]
         members = self.dbs.members()
         try:
             parts = await asyncio.gather(*(self._pull(m, name, dmaster_only=True)
@@ -253,7 +258,7 @@ class Recovery:
         for first, last, blob, text in frames:
             await self.cluster.control(pnn, "db_push", {
                 "db": name, "db_id": e["db_id"], "persistent": e["persistent"],
-                "chunk": blob if pnn == self.pnn else text, "first": first, "last": last,
+                "tdb": bool(e.get("tdb")), "chunk": blob if pnn == self.pnn else text, "first": first, "last": last,
                 "seqnum": seqnum},
                 timeout=CTL_TIMEOUT)
 

@@ -21,7 +21,6 @@ a write that depends on a record's current value reads it in its own transaction
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import logging
 import os
@@ -33,7 +32,7 @@ import lmdb
 from pyctdb.errors import DiskFailure
 from pyctdb.protocol.fastpath import open_env
 from pyctdb.rules import records
-from pyctdb.server.db.backend import StorageBackend, StoreError
+from pyctdb.server.db.backend import StorageBackend, StoreError, probe_directory
 from pyctdb.server.db.gate import WaitFlag
 
 __all__ = ["Store", "StoreError", "remove_tree"]
@@ -46,9 +45,6 @@ DBMAP = b"__dbmap__"
 #: the directory's probe cannot tell
 DISK_ERRORS = {lmdb.MapFullError: "ENOSPC", lmdb.DiskError: "ENOSPC",
                lmdb.ReadonlyError: "EROFS", lmdb.PanicError: "EIO", lmdb.Error: "EIO"}
-#: the probe's file in each database directory, and how much it writes (a few pages)
-PROBE_FILE = ".pyctdb-probe"
-PROBE_BYTES = 64 * 1024
 
 
 class Store(StorageBackend):
@@ -247,29 +243,9 @@ class Store(StorageBackend):
         return err
 
     async def probe(self):
-        """Write and fsync a small new file in the directory (in the worker, after the
-        writes queued), then put it in place of the last one: None if that works, else
-        (errno name, strerror). Put in place, not overwritten: a full disk has no room
-        for it even with the old one's blocks."""
-        def job():
-            path = os.path.join(self.path, PROBE_FILE)
-            new = "%s.new.%d" % (path, os.getpid())  # (this process's own name)
-            try:
-                fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                try:
-                    os.write(fd, bytes(PROBE_BYTES))
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.replace(new, path)
-                return None
-            except OSError as exc:
-                try:
-                    os.unlink(new)
-                except OSError:
-                    pass
-                return errno.errorcode.get(exc.errno, "EIO"), exc.strerror
-        return await asyncio.get_running_loop().run_in_executor(self._exec, job)
+        """:func:`.backend.probe_directory` in the worker, after the writes queued."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._exec, probe_directory, self.path)
 
     async def barrier(self):
         """Wait until every write queued so far is done."""

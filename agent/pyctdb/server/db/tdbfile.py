@@ -70,7 +70,7 @@ def _library():
         for fn in ("tdb_store",):
             getattr(lib, fn).argtypes = [ctypes.c_void_p, _Data, _Data, ctypes.c_int]
         for fn in ("tdb_delete", "tdb_exists", "tdb_chainlock", "tdb_chainlock_nonblock",
-                   "tdb_chainunlock"):
+                   "tdb_chainunlock", "tdb_chainlock_read_nonblock", "tdb_chainunlock_read"):
             getattr(lib, fn).argtypes = [ctypes.c_void_p, _Data]
         for fn in ("tdb_error", "tdb_transaction_start", "tdb_transaction_commit",
                    "tdb_transaction_cancel", "tdb_get_seqnum", "tdb_wipe_all"):
@@ -179,6 +179,15 @@ class TdbFile:
 
     def chainunlock(self, key: bytes):
         self._check(self._lib.tdb_chainunlock(self._tdb, _data(key)), "chain unlock")
+
+    def chainlock_read_nonblock(self, key: bytes) -> bool:
+        """A read lock of the key's hash chain, not waiting: False when another process
+        holds it for writing."""
+        return self._lib.tdb_chainlock_read_nonblock(self._tdb, _data(key)) == 0
+
+    def chainunlock_read(self, key: bytes):
+        self._check(self._lib.tdb_chainunlock_read(self._tdb, _data(key)),
+                    "chain read unlock")
 
     @contextlib.contextmanager
     def locked(self, key: bytes):

@@ -121,7 +121,7 @@ class _Commit:
         delay = 0.02
         while True:
             await self._serving()
-            done = self._decided()
+            done = await self._decided()
             if done is not None:
                 return done
             if self.final is not None and not self.doubt:
@@ -182,12 +182,12 @@ class _Commit:
             raise DbError(exc.code, f"transaction on {self.name} not committed (nothing "
                           f"applied): {exc.message}") from None
 
-    def _decided(self):
+    async def _decided(self):
         """While in doubt: the sequence number if this node's copy has the txid; a
         copy without it from a recovery since the doubtful attempts means not kept."""
         if not self.doubt:
             return None
-        done = self.t.txid_seqnum(self.name, self.txid)
+        done = await self.t.txid_seqnum(self.name, self.txid)
         if done is None and self.t.cluster.generation not in self.doubt:
             log.info("transaction %s on %s: not kept by the recovery", self.txid, self.name)
             self.doubt.clear()
@@ -266,10 +266,11 @@ class Transactions:
         wire = [[b64(k), None if v is None else b64(v)] for k, v in writes]
         return await _Commit(self, name, wire, expect_seqnum, timeout).answer()
 
-    def txid_seqnum(self, name, txid):
+    async def txid_seqnum(self, name, txid):
         """The sequence number of transaction ``txid`` if this node's copy of
         ``name`` has it (among its last TXIDS_KEPT), else None."""
-        return dict(_txids(self.dbs.stores[True].get(name, TXIDS_KEY))).get(txid)
+        st = self.dbs.find(name)[0]
+        return dict(_txids(await st.read(name, TXIDS_KEY))).get(txid)
 
     async def _ctl_trans_commit(self, src, args):
         """Queue the transaction for the database's next commit round: the transactions
@@ -315,14 +316,14 @@ class Transactions:
             self._commit_queue.pop(name, None)
             self._commit_locks.release(name)
 
-    def _round_records(self, st, name, batch):
+    async def _round_records(self, st, name, batch):
         """The records of one round: (pending {key: Record}, [(future, seqnum)], the new
         sequence number). A transaction whose ``expect_seqnum`` no longer holds fails
         (EBUSY), one that came before a recovery is sent again (EAGAIN: not applied);
         one whose txid this copy has is a retry of a committed one, answered its
         sequence number, never applied twice."""
         seqnum = st.meta[name]["seqnum"]
-        stored = _txids(st.get(name, TXIDS_KEY))
+        stored = _txids(await st.read(name, TXIDS_KEY))
         kept, applied = dict(stored), {}   # txid -> seqnum: committed; in this round
         pending = {}   # key -> Record: the round's writes, later ones replacing earlier
         done = []      # (future, its sequence number)
@@ -346,7 +347,7 @@ class Transactions:
                 continue
             seqnum += 1
             for key, value in writes:
-                old = pending.get(key) or st.get(name, key)
+                old = pending.get(key) or await st.read(name, key)
                 pending[key] = record_rules.Record(
                     (old.rsn if old else 0) + 1, self.pnn,
                     record_rules.REC_DELETED if value is None else 0, value or b"")
@@ -355,7 +356,7 @@ class Transactions:
                 txids.append([str(txid), seqnum])
                 applied[txid] = seqnum
         if txids:
-            old = st.get(name, TXIDS_KEY)
+            old = await st.read(name, TXIDS_KEY)
             pending[TXIDS_KEY] = record_rules.Record(
                 (old.rsn if old else 0) + 1, self.pnn, 0,
                 json.dumps({"txids": ([list(p) for p in stored] + txids)[-TXIDS_KEPT:]}
@@ -370,7 +371,7 @@ class Transactions:
                                   "a failed transaction")
             del self._trans_blocked[name]
         st, meta = self.dbs.usable_ctl(name)
-        pending, done, seqnum = self._round_records(st, name, batch)
+        pending, done, seqnum = await self._round_records(st, name, batch)
         members = self.dbs.members()
         if not done:
             return
@@ -379,7 +380,8 @@ class Transactions:
         recs = [rec_to_wire(k, r) for k, r in pending.items()]
         res = await asyncio.gather(*(self.cluster.control(
             m, "db_trans_apply", {"db": name, "db_id": meta["db_id"], "seqnum": seqnum,
-                                  "records": recs}, timeout=CTL_TIMEOUT)
+                                  "records": recs, "tdb": bool(meta.get("tdb"))},
+            timeout=CTL_TIMEOUT)
             for m in members), return_exceptions=True)
         failed = {m: str(r) for m, r in zip(members, res) if isinstance(r, Exception)}
         if failed:
@@ -410,13 +412,14 @@ class Transactions:
         dbs = self.dbs
         dbs.not_frozen()
         name = args["db"]
-        st = dbs.stores[True]
+        st = (dbs.tdb_stores if args.get("tdb") else dbs.stores)[True]
         if not st.available or name in st.damaged:
             # this node serves no copy of it; the next recovery gives it a healthy one
             return {"skipped": st.error or st.damaged[name]}
         recs = [rec_from_wire(w) for w in args["records"]]
         try:
-            await dbs.ensure(name, True, args.get("db_id"))
+            await dbs.ensure(name, True, args.get("db_id"), tdb=bool(args.get("tdb")))
+            st = dbs.find(name)[0]
             await st.apply(name, recs, seqnum=int(args["seqnum"]),
                            check=dbs.check_epoch(dbs.epoch))
         except DiskFailure as exc:  # (this copy is behind: not served until a recovery)

@@ -76,26 +76,26 @@ class Vacuum:
 
     async def run(self):
         """One vacuuming run over every volatile database of this node."""
-        st = self.dbs.stores[False]
-        if not st.available:
-            return 0
         removed = 0
-        for name in sorted(st.meta):
-            if name in st.damaged or not self._can_run():
+        for st in self.dbs.kind_stores(False):
+            if not st.available:
                 continue
-            try:
-                removed += await self.vacuum_db(name)
-            except Exception as exc:  # the next run tries again
-                log.warning("vacuuming %s: %s (next run tries again)", name, exc)
+            for name in sorted(st.meta):
+                if name in st.damaged or not self._can_run():
+                    continue
+                try:
+                    removed += await self.vacuum_db(name)
+                except Exception as exc:  # the next run tries again
+                    log.warning("vacuuming %s: %s (next run tries again)", name, exc)
         return removed
 
     async def vacuum_db(self, name):
-        st = self.dbs.stores[False]
+        st = self.dbs.find(name)[0]
         pnn, vm = self.dbs.pnn, list(self.cluster.vnnmap)
         mine, others = [], {}
         after = None
         while True:  # scan in pages, yielding to the loop in between
-            recs, more = st.page(name, after, 1 << 20)
+            recs, more = await st.read_page(name, after, 1 << 20)
             for k, r in recs:
                 if r.deleted and r.dmaster == pnn:
                     lm = records.lmaster(k, vm)
@@ -123,7 +123,7 @@ class Vacuum:
     async def delete_everywhere(self, name, keys):
         """At the LMASTER (and DMASTER) of ``keys``: delete these tombstones on every
         member, then here. Returns how many were removed."""
-        dbs, st, pnn = self.dbs, self.dbs.stores[False], self.dbs.pnn
+        dbs, st, pnn = self.dbs, self.dbs.find(name)[0], self.dbs.pnn
         locks = dbs.migration  # (its lmaster_locks and client_locks)
         epoch, vm, members = dbs.epoch, list(self.cluster.vnnmap), dbs.members()
         held = []
@@ -145,7 +145,7 @@ class Vacuum:
                 return 0
             recs = {}
             for k in held:
-                r = st.get(name, k)
+                r = await st.read(name, k)
                 if r is not None and r.deleted and r.dmaster == pnn:
                     recs[k] = r.rsn
             if not recs:
