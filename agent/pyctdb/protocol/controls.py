@@ -415,11 +415,14 @@ _DEFS = [
     # -- database --------------------------------------------------------------------------
     ControlDef(
         "db_attach",
-        (Arg("name", STR), Arg("persistent", BOOL, required=False, default=False)),
+        (Arg("name", STR), Arg("persistent", BOOL, required=False, default=False),
+         Arg("tdb", BOOL, required=False, default=False,
+             doc="as a TDB file (attached through CTDB's socket)")),
         Reply(dict, ("name", "db_id", "persistent", "seqnum")),
         group="database",
-        sent_by="API `attach`, to every other member; the receiver creates the database if "
-                "it lacks it (an existing one of the other kind: error)"),
+        sent_by="API `attach` and CTDB's DB_ATTACH(_PERSISTENT), to every other member; the "
+                "receiver creates the database if it lacks it (an existing one of the other "
+                "kind: error)"),
     ControlDef(
         "db_migrate",
         _db(Arg("key", STR, doc="base64"), Arg("to", INT, min=0, doc="a PNN")),

@@ -30,6 +30,7 @@ from pyctdb.protocol.ctdb import packet as P
 from pyctdb.rules import nodeflags
 from pyctdb.server.api.frontend import ClientConnection
 from pyctdb.server.api.server import ApiServer, UnixSocketFrontend, listen_unix
+from pyctdb.server.ctdbdb import CtdbDatabases
 from pyctdb.server.tasks import spawn
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,9 @@ class CtdbSocketServer(UnixSocketFrontend):
             M.REGISTER_SRVID: self._register_srvid,
             M.DEREGISTER_SRVID: self._deregister_srvid,
         }
+        #: the database part: attach, REQ_CALL, TRANS3_COMMIT (ctdbdb.py)
+        self.databases = CtdbDatabases(ops)
+        self.handlers.update(self.databases.handlers())
 
     async def start(self):
         self._server = await listen_unix(self.path, lambda: CtdbProtocol(self),
@@ -183,6 +187,10 @@ class CtdbSocketServer(UnixSocketFrontend):
             self._control(proto, h, body)
         elif h.operation == P.REQ_MESSAGE:
             self._message(proto, h, body)
+        elif h.operation == P.REQ_CALL:
+            call = self._parsed(proto, P.parse_call, body)
+            if call is not None:
+                spawn(self._call(proto, h, call), "ctdb call", owner=self._tasks)
         else:
             log.warning("CTDB socket: operation %d is not served yet: packet dropped",
                         h.operation)
@@ -214,6 +222,20 @@ class CtdbSocketServer(UnixSocketFrontend):
 
     async def _finish(self, proto, h, c, coro):
         self._reply(proto, h, c, *(await coro))
+
+    async def _call(self, proto, h, call):
+        """A REQ_CALL (smbd wants a record here): REPLY_CALL, or REPLY_ERROR with why."""
+        try:
+            status, data = await self.databases.call(call)
+            op, body = P.REPLY_CALL, P.reply_call_body(status, data)
+        except (PyctdbError, ValueError) as exc:
+            msg = str(getattr(exc, "message", exc))
+            log.warning("CTDB socket: call on database 0x%08x (key of %d bytes) failed: %s",
+                        call.db_id, len(call.key), msg)
+            op, body = P.REPLY_ERROR, P.reply_error_body(-1, msg)
+        if proto.conn is not None:
+            proto.transport.write(P.pack(op, h.reqid, body, destnode=h.srcnode,
+                                         srcnode=proto.conn.pnn, generation=h.generation))
 
     def _reply(self, proto, h, c, status, data, err):
         if proto.conn is None:  # (the client went meanwhile)

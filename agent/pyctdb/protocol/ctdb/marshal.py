@@ -48,6 +48,16 @@ GET_RUNSTATE = 138
 DB_ATTACH_PERSISTENT = 61
 CHECK_PID_SRVID = 151
 ECHO_DATA = 156
+TRAVERSE_START = 20
+ENABLE_SEQNUM = 26
+TCP_CLIENT = 44
+REGISTER_NOTIFY = 114
+DEREGISTER_NOTIFY = 115
+TRANS3_COMMIT = 119
+SCHEDULE_FOR_DELETION = 128
+SET_DB_READONLY = 129
+TRAVERSE_START_EXT = 131
+DB_OPEN_FLAGS = 149
 DISABLE_NODE = 157
 ENABLE_NODE = 158
 
@@ -218,6 +228,40 @@ def dbid_map(dbs) -> bytes:
     """``ctdb_dbid_map`` of ``dbs``: [(db_id, flags)] (each u32 db_id, u8 flags, 3 bytes
     of padding)."""
     return u32(len(dbs)) + b"".join(struct.pack("<IB3x", i, f) for i, f in dbs)
+
+
+_REC = struct.Struct("<4I")  # ctdb_rec_data_old: length, reqid, keylen, datalen
+
+
+def parse_marshall_buffer(data, limit=1 << 20):
+    """A ``ctdb_marshall_buffer`` (u32 db_id, u32 count, then ``count`` records of
+    ``ctdb_rec_data_old``: u32 length, reqid, keylen, datalen, the key, the data):
+    ``(db_id, [(key, data)])``. At most ``limit`` records; ValueError for anything that
+    does not add up."""
+    if len(data) < 8:
+        raise ValueError(f"marshall buffer of {len(data)} bytes, shorter than its head")
+    db_id, count = struct.unpack_from("<II", data)
+    if count > limit:
+        raise ValueError(f"marshall buffer of {count} records (limit {limit})")
+    out, off = [], 8
+    for i in range(count):
+        if len(data) - off < _REC.size:
+            raise ValueError(f"record {i} of the marshall buffer is cut short")
+        length, _reqid, klen, dlen = _REC.unpack_from(data, off)
+        if length < _REC.size + klen + dlen or length > len(data) - off:
+            raise ValueError(f"record {i} of the marshall buffer: length {length} does "
+                             f"not hold its {klen}-byte key and {dlen} bytes of data")
+        k = off + _REC.size
+        out.append((bytes(data[k:k + klen]), bytes(data[k + klen:k + klen + dlen])))
+        off += length
+    return db_id, out
+
+
+def marshall_buffer(db_id, recs) -> bytes:
+    """The buffer :func:`parse_marshall_buffer` reads, of ``recs`` [(key, data)]."""
+    body = b"".join(_REC.pack(_REC.size + len(k) + len(d), 0, len(k), len(d)) + k + d
+                    for k, d in recs)
+    return struct.pack("<II", db_id, len(recs)) + body
 
 
 def u64(value) -> bytes:

@@ -51,6 +51,16 @@ HEADER = struct.Struct("<8I")
 _CONTROL = struct.Struct("<IIQIII")  # opcode, pad, srvid, client_id, flags, datalen
 _REPLY_CONTROL = struct.Struct("<iII")  # status, datalen, errorlen
 _MESSAGE = struct.Struct("<QI")  # srvid, datalen
+_CALL = struct.Struct("<6I")  # flags, db_id, callid, hopcount, keylen, calldatalen
+_REPLY_CALL = struct.Struct("<iI")  # status, datalen
+_REPLY_ERROR = struct.Struct("<iI")  # status, msglen
+
+#: REQ_CALL's call ids (the functions ctdbd runs on the record) and flags
+NULL_FUNC = 0xFF000001
+FETCH_FUNC = 0xFF000002
+FETCH_WITH_HEADER_FUNC = 0xFF000003
+CALL_IMMEDIATE_MIGRATION = 0x1
+CALL_WANT_READONLY = 0x4
 
 
 class PacketError(PyctdbError):
@@ -183,3 +193,53 @@ def parse_message(body) -> Message:
 
 def message_body(srvid, data=b"") -> bytes:
     return _MESSAGE.pack(srvid, len(data)) + data
+
+
+@dataclass(frozen=True)
+class Call:
+    """A REQ_CALL's body: run function ``callid`` on record ``key`` of ``db_id``."""
+
+    flags: int
+    db_id: int
+    callid: int
+    hopcount: int
+    key: bytes
+    calldata: bytes
+
+
+def parse_call(body) -> Call:
+    if len(body) < _CALL.size:
+        raise PacketError(f"call of {len(body)} bytes: shorter than its {_CALL.size}-byte "
+                          "head")
+    flags, db_id, callid, hop, klen, dlen = _CALL.unpack_from(body)
+    if klen + dlen > len(body) - _CALL.size:
+        raise PacketError(f"call says {klen} bytes of key and {dlen} of call data, has "
+                          f"{len(body) - _CALL.size}")
+    if klen == 0:
+        raise PacketError("call with an empty key")
+    key = bytes(body[_CALL.size:_CALL.size + klen])
+    return Call(flags, db_id, callid, hop, key,
+                bytes(body[_CALL.size + klen:_CALL.size + klen + dlen]))
+
+
+def call_body(db_id, key, callid=NULL_FUNC, flags=CALL_IMMEDIATE_MIGRATION, calldata=b""):
+    return _CALL.pack(flags, db_id, callid, 0, len(key), len(calldata)) + key + calldata
+
+
+def reply_call_body(status, data=b"") -> bytes:
+    return _REPLY_CALL.pack(status, len(data)) + data
+
+
+def parse_reply_call(body):
+    """``(status, data)`` of a REPLY_CALL's body."""
+    if len(body) < _REPLY_CALL.size:
+        raise PacketError(f"call reply of {len(body)} bytes: too short")
+    status, n = _REPLY_CALL.unpack_from(body)
+    if n > len(body) - _REPLY_CALL.size:
+        raise PacketError("call reply: its length exceeds the packet")
+    return status, bytes(body[_REPLY_CALL.size:_REPLY_CALL.size + n])
+
+
+def reply_error_body(status, msg) -> bytes:
+    m = msg.encode("utf-8", "replace")
+    return _REPLY_ERROR.pack(status, len(m)) + m

@@ -168,20 +168,23 @@ class Databases:
         log.warning("attached %s database %s (db_id 0x%08x)", st.kind, name, want)
         return meta
 
-    async def attach(self, name, persistent):
+    async def attach(self, name, persistent, tdb=False):
+        """Attach database ``name`` here and on every other member (``tdb``: as a TDB
+        file, for a client of CTDB's socket)."""
         try:
             record_rules.check_name(name)
         except ValueError as exc:
             raise DbError("EINVAL", str(exc)) from None
         try:
-            meta = await self.ensure(name, persistent)
+            meta = await self.ensure(name, persistent, tdb=tdb)
         except ValueError as exc:
             raise DbError("EINVAL", str(exc)) from None
         except StoreError as exc:
             raise DbError("EIO", str(exc)) from None
         others = [m for m in self.members() if m != self.pnn]
         res = await asyncio.gather(*(self.cluster.control(
-            m, "db_attach", {"name": name, "persistent": bool(persistent)},
+            m, "db_attach", {"name": name, "persistent": bool(persistent),
+                             "tdb": bool(meta.get("tdb"))},
             timeout=CTL_TIMEOUT) for m in others), return_exceptions=True)
         failed = {m: str(r) for m, r in zip(others, res) if isinstance(r, Exception)}
         if failed:
@@ -191,7 +194,8 @@ class Databases:
                 "failed": failed}
 
     async def _ctl_attach(self, src, args):
-        meta = await self.ensure(args["name"], bool(args.get("persistent")))
+        meta = await self.ensure(args["name"], bool(args.get("persistent")),
+                                 tdb=bool(args.get("tdb")))
         return {"name": args["name"], **meta}
 
     # -- wipedb ------------------------------------------------------------------------------

@@ -363,13 +363,18 @@ class Transactions:
                            ).encode())
         return pending, done, seqnum
 
-    async def _commit_round(self, name, batch):
-        self.dbs.not_frozen()
+    def _not_blocked(self, name):
+        """FrozenError while ``name``'s transactions wait for the recovery that follows a
+        round some member did not apply."""
         if name in self._trans_blocked:
             if self._trans_blocked[name] == self.cluster.generation:
                 raise FrozenError(f"database {name} frozen until the recovery that follows "
                                   "a failed transaction")
             del self._trans_blocked[name]
+
+    async def _commit_round(self, name, batch):
+        self.dbs.not_frozen()
+        self._not_blocked(name)
         st, meta = self.dbs.usable_ctl(name)
         pending, done, seqnum = await self._round_records(st, name, batch)
         members = self.dbs.members()
@@ -377,7 +382,17 @@ class Transactions:
             return
         if self.pnn not in members:
             raise DbError("EAGAIN", "the coordinator is not a member of the generation")
-        recs = [rec_to_wire(k, r) for k, r in pending.items()]
+        await self._apply_round(name, meta, seqnum, list(pending.items()), members)
+        await _test_delay("answer")
+        for fut, n in done:
+            _settle(fut, {"seqnum": n, "nodes": members})
+
+    async def _apply_round(self, name, meta, seqnum, writes, members):
+        """``db_trans_apply`` of ``writes`` ([(key, Record)]) with ``seqnum`` on every
+        member at once. If some member did not apply it: no more rounds of ``name`` in
+        this generation, a recovery is asked for (it decides: the highest sequence
+        number wins), and ControlError AMBIGUOUS."""
+        recs = [rec_to_wire(k, r) for k, r in writes]
         res = await asyncio.gather(*(self.cluster.control(
             m, "db_trans_apply", {"db": name, "db_id": meta["db_id"], "seqnum": seqnum,
                                   "records": recs, "tdb": bool(meta.get("tdb"))},
@@ -398,9 +413,30 @@ class Transactions:
                 name="db-ask-recovery", owner=self._tasks)
             raise ControlError(self.pnn, f"{AMBIGUOUS}: not applied on nodes "
                                          f"{sorted(failed)}: {failed}", code=AMBIGUOUS_CODE)
-        await _test_delay("answer")
-        for fut, n in done:
-            _settle(fut, {"seqnum": n, "nodes": members})
+
+    async def trans3_commit(self, name, writes, seqnum):
+        """CTDB's TRANS3_COMMIT (a Samba transaction, its writes and the sequence number
+        record made by the client, which holds the database's g_lock meanwhile):
+        ``writes`` ([(key, Record)]) applied as they are on every member, with
+        ``seqnum``. Refused while frozen (Samba then compares its sequence number and
+        sends it again); ControlError AMBIGUOUS when some member did not apply it (the
+        recovery that follows decides, as in CTDB)."""
+        dbs = self.dbs
+        dbs.not_frozen()
+        st, meta = dbs.usable_ctl(name)
+        if not st.persistent:
+            raise DbError("EINVAL", f"{name} is a volatile database: TRANS3_COMMIT is for "
+                          "persistent ones")
+        self._not_blocked(name)
+        await self._commit_locks.acquire(name, CTL_TIMEOUT)
+        try:
+            members = dbs.members()
+            if self.pnn not in members:
+                raise DbError("EAGAIN", "this node is not a member of the generation")
+            await self._apply_round(name, meta, seqnum, writes, members)
+        finally:
+            self._commit_locks.release(name)
+        return seqnum
 
     async def _ask_recovery(self, reason):
         try:

@@ -1,0 +1,122 @@
+"""CTDB's socket, its database part: what Samba's smbd, winbindd and ``net`` ask of
+ctdbd for their clustered databases (source3/lib/dbwrap/dbwrap_ctdb.c and
+ctdbd_conn.c), answered from the TDB backend (:mod:`pyctdb.server.db.tdbstore`).
+
+- DB_ATTACH / DB_ATTACH_PERSISTENT (the name, NUL-terminated): the database is attached
+  as a TDB file here and on every other member; the answer is its db_id.
+- GETDBPATH, DB_OPEN_FLAGS (the tdb_open flags smbd must use), ENABLE_SEQNUM,
+  SET_DB_READONLY (accepted: pyctdb hands out no read-only copies, a read migrates the
+  record), SCHEDULE_FOR_DELETION (accepted: vacuuming finds deleted records itself).
+- REQ_CALL: smbd found that this node is not the record's DMASTER (it read the ltdb
+  header in its own copy of the file); the record is migrated here (the migration of
+  :mod:`pyctdb.server.db.migration`, the same as for pyctdb's own clients) and the call
+  answered: CTDB_NULL_FUNC nothing, CTDB_FETCH_FUNC the value, CTDB_FETCH_WITH_HEADER_FUNC
+  the ltdb header and the value.
+- TRANS3_COMMIT (a marshall buffer of records with their ltdb headers, the sequence
+  number record among them): applied as it is on every member.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pyctdb.errors import DbError
+from pyctdb.protocol.ctdb import marshal as M
+from pyctdb.protocol.ctdb import packet as P
+from pyctdb.rules.records import REC_DELETED
+from pyctdb.server.db.tdbfile import ltdb_pack
+from pyctdb.server.db.tdbstore import SEQNUM, SEQNUM_KEY, to_record
+
+log = logging.getLogger(__name__)
+
+MAX_NAME = 255
+CALL_TIMEOUT = 30.0  # seconds a REQ_CALL's migration may take (contention included)
+
+
+class CtdbDatabases:
+    """The database controls and REQ_CALL of CTDB's socket, over ``ops`` (the node's
+    NodeOperations)."""
+
+    def __init__(self, ops):
+        self.ops = ops
+
+    def handlers(self):
+        return {
+            M.DB_ATTACH: self._attach(False), M.DB_ATTACH_PERSISTENT: self._attach(True),
+            M.DB_OPEN_FLAGS: self._open_flags, M.ENABLE_SEQNUM: self._enable_seqnum,
+            M.SET_DB_READONLY: self._accepted, M.SCHEDULE_FOR_DELETION: self._accepted,
+            M.TRANS3_COMMIT: self._trans3_commit,
+        }
+
+    @property
+    def dbs(self):
+        """The node's Databases (DbError when the agent runs without them)."""
+        dbs = self.ops.databases.databases
+        if dbs is None:
+            raise DbError("EIO", "this agent runs without the database layer")
+        return dbs
+
+    def tdb_database(self, db_id):
+        """``(name, store)`` of the TDB database ``db_id`` attached here."""
+        for st in self.dbs.tdb_stores.values():
+            for name, meta in st.meta.items():
+                if meta["db_id"] == db_id:
+                    return name, st
+        raise DbError("ENOENT", f"no database 0x{db_id:08x} attached through CTDB's socket "
+                                f"on node {self.dbs.pnn}")
+
+    # -- controls ------------------------------------------------------------------------
+    def _attach(self, persistent):
+        async def handler(conn, c):
+            name = c.data.split(b"\0", 1)[0]
+            if not name or len(name) > MAX_NAME:
+                raise ValueError(f"database name of {len(name)} bytes")
+            res = await self.dbs.attach(name.decode("utf-8", "strict"), persistent,
+                                        tdb=True)
+            return 0, M.u32(res["db_id"])
+        return handler
+
+    async def _open_flags(self, conn, c):
+        name, st = self.tdb_database(M.parse_u32(c.data))
+        return 0, M.i32(st.tdb_flags(name))
+
+    async def _enable_seqnum(self, conn, c):
+        name, st = self.tdb_database(M.parse_u32(c.data))
+        await st.enable_seqnum(name)
+        return 0, b""
+
+    @staticmethod
+    def _accepted(conn, c):
+        return 0, b""
+
+    async def _trans3_commit(self, conn, c):
+        db_id, recs = M.parse_marshall_buffer(c.data)
+        name, st = self.tdb_database(db_id)
+        writes = [(k, to_record(d)) for k, d in recs]
+        seqnum = next((SEQNUM.unpack(r.value)[0] for k, r in writes
+                       if k == SEQNUM_KEY and len(r.value) == SEQNUM.size), None)
+        if seqnum is None:
+            seqnum = st.meta[name]["seqnum"] + 1
+        await self.dbs.transactions.trans3_commit(name, writes, seqnum)
+        log.info("TRANS3_COMMIT of %s: %d records, sequence number %d", name, len(writes),
+                 seqnum)
+        return 0, b""
+
+    # -- REQ_CALL ------------------------------------------------------------------------
+    async def call(self, call: P.Call):
+        """``(status, data)`` of a REQ_CALL, or DbError (a REPLY_ERROR)."""
+        if call.callid not in (P.NULL_FUNC, P.FETCH_FUNC, P.FETCH_WITH_HEADER_FUNC):
+            raise DbError("ENOSYS", f"call function 0x{call.callid:08x} is not one of "
+                                    "CTDB's (null, fetch, fetch with header)")
+        name, st = self.tdb_database(call.db_id)
+        if st.persistent:
+            raise DbError("EINVAL", f"REQ_CALL on persistent database {name}")
+        mig = self.dbs.migration
+        rec, _epoch = await mig.lock(name, call.key, timeout=CALL_TIMEOUT)
+        mig.unlock(name, call.key)
+        if call.callid == P.NULL_FUNC:
+            return 0, b""
+        value = b"" if rec.deleted else rec.value
+        if call.callid == P.FETCH_FUNC:
+            return 0, value
+        return 0, ltdb_pack(rec.rsn, rec.dmaster, rec.flags & ~REC_DELETED, value)
