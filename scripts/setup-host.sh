@@ -4,7 +4,9 @@
 # - Debian packages: podman (only when no Docker engine answers), runc, debootstrap, iproute2,
 #   ctdb (Samba's CTDB: the tests compare pyctdb's IP allocation with the real one),
 #   etcd-server and etcd-client (the cluster lock on etcd: a 3-member etcd cluster in the
-#   tests), python3-etcd (CTDB's ctdb_etcd_lock imports it) and python3-etcd3
+#   tests), python3-etcd (CTDB's ctdb_etcd_lock imports it) and python3-etcd3,
+#   samba-common-bin (Samba's `net`: its clustered registry runs on pyctdb's CTDB socket
+#   in the tests), libtdb1, tdb-tools and python3-tdb (the TDB files Samba shares)
 # - Python packages into a virtualenv at ${PYCTDB_VENV:-.venv}
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -12,7 +14,8 @@ VENV="${PYCTDB_VENV:-$here/.venv}"
 export DEBIAN_FRONTEND=noninteractive
 
 need_apt=()
-for pkg in debootstrap iproute2 rsync ctdb etcd-server etcd-client python3-etcd python3-etcd3; do
+for pkg in debootstrap iproute2 rsync ctdb etcd-server etcd-client python3-etcd python3-etcd3 \
+           samba-common-bin libtdb1 tdb-tools python3-tdb; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 docker_engine=0

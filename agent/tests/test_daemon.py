@@ -71,7 +71,6 @@ def test_second_agent_refused_on_same_socket_or_same_database_directories(tmp_pa
     (it would wipe the volatile databases under the first), naming the directory and the
     holder; with directories of its own, on the same socket, it is refused too. The first
     agent and its data are untouched."""
-    import shutil
     from pyctdb.testing.localcluster import LocalCluster
     with LocalCluster(1, base_dir=tmp_path) as c:
         c.start()
@@ -85,12 +84,8 @@ def test_second_agent_refused_on_same_socket_or_same_database_directories(tmp_pa
                 % (vol, c.procs[0].pid)) in r.stderr, r.stderr
         assert not os.path.exists(tmp_path / "other.socket")
         # with database directories of its own: the socket is the one in use
-        other = tmp_path / "other-etc"
-        shutil.copytree(c.config_dir(0), other)
-        conf = (other / "pyctdb.conf").read_text().replace(
-            "%s/node0/db" % tmp_path, "%s/other-db" % tmp_path)
-        (other / "pyctdb.conf").write_text(conf)
-        r = run("--config-dir", str(other), "--socket", c.socket(0))
+        r = run("--config-dir", c.config_copy(0, tmp_path / "other-etc"), "--socket",
+                c.socket(0))
         assert r.returncode == 1
         assert "another pyctdbd is serving" in r.stderr
         assert c.status(0)["healthy"]

@@ -252,6 +252,19 @@ class LocalCluster:
     def socket(self, pnn):
         return os.path.join(self.node_dir(pnn), "pyctdbd.socket")
 
+    def config_copy(self, pnn, dest):
+        """A copy of node ``pnn``'s configuration directory at ``dest`` whose database
+        directories are its own (under ``dest``): a second agent started on it is not
+        refused for node ``pnn``'s running agent holding them. Returns ``dest``."""
+        shutil.copytree(self.config_dir(pnn), dest)
+        conf = os.path.join(dest, "pyctdb.conf")
+        with open(conf) as f:
+            text = f.read()
+        with open(conf, "w") as f:
+            f.write(text.replace(os.path.join(self.node_dir(pnn), "db"),
+                                 os.path.join(str(dest), "db")))
+        return str(dest)
+
     def ctdb_socket(self, pnn):
         """Node ``pnn``'s CTDB socket (CTDB's client protocol: CTDB_SOCKET for ctdb)."""
         return os.path.join(self.node_dir(pnn), "ctdbd.socket")

@@ -169,7 +169,8 @@ def test_the_socket_is_0600_and_a_directory_others_can_write_is_refused(c, tmp_p
     d.mkdir()
     os.chmod(d, 0o777)
     r = subprocess.run([sys.executable, "-m", "pyctdb.server.daemon", "--config-dir",
-                        c.config_dir(1), "--socket", str(d / "x.socket"), "--log-stderr"],
+                        c.config_copy(1, tmp_path / "etc"), "--socket", str(d / "x.socket"),
+                        "--log-stderr"],
                        capture_output=True, text=True, timeout=30, env=c.cli_env())
     assert r.returncode == 1
     assert "writable by group and others (mode 0777)" in r.stderr

@@ -12,12 +12,19 @@ guard, the lock helper).
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import logging
 import os
 
 from pyctdb.errors import PyctdbError
 
+log = logging.getLogger(__name__)
+
 LOCK_FILE = ".pyctdb.lock"
+#: a directory that fails like this cannot take a lock file, and no agent can write
+#: it either: the agent starts without its lock (and reports the directory failing)
+_DISK_ERRORS = (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EIO)
 
 
 class DirectoryInUse(PyctdbError):
@@ -38,7 +45,9 @@ class DirectoryLocks:
         holding none of them."""
         try:
             for path in self.paths:
-                self._fds.append(_lock(path))
+                fd = _lock(path)
+                if fd is not None:
+                    self._fds.append(fd)
         except DirectoryInUse:
             self.release()
             raise
@@ -49,14 +58,32 @@ class DirectoryLocks:
         self._fds = []
 
 
-def _lock(path):
-    lock_path = os.path.join(path, LOCK_FILE)
+def _open(path, lock_path):
+    """The lock file's descriptor; None when the directory fails (read-only, full: the
+    agent starts and finds it failing, see health.py); DirectoryInUse otherwise."""
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        return os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        raise DirectoryInUse(f"database directory {path}: cannot make its lock file "
-                             f"{lock_path}: {exc.strerror or exc}") from None
+        err = exc
+    if err.errno == errno.EROFS:  # (an existing lock file can still be locked read-only)
+        try:
+            return os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            pass
+    if err.errno in _DISK_ERRORS:
+        log.warning("database directory %s: no lock file (%s): started without it",
+                    path, err.strerror)
+        return None
+    raise DirectoryInUse(f"database directory {path}: cannot make its lock file "
+                         f"{lock_path}: {err.strerror or err}")
+
+
+def _lock(path):
+    lock_path = os.path.join(path, LOCK_FILE)
+    fd = _open(path, lock_path)
+    if fd is None:
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -69,8 +96,11 @@ def _lock(path):
                 "configuration)") from None
         raise DirectoryInUse(f"database directory {path}: cannot lock {lock_path}: "
                              f"{exc.strerror or exc}") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, b"%d\n" % os.getpid(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, b"%d\n" % os.getpid(), 0)
+    except OSError:  # (read-only or full: the lock holds without the PID)
+        pass
     return fd
 
 
