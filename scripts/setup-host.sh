@@ -6,7 +6,9 @@
 #   etcd-server and etcd-client (the cluster lock on etcd: a 3-member etcd cluster in the
 #   tests), python3-etcd (CTDB's ctdb_etcd_lock imports it) and python3-etcd3,
 #   samba-common-bin (Samba's `net`: its clustered registry runs on pyctdb's CTDB socket
-#   in the tests), libtdb1, tdb-tools and python3-tdb (the TDB files Samba shares)
+#   in the tests), samba and smbclient (clustered smbd on pyctdb in the tests; the
+#   package's own smbd/nmbd services are stopped and disabled), libtdb1, tdb-tools and
+#   python3-tdb (the TDB files Samba shares)
 # - Python packages into a virtualenv at ${PYCTDB_VENV:-.venv}
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -15,7 +17,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 need_apt=()
 for pkg in debootstrap iproute2 rsync ctdb etcd-server etcd-client python3-etcd python3-etcd3 \
-           samba-common-bin libtdb1 tdb-tools python3-tdb; do
+           samba-common-bin samba smbclient libtdb1 tdb-tools python3-tdb; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 docker_engine=0
@@ -35,6 +37,11 @@ fi
 
 if [ "$docker_engine" = 0 ]; then
   "$here/scripts/podman-api.sh" start
+fi
+# Samba's package starts its own smbd and nmbd where systemd runs: the tests start
+# clustered smbds of their own (on pyctdb), so the package's are stopped and disabled.
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+  systemctl disable --now smbd nmbd samba-ad-dc >/dev/null 2>&1 || true
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then

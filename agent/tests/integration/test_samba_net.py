@@ -14,6 +14,7 @@ import pytest
 
 from pyctdb.server.db.tdbfile import TdbFile, ltdb_unpack
 from pyctdb.testing.localcluster import LocalCluster
+from pyctdb.testing.samba import write_smb_conf
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("net") is None,
@@ -25,23 +26,7 @@ pytestmark = [
 def smb_conf(c, pnn, base):
     """A minimal clustered smb.conf for node ``pnn``: its CTDB socket, registry
     configuration, and directories of its own."""
-    d = os.path.join(base, f"samba{pnn}")
-    os.makedirs(d, exist_ok=True)
-    path = os.path.join(d, "smb.conf")
-    with open(path, "w") as f:
-        f.write(f"""[global]
-clustering = yes
-ctdbd socket = {c.ctdb_socket(pnn)}
-include = registry
-lock directory = {d}/lock
-state directory = {d}/state
-cache directory = {d}/cache
-private dir = {d}/private
-pid directory = {d}/run
-ncalrpc dir = {d}/ncalrpc
-log file = {d}/log.%m
-""")
-    return path
+    return write_smb_conf(os.path.join(base, f"samba{pnn}"), c.ctdb_socket(pnn))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,211 @@
+"""Debian's own smbd 4.17 (`clustering = yes`), one per node, on pyctdb's CTDB socket,
+driven by SMB clients no one here wrote (smbclient, and the smbprotocol package):
+
+- a file written through node 0's address is read through node 2's;
+- a deny-write share mode taken through node 0 refuses the same open through node 2
+  (a sharing violation), and lets it once closed;
+- a byte-range lock taken through node 0 refuses a conflicting lock through node 2;
+- Samba's databases (locking.tdb, brlock.tdb, smbXsrv_*…) are attached as TDB files.
+
+Each smbd listens on its node's address (added to ``lo`` for the test) on a port of
+its own. Cross-node semantics work only if the records Samba keeps in locking.tdb and
+brlock.tdb migrate between the nodes: through REQ_CALL and pyctdb's migration."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import uuid
+
+import pytest
+
+from pyctdb.testing.localcluster import LocalCluster
+from pyctdb.testing.samba import write_smb_conf
+
+smbprotocol = pytest.importorskip("smbprotocol")
+from smbprotocol.connection import Connection  # noqa: E402
+from smbprotocol.exceptions import SMBResponseException  # noqa: E402
+from smbprotocol.open import (CreateDisposition, CreateOptions, FileAttributes,  # noqa: E402
+                              FilePipePrinterAccessMask, ImpersonationLevel, LockFlags,
+                              Open, ShareAccess, SMB2LockElement)
+from smbprotocol.session import Session  # noqa: E402
+from smbprotocol.tree import TreeConnect  # noqa: E402
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("smbd") is None or shutil.which("smbclient") is None,
+                       reason="Samba's smbd and smbclient are missing"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="smbd runs as root"),
+    pytest.mark.timeout(300),
+]
+
+PORT = 4450
+STATUS_SHARING_VIOLATION = 0xC0000043
+LOCK_REFUSED = (0xC0000054, 0xC0000055)  # FILE_LOCK_CONFLICT, LOCK_NOT_GRANTED
+
+
+def smb_conf(c, pnn, base, share):
+    return write_smb_conf(os.path.join(base, f"samba{pnn}"), c.ctdb_socket(pnn), f"""\
+netbios name = PYCTDB
+server role = standalone server
+interfaces = {c.address(pnn)}
+bind interfaces only = yes
+smb ports = {PORT}
+map to guest = bad user
+disable spoolss = yes
+load printers = no
+""", f"""
+[data]
+path = {share}
+writeable = yes
+guest ok = yes
+force user = root
+""")
+
+
+def listening(address, port):
+    try:
+        socket.create_connection((address, port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def samba(tmp_path_factory):
+    base = str(tmp_path_factory.mktemp("smbd"))
+    share = os.path.join(base, "share")
+    os.makedirs(share, mode=0o777)
+    os.chmod(share, 0o777)
+    c = LocalCluster(3, base_dir=os.path.join(base, "c"))
+    added, procs = [], []
+    try:
+        c.start()
+        c.wait_healthy(60)
+        for p in range(3):  # (smbd serves addresses its host's interfaces have)
+            subprocess.run(["ip", "addr", "add", f"{c.address(p)}/32", "dev", "lo"],
+                           check=True)
+            added.append(c.address(p))
+        for p in range(3):
+            conf = smb_conf(c, p, base, share)
+            out = open(os.path.join(base, f"smbd{p}.out"), "w")
+            procs.append(subprocess.Popen(
+                ["smbd", "--foreground", "--no-process-group", "--debug-stdout", "-d", "1",
+                 "-s", conf], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True))
+        c.wait_for(lambda: all(listening(c.address(p), PORT) for p in range(3)), 60,
+                   what="every smbd listening")
+        c.share = share
+        c.base = base
+        yield c
+    finally:
+        for pr in procs:
+            try:
+                os.killpg(pr.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for pr in procs:
+            try:
+                pr.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(pr.pid, signal.SIGKILL)
+        for a in added:
+            subprocess.run(["ip", "addr", "del", f"{a}/32", "dev", "lo"], capture_output=True)
+        c.stop_all()
+
+
+def smbclient(c, pnn, command):
+    r = subprocess.run(["smbclient", "-N", "-p", str(PORT), f"//{c.address(pnn)}/data",
+                        "-c", command], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, (command, r.stdout, r.stderr)
+    return r.stdout
+
+
+def tree(c, pnn):
+    """An SMB2 session (guest) and tree connect to node ``pnn``'s share."""
+    conn = Connection(uuid.uuid4(), c.address(pnn), PORT, require_signing=False)
+    conn.connect(timeout=30)
+    s = Session(conn, "guest", "", require_encryption=False, auth_protocol="ntlm")
+    s.connect()
+    t = TreeConnect(s, rf"\\{c.address(pnn)}\data")
+    t.connect(require_secure_negotiate=False)
+    return conn, t
+
+
+def open_file(t, name, share):
+    f = Open(t, name)
+    f.create(ImpersonationLevel.Impersonation,
+             FilePipePrinterAccessMask.GENERIC_READ | FilePipePrinterAccessMask.GENERIC_WRITE,
+             FileAttributes.FILE_ATTRIBUTE_NORMAL, share, CreateDisposition.FILE_OPEN_IF,
+             CreateOptions.FILE_NON_DIRECTORY_FILE)
+    return f
+
+
+def test_written_through_one_node_read_through_another(samba, tmp_path):
+    c = samba
+    src = tmp_path / "in.txt"
+    src.write_bytes(b"written through node 0\n" * 1000)
+    smbclient(c, 0, f"put {src} a.txt")
+    smbclient(c, 2, f"get a.txt {tmp_path / 'out.txt'}")
+    assert (tmp_path / "out.txt").read_bytes() == src.read_bytes()
+    assert "a.txt" in smbclient(c, 1, "ls")
+
+
+def test_a_share_mode_taken_on_one_node_holds_on_another(samba):
+    c = samba
+    conns = []
+    try:
+        c0, t0 = tree(c, 0)
+        c2, t2 = tree(c, 2)
+        conns += [c0, c2]
+        f0 = open_file(t0, "deny.txt", ShareAccess.FILE_SHARE_READ)  # others: no write
+        with pytest.raises(SMBResponseException) as ei:
+            open_file(t2, "deny.txt", ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE)
+        assert ei.value.status == STATUS_SHARING_VIOLATION
+        f0.close()
+        open_file(t2, "deny.txt", ShareAccess.FILE_SHARE_READ
+                  | ShareAccess.FILE_SHARE_WRITE).close()
+    finally:
+        for x in conns:
+            x.disconnect()
+
+
+def test_a_byte_range_lock_on_one_node_holds_on_another(samba):
+    c = samba
+    share = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE
+    conns = []
+    try:
+        c0, t0 = tree(c, 0)
+        c2, t2 = tree(c, 2)
+        conns += [c0, c2]
+        f0, f2 = open_file(t0, "locked.txt", share), open_file(t2, "locked.txt", share)
+        f0.write(b"x" * 100, 0)
+
+        def lock(f, flags):
+            e = SMB2LockElement()
+            e["offset"], e["length"], e["flags"] = 10, 20, flags
+            f.lock([e])
+        excl = LockFlags.SMB2_LOCKFLAG_EXCLUSIVE_LOCK | LockFlags.SMB2_LOCKFLAG_FAIL_IMMEDIATELY
+        lock(f0, excl)
+        with pytest.raises(SMBResponseException) as ei:
+            lock(f2, excl)
+        assert ei.value.status in LOCK_REFUSED, hex(ei.value.status)
+        lock(f0, LockFlags.SMB2_LOCKFLAG_UNLOCK)
+        lock(f2, excl)  # free once node 0's client unlocked it
+        lock(f2, LockFlags.SMB2_LOCKFLAG_UNLOCK)
+        f0.close()
+        f2.close()
+    finally:
+        for x in conns:
+            x.disconnect()
+
+
+def test_samba_databases_are_tdb_files_on_every_node(samba):
+    c = samba
+    for p in range(3):
+        r = subprocess.run(["ctdb", "getdbmap"], capture_output=True, text=True, timeout=30,
+                           env=dict(os.environ, CTDB_SOCKET=c.ctdb_socket(p)))
+        assert r.returncode == 0, r.stderr
+        for name in ("locking.tdb", "brlock.tdb", "smbXsrv_open_global.tdb", "g_lock.tdb"):
+            assert f"name:{name} path:{c.node_dir(p)}/db/volatile/{name}.{p}" in r.stdout
+        assert "Traceback" not in c.log(p)
