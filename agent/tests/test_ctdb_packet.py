@@ -113,3 +113,49 @@ def test_debug_levels_are_samba_s_numbers():
         "INFO", "DEBUG"]
     with pytest.raises(ValueError, match="not one of CTDB's"):
         M.debug_level_name(11)
+
+
+# -- REQ_CALL, marshall buffers, traverse and notify data ---------------------------------
+def test_a_call_as_samba_sends_it_round_trips():
+    body = P.call_body(0x7a19d84d, b"file-id", P.FETCH_FUNC, flags=0, calldata=b"cd")
+    c = P.parse_call(body)
+    assert (c.db_id, c.callid, c.flags, c.key, c.calldata) == (
+        0x7a19d84d, P.FETCH_FUNC, 0, b"file-id", b"cd")
+    # Samba's ctdbd_migrate: the header's length is not padded; the body ends at the key
+    assert P.parse_call(P.call_body(1, b"k")).callid == P.NULL_FUNC
+    assert P.parse_reply_call(P.reply_call_body(0, b"data")) == (0, b"data")
+
+
+@pytest.mark.parametrize("body,why", [
+    (b"\0" * 10, "shorter than its 24-byte head"),
+    (struct.pack("<6I", 0, 1, 2, 0, 100, 0) + b"k", "says 100 bytes of key"),
+    (struct.pack("<6I", 0, 1, 2, 0, 0, 0), "empty key"),
+])
+def test_a_call_that_does_not_add_up_is_refused(body, why):
+    with pytest.raises(P.PacketError) as ei:
+        P.parse_call(body)
+    assert why in ei.value.message
+
+
+def test_marshall_buffer_round_trip_and_limits():
+    recs = [(b"a", b"\1" * 24 + b"x"), (b"key2", b"\2" * 24)]
+    buf = M.marshall_buffer(0x6cf2837d, recs)
+    assert M.parse_marshall_buffer(buf) == (0x6cf2837d, recs)
+    with pytest.raises(ValueError, match="cut short"):
+        M.parse_marshall_buffer(buf[:-30])
+    with pytest.raises(ValueError, match="limit 1"):
+        M.parse_marshall_buffer(buf, limit=1)
+    bad = bytearray(buf)
+    struct.pack_into("<I", bad, 8, 5)  # a record length shorter than its own head
+    with pytest.raises(ValueError, match="does not hold"):
+        M.parse_marshall_buffer(bytes(bad))
+
+
+def test_traverse_start_notify_data_and_rec_data():
+    assert M.parse_traverse_start(struct.pack("<IIQ", 7, 8, 9)) == (7, 8, 9, False)
+    assert M.parse_traverse_start(struct.pack("<IIQ?7x", 7, 8, 9, True)) == (7, 8, 9, True)
+    assert M.parse_notify_data(struct.pack("<QI", 5, 2) + b"hi") == (5, b"hi")
+    with pytest.raises(ValueError):
+        M.parse_notify_data(struct.pack("<QI", 5, 9) + b"hi")
+    end = M.rec_data(3, b"", b"")
+    assert len(end) == 16 and struct.unpack("<4I", end) == (16, 3, 0, 0)

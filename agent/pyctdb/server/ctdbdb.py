@@ -4,7 +4,8 @@ ctdbd_conn.c), answered from the TDB backend (:mod:`pyctdb.server.db.tdbstore`).
 
 - DB_ATTACH / DB_ATTACH_PERSISTENT (the name, NUL-terminated): the database is attached
   as a TDB file here and on every other member; the answer is its db_id.
-- GETDBPATH, DB_OPEN_FLAGS (the tdb_open flags smbd must use), ENABLE_SEQNUM,
+- GET_DBMAP, GET_DBNAME, GETDBPATH, DB_GET_HEALTH, GET_DB_SEQNUM (every database,
+  LMDB's too), DB_OPEN_FLAGS (the tdb_open flags smbd must use), ENABLE_SEQNUM,
   SET_DB_READONLY (accepted: pyctdb hands out no read-only copies, a read migrates the
   record), SCHEDULE_FOR_DELETION (accepted: vacuuming finds deleted records itself).
 - REQ_CALL: smbd found that this node is not the record's DMASTER (it read the ltdb
@@ -18,9 +19,11 @@ ctdbd_conn.c), answered from the TDB backend (:mod:`pyctdb.server.db.tdbstore`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
-from pyctdb.errors import DbError
+from pyctdb.errors import DbError, PyctdbError
+from pyctdb.server.tasks import spawn
 from pyctdb.protocol.ctdb import marshal as M
 from pyctdb.protocol.ctdb import packet as P
 from pyctdb.rules.records import REC_DELETED
@@ -39,6 +42,7 @@ class CtdbDatabases:
 
     def __init__(self, ops):
         self.ops = ops
+        self._tasks = set()
 
     def handlers(self):
         return {
@@ -46,6 +50,10 @@ class CtdbDatabases:
             M.DB_OPEN_FLAGS: self._open_flags, M.ENABLE_SEQNUM: self._enable_seqnum,
             M.SET_DB_READONLY: self._accepted, M.SCHEDULE_FOR_DELETION: self._accepted,
             M.TRANS3_COMMIT: self._trans3_commit,
+            M.TRAVERSE_START: self._traverse_start, M.TRAVERSE_START_EXT: self._traverse_start,
+            M.GET_DBMAP: self._get_dbmap, M.GET_DBNAME: self._db_field("name"),
+            M.GETDBPATH: self._db_field("path"), M.DB_GET_HEALTH: self._db_health,
+            M.GET_DB_SEQNUM: self._get_db_seqnum,
         }
 
     @property
@@ -66,6 +74,33 @@ class CtdbDatabases:
                                 f"on node {self.dbs.pnn}")
 
     # -- controls ------------------------------------------------------------------------
+    async def _get_dbmap(self, conn, c):
+        dbs = (await self.ops.databases.getdbmap())["dbs"]
+        return 0, M.dbid_map([(d["db_id"], M.DB_FLAGS_PERSISTENT if d["persistent"] else 0)
+                              for d in dbs])
+
+    async def _db(self, db_id):
+        """The dbmap entry of ``db_id`` (ValueError: no such database here)."""
+        for d in (await self.ops.databases.getdbmap())["dbs"]:
+            if d["db_id"] == db_id:
+                return d
+        raise ValueError(f"no database 0x{db_id:08x} on node {self.dbs.pnn}")
+
+    def _db_field(self, field):
+        """GET_DBNAME, GETDBPATH: the database's name or where it is, as a string."""
+        async def handler(conn, c):
+            return 0, M.string((await self._db(M.parse_u32(c.data)))[field])
+        return handler
+
+    async def _db_health(self, conn, c):
+        """The reason the database is unhealthy here, or nothing (healthy)."""
+        d = await self._db(M.parse_u32(c.data))
+        return 0, M.string(d["reason"] if d["unhealthy"] else None)
+
+    async def _get_db_seqnum(self, conn, c):
+        d = await self._db(M.parse_u32(c.data[:4]))
+        return 0, M.u64(d["seqnum"])
+
     def _attach(self, persistent):
         async def handler(conn, c):
             name = c.data.split(b"\0", 1)[0]
@@ -101,6 +136,35 @@ class CtdbDatabases:
         log.info("TRANS3_COMMIT of %s: %d records, sequence number %d", name, len(writes),
                  seqnum)
         return 0, b""
+
+    async def _traverse_start(self, conn, c):
+        """TRAVERSE_START(_EXT): answered at once; the records follow as messages to the
+        srvid the client names, on its own connection, as CTDB sends them (each a
+        ``ctdb_rec_data`` with the ltdb header and the value; then an empty one). The
+        records are the cluster's: each volatile record from its DMASTER."""
+        db_id, reqid, srvid, with_empty = M.parse_traverse_start(c.data)
+        name, _st = self.tdb_database(db_id)
+        if conn is None:
+            raise ValueError("a traverse is served to a local client only")
+        spawn(self._traverse(conn, name, reqid, srvid, with_empty), "ctdb traverse",
+              owner=self._tasks)
+        return 0, b""
+
+    async def _traverse(self, conn, name, reqid, srvid, with_empty):
+        await asyncio.sleep(0)  # (the control's answer first)
+        try:
+            recs = await self.dbs.traverse(name)
+        except PyctdbError as exc:
+            log.warning("CTDB socket: traverse of %s failed: %s", name, exc.message)
+            recs = []
+        pnn = self.dbs.pnn
+        for k, r in recs:
+            if r.deleted and not with_empty:
+                continue
+            data = ltdb_pack(r.rsn, r.dmaster, r.flags & ~REC_DELETED,
+                             b"" if r.deleted else r.value)
+            conn.transport.write(conn.encode_raw(srvid, pnn, M.rec_data(reqid, k, data)))
+        conn.transport.write(conn.encode_raw(srvid, pnn, M.rec_data(reqid, b"", b"")))
 
     # -- REQ_CALL ------------------------------------------------------------------------
     async def call(self, call: P.Call):

@@ -74,8 +74,12 @@ class CtdbConnection(ClientConnection):
         self.pid = pid
 
     def encode_message(self, srvid, src, data, dropped=0) -> bytes:
-        return P.pack(P.REQ_MESSAGE, 0, P.message_body(srvid, base64.b64decode(data)),
-                      destnode=self.pnn, srcnode=src)
+        return self.encode_raw(srvid, src, base64.b64decode(data))
+
+    def encode_raw(self, srvid, src, data: bytes) -> bytes:
+        """A REQ_MESSAGE packet of ``data`` (bytes) to this client's ``srvid``."""
+        return P.pack(P.REQ_MESSAGE, 0, P.message_body(srvid, data), destnode=self.pnn,
+                      srcnode=src)
 
 
 class CtdbProtocol(asyncio.Protocol):
@@ -121,6 +125,7 @@ class CtdbSocketServer(UnixSocketFrontend):
         super().__init__(path, ops)
         self.cluster = ops.info.cluster
         self.conns = set()  # CtdbConnection: the clients connected now
+        self._notify = {}  # CtdbConnection -> {srvid: data} sent when it closes
         self._tasks = set()
         self._broadcaster = None
         # (every node answers the controls other nodes' CTDB sockets forward to it,
@@ -142,13 +147,13 @@ class CtdbSocketServer(UnixSocketFrontend):
             M.STOP_NODE: self._admin("stop"), M.CONTINUE_NODE: self._admin("continue"),
             M.SET_BAN_STATE: self._set_ban_state, M.GET_RECLOCK_FILE: self._get_reclock,
             M.RELOAD_PUBLIC_IPS: self._reload_public_ips,
-            M.GET_DBMAP: self._get_dbmap, M.GET_DBNAME: self._db_field("name"),
-            M.GETDBPATH: self._db_field("path"), M.DB_GET_HEALTH: self._db_health,
-            M.GET_DB_SEQNUM: self._get_db_seqnum,
             M.PROCESS_EXISTS: self._process_exists, M.ECHO_DATA: self._echo_data,
             M.CHECK_PID_SRVID: self._check_pid_srvid,
             M.REGISTER_SRVID: self._register_srvid,
             M.DEREGISTER_SRVID: self._deregister_srvid,
+            M.TCP_CLIENT: self._tcp_client,
+            M.REGISTER_NOTIFY: self._register_notify,
+            M.DEREGISTER_NOTIFY: self._deregister_notify,
         }
         #: the database part: attach, REQ_CALL, TRANS3_COMMIT (ctdbdb.py)
         self.databases = CtdbDatabases(ops)
@@ -451,6 +456,50 @@ class CtdbSocketServer(UnixSocketFrontend):
                              "client's own node")
         return conn
 
+    @staticmethod
+    def _tcp_client(conn, c):
+        """smbd's TCP connection to a public address (TCP_CLIENT): accepted. pyctdb
+        finds every connection of the addresses it hosts itself (the tickles, see
+        tickles.py), and so tickles smbd's after a takeover without the list."""
+        return 0, b""
+
+    def _register_notify(self, conn, c):
+        """REGISTER_NOTIFY: when this client's connection closes, ``data`` is sent to
+        ``srvid`` on this node (as ctdbd does)."""
+        srvid, data = M.parse_notify_data(c.data)
+        if conn is None:
+            raise ValueError("a notification is registered by a local client only")
+        notes = self._notify.setdefault(conn, {})
+        if not notes:
+            conn.on_close.append(lambda: self._notify_closed(conn))
+        notes[srvid] = data
+        return 0, b""
+
+    def _deregister_notify(self, conn, c):
+        srvid = struct.unpack_from("<Q", c.data.ljust(8, b"\0"))[0]
+        if self._notify.get(conn, {}).pop(srvid, None) is None:
+            raise ValueError(f"no notification registered for srvid 0x{srvid:x}")
+        return 0, b""
+
+    def _notify_closed(self, conn):
+        for srvid, data in self._notify.pop(conn, {}).items():
+            try:
+                self.ops.messages.send(self.cluster.pnn, srvid,
+                                       base64.b64encode(data).decode())
+            except PyctdbError as exc:
+                log.info("CTDB socket: notification to srvid 0x%x not sent: %s", srvid,
+                         exc.message)
+
+    def released(self, addr):
+        """This node released public address ``addr``: its clients registered for
+        CTDB_SRVID_RELEASE_IP (smbd) are told, with the address as a string, so that
+        they end the sessions served on it (their clients reconnect to its new node)."""
+        try:
+            self.ops.messages.send(self.cluster.pnn, M.SRVID_RELEASE_IP,
+                                   base64.b64encode(addr.encode() + b"\0").decode())
+        except PyctdbError as exc:
+            log.debug("release of %s not told to the clients: %s", addr, exc.message)
+
     def _register_srvid(self, conn, c):
         self.ops.messages.register(self._client(conn, c), c.srvid)
         return 0, b""
@@ -512,33 +561,6 @@ class CtdbSocketServer(UnixSocketFrontend):
         else:
             await self.ops.admin.act("unban")
         return 0, b""
-
-    async def _get_dbmap(self, conn, c):
-        dbs = (await self.ops.databases.getdbmap())["dbs"]
-        return 0, M.dbid_map([(d["db_id"], M.DB_FLAGS_PERSISTENT if d["persistent"] else 0)
-                              for d in dbs])
-
-    async def _db(self, db_id):
-        """The dbmap entry of ``db_id`` (ValueError: no such database here)."""
-        for d in (await self.ops.databases.getdbmap())["dbs"]:
-            if d["db_id"] == db_id:
-                return d
-        raise ValueError(f"no database 0x{db_id:08x} on node {self.cluster.pnn}")
-
-    def _db_field(self, field):
-        """GET_DBNAME, GETDBPATH: the database's name or where it is, as a string."""
-        async def handler(conn, c):
-            return 0, M.string((await self._db(M.parse_u32(c.data)))[field])
-        return handler
-
-    async def _db_health(self, conn, c):
-        """The reason the database is unhealthy here, or nothing (healthy)."""
-        d = await self._db(M.parse_u32(c.data))
-        return 0, M.string(d["reason"] if d["unhealthy"] else None)
-
-    async def _get_db_seqnum(self, conn, c):
-        d = await self._db(M.parse_u32(c.data[:4]))
-        return 0, M.u64(d["seqnum"])
 
     async def _reload_public_ips(self, conn, c):
         """This node's public_addresses file read again (a takeover run follows when it

@@ -151,6 +151,7 @@ async def _serve(config, me, tunables, socket_path, ring, log_location, ctdb_pat
     # CTDB's own client protocol, for CTDB's tool (and Samba's daemons, to come)
     # (every node answers what other nodes' CTDB sockets forward to it)
     ctdb_sock = CtdbSocketServer(ctdb_path or "", ops)
+    failover.local.on_released.append(ctdb_sock.released)  # (smbd ends its sessions)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -76,6 +76,9 @@ class LocalAddresses:
         self._tasks = set()
         #: whether this node may host addresses now (its lease: :mod:`pyctdb.server.fencing`)
         self.may_host = lambda: True
+        #: callables told ``(address)`` once an address is released here (CTDB's socket
+        #: tells its clients: CTDB_SRVID_RELEASE_IP)
+        self.on_released = []
         cluster.control_handlers.update({
             "get_public_ips": self._ctl_get_public_ips,
             "release_ip": self._ctl_release_ip,
@@ -155,7 +158,15 @@ class LocalAddresses:
         self.tickles.forget(addr)
         if addr not in self.addresses.configured:
             self.addresses.removed.pop(addr, None)
+        self._told_released(addr)
         return {"released": removed, "connections": [list(x) for x in conns]}
+
+    def _told_released(self, addr):
+        for cb in self.on_released:
+            try:
+                cb(addr)
+            except Exception:  # (a listener's bug must not fail the release)
+                log.exception("release of %s: a listener failed", addr)
 
     async def drop_all(self, why):
         """Fencing: remove every hosted address now (netlink first, the releaseip
@@ -173,6 +184,7 @@ class LocalAddresses:
                 del self.assigned[addr]
                 await self.record.set(addr, None)
                 self.tickles.forget(addr)
+                self._told_released(addr)
                 dropped.append((addr, iface, prefix))
         if dropped:
             log.error("fencing: %s: removed %s", why,

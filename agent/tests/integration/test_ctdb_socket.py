@@ -93,8 +93,8 @@ def recv_packet(s):
             return got[0]
 
 
-def control(s, opcode, data=b"", reqid=1):
-    s.sendall(P.pack(P.REQ_CONTROL, reqid, P.control_body(opcode, data),
+def control(s, opcode, data=b"", reqid=1, srvid=0):
+    s.sendall(P.pack(P.REQ_CONTROL, reqid, P.control_body(opcode, data, srvid=srvid),
                      destnode=P.CURRENT_NODE, srcnode=0))
     h, body = recv_packet(s)
     assert h.operation == P.REPLY_CONTROL and h.reqid == reqid
@@ -325,3 +325,81 @@ def test_ctdb_ip_all_and_ifaces_as_ctdb_prints_them(cluster):
     assert r.returncode == 0, r.stderr
     hosted = sum(1 for p in ours.values() if p == "1")
     assert r.stdout.splitlines()[1:] == [f"|eth0|1|{hosted}|"]
+
+
+def next_message(s, srvid, timeout=15):
+    """The data of the next REQ_MESSAGE to ``srvid`` on ``s`` (others skipped)."""
+    r = P.PacketReader()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        s.settimeout(max(0.1, deadline - time.monotonic()))
+        data = s.recv(65536)
+        assert data, "connection closed"
+        for h, body in r.feed(data):
+            if h.operation == P.REQ_MESSAGE:
+                m = P.parse_message(body)
+                if m.srvid == srvid:
+                    return m.data
+    raise AssertionError(f"no message to srvid 0x{srvid:x} within {timeout}s")
+
+
+def test_a_released_address_is_told_to_clients_registered_for_release_ip(cluster):
+    """smbd registers CTDB_SRVID_RELEASE_IP to end the sessions on an address that
+    moves away; the node that releases it sends the address to that srvid."""
+    c = cluster
+    ip = next(i for i in c.call(0, "ip")["ips"] if i["pnn"] == 1)["address"]
+    s = raw(c, 1)
+    assert control(s, M.REGISTER_SRVID, srvid=M.SRVID_RELEASE_IP)[0] == 0
+    r = ctdb(c, 0, "moveip", ip, "2")
+    assert r.returncode == 0, r.stderr
+    assert next_message(s, M.SRVID_RELEASE_IP) == ip.encode() + b"\0"
+    s.close()
+    c.wait_for(lambda: all(i["pnn"] != -1 for i in c.call(0, "ip")["ips"]), 30)
+
+
+def test_notify_data_is_sent_when_its_client_goes(cluster):
+    """REGISTER_NOTIFY: when the registering client's connection closes, its data goes
+    to the srvid on its node (DEREGISTER_NOTIFY takes it back)."""
+    c = cluster
+    srvid = 0xAB00000000000001
+    watcher, going, kept = raw(c, 2), raw(c, 2), raw(c, 2)
+    assert control(watcher, M.REGISTER_SRVID, srvid=srvid)[0] == 0
+    note = struct.pack("<QI", srvid, 3) + b"bye"
+    assert control(going, M.REGISTER_NOTIFY, note)[0] == 0
+    assert control(kept, M.REGISTER_NOTIFY, struct.pack("<QI", srvid, 4) + b"kept")[0] == 0
+    assert control(kept, M.DEREGISTER_NOTIFY, struct.pack("<Q", srvid))[0] == 0
+    kept.close()
+    going.close()
+    assert next_message(watcher, srvid) == b"bye"
+    status, _d, err = control(raw(c, 2), M.REGISTER_NOTIFY, b"short")
+    assert status == -1 and "notify data of 5 bytes" in err
+    watcher.close()
+
+
+def test_tcp_client_is_accepted(cluster):
+    s = raw(cluster, 0)
+    assert control(s, M.TCP_CLIENT, M.sock_addr("10.0.0.1", 445) + M.sock_addr(
+        "10.0.0.2", 50000))[0] == 0
+    s.close()
+
+
+def test_bad_calls_get_an_error_reply_or_close_only_their_connection(cluster):
+    """REQ_CALL for a database that is not attached, or with an unknown call function:
+    REPLY_ERROR naming it, and the connection goes on; a call too short to read closes
+    the connection; the agent serves the next client."""
+    c = cluster
+    s = raw(c, 0)
+    s.sendall(P.pack(P.REQ_CALL, 9, P.call_body(0x12345678, b"key"), destnode=P.CURRENT_NODE,
+                     srcnode=0))
+    h, body = recv_packet(s)
+    assert (h.operation, h.reqid) == (P.REPLY_ERROR, 9)
+    assert b"no database 0x12345678" in body
+    s.sendall(P.pack(P.REQ_CALL, 10, P.call_body(0x12345678, b"key", callid=7),
+                     destnode=P.CURRENT_NODE, srcnode=0))
+    h, body = recv_packet(s)
+    assert h.operation == P.REPLY_ERROR and b"call function 0x00000007" in body
+    assert control(s, M.GET_PNN, reqid=11)[0] == 0
+    s.sendall(P.pack(P.REQ_CALL, 12, b"\0" * 10, destnode=P.CURRENT_NODE, srcnode=0))
+    assert recv_packet(s) is None  # closed
+    assert control(raw(c, 0), M.GET_PNN)[0] == 0
+    assert "Traceback" not in c.log(0)

@@ -127,3 +127,14 @@ def test_the_files_are_tdb_files_with_ctdb_header(cluster):
     assert rsn >= 1 and dmaster in (0, 1, 2) and len(value) == 8
     assert int(ctdb(c, 1, "getdbseqnum", "registry.tdb").strip(), 16) == \
         int.from_bytes(value, "little")
+
+
+def test_ctdb_catdb_traverses_samba_databases(cluster):
+    """Debian's `ctdb catdb` (TRAVERSE_START_EXT, the records as messages) lists the
+    registry as net wrote it, with Samba's sequence number record."""
+    c = cluster
+    out = ctdb(c, 2, "catdb", "registry.tdb")
+    assert 'key(23) = "__db_sequence_number__\\00"' in out
+    assert "SMBCONF\\5CGLOBAL" in out
+    n = int(out.strip().splitlines()[-1].split()[1])  # "Dumped N records"
+    assert n > 10, out[-500:]

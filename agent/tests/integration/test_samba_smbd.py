@@ -86,8 +86,9 @@ def samba(tmp_path_factory):
             subprocess.run(["ip", "addr", "add", f"{c.address(p)}/32", "dev", "lo"],
                            check=True)
             added.append(c.address(p))
+        c.smb = {}
         for p in range(3):
-            conf = smb_conf(c, p, base, share)
+            conf = c.smb[p] = smb_conf(c, p, base, share)
             out = open(os.path.join(base, f"smbd{p}.out"), "w")
             procs.append(subprocess.Popen(
                 ["smbd", "--foreground", "--no-process-group", "--debug-stdout", "-d", "1",
@@ -209,3 +210,28 @@ def test_samba_databases_are_tdb_files_on_every_node(samba):
         for name in ("locking.tdb", "brlock.tdb", "smbXsrv_open_global.tdb", "g_lock.tdb"):
             assert f"name:{name} path:{c.node_dir(p)}/db/volatile/{name}.{p}" in r.stdout
         assert "Traceback" not in c.log(p)
+
+
+def test_smbstatus_on_one_node_lists_every_node_sessions_and_open_files(samba):
+    """smbstatus (a traverse of smbXsrv_session_global.tdb and locking.tdb through
+    CTDB's socket) on node 1 shows the sessions and open files of nodes 0 and 2."""
+    c = samba
+    share = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE
+    conns = []
+    try:
+        c0, t0 = tree(c, 0)
+        c2, t2 = tree(c, 2)
+        conns += [c0, c2]
+        f0, f2 = open_file(t0, "status0.txt", share), open_file(t2, "status2.txt", share)
+        r = subprocess.run(["smbstatus", "-s", c.smb[1]], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        assert "status0.txt" in r.stdout and "status2.txt" in r.stdout, r.stdout
+        pids = {ln.split()[0].split(":")[0] for ln in r.stdout.splitlines()
+                if ln[:1].isdigit() and ":" in ln.split()[0]}
+        assert {"0", "2"} <= pids, r.stdout
+        f0.close()
+        f2.close()
+    finally:
+        for x in conns:
+            x.disconnect()

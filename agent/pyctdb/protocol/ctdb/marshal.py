@@ -66,6 +66,8 @@ NAMES = {v: k for k, v in globals().items() if k.isupper() and isinstance(v, int
 
 # srvids of messages
 SRVID_LEADER = 0xF101000000000000
+SRVID_RELEASE_IP = 0xF300000000000000
+SRVID_TAKE_IP = 0xF301000000000000
 SRVID_TAKEOVER_RUN = 0xFB00000000000000
 SRVID_DISABLE_TAKEOVER_RUNS = 0xFB03000000000000
 
@@ -255,6 +257,32 @@ def parse_marshall_buffer(data, limit=1 << 20):
         out.append((bytes(data[k:k + klen]), bytes(data[k + klen:k + klen + dlen])))
         off += length
     return db_id, out
+
+
+def rec_data(reqid, key, data) -> bytes:
+    """One ``ctdb_rec_data_old`` (a traverse's record: its data is the ltdb header and
+    the value; ``key`` and ``data`` empty: the traverse's end)."""
+    return _REC.pack(_REC.size + len(key) + len(data), reqid, len(key), len(data)) + key + data
+
+
+def parse_traverse_start(data):
+    """``(db_id, reqid, srvid, withemptyrecords)`` of a ``ctdb_traverse_start`` (u32
+    db_id, u32 reqid, u64 srvid) or ``ctdb_traverse_start_ext`` (the same, then a bool)."""
+    if len(data) < 16:
+        raise ValueError(f"traverse start of {len(data)} bytes, not 16")
+    db_id, reqid, srvid = struct.unpack_from("<IIQ", data)
+    return db_id, reqid, srvid, bool(len(data) > 16 and data[16])
+
+
+def parse_notify_data(data):
+    """``(srvid, data)`` of a ``ctdb_notify_data_old`` (u64 srvid, u32 length, the
+    data)."""
+    if len(data) < 12:
+        raise ValueError(f"notify data of {len(data)} bytes, shorter than 12")
+    srvid, n = struct.unpack_from("<QI", data)
+    if n > len(data) - 12:
+        raise ValueError(f"notify data says {n} bytes, has {len(data) - 12}")
+    return srvid, bytes(data[12:12 + n])
 
 
 def marshall_buffer(db_id, recs) -> bytes:
