@@ -11,6 +11,7 @@ Each smbd listens on its node's address (added to ``lo`` for the test) on a port
 its own. Cross-node semantics work only if the records Samba keeps in locking.tdb and
 brlock.tdb migrate between the nodes: through REQ_CALL and pyctdb's migration."""
 
+import contextlib
 import os
 import shutil
 import signal
@@ -133,6 +134,22 @@ def tree(c, pnn):
     return conn, t
 
 
+@contextlib.contextmanager
+def trees(c, *pnns):
+    """Trees connected to the share through each of ``pnns`` (disconnected after)."""
+    conns = []
+    try:
+        out = []
+        for p in pnns:
+            conn, t = tree(c, p)
+            conns.append(conn)
+            out.append(t)
+        yield out
+    finally:
+        for x in conns:
+            x.disconnect()
+
+
 def open_file(t, name, share):
     f = Open(t, name)
     f.create(ImpersonationLevel.Impersonation,
@@ -154,11 +171,7 @@ def test_written_through_one_node_read_through_another(samba, tmp_path):
 
 def test_a_share_mode_taken_on_one_node_holds_on_another(samba):
     c = samba
-    conns = []
-    try:
-        c0, t0 = tree(c, 0)
-        c2, t2 = tree(c, 2)
-        conns += [c0, c2]
+    with trees(c, 0, 2) as (t0, t2):
         f0 = open_file(t0, "deny.txt", ShareAccess.FILE_SHARE_READ)  # others: no write
         with pytest.raises(SMBResponseException) as ei:
             open_file(t2, "deny.txt", ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE)
@@ -166,19 +179,12 @@ def test_a_share_mode_taken_on_one_node_holds_on_another(samba):
         f0.close()
         open_file(t2, "deny.txt", ShareAccess.FILE_SHARE_READ
                   | ShareAccess.FILE_SHARE_WRITE).close()
-    finally:
-        for x in conns:
-            x.disconnect()
 
 
 def test_a_byte_range_lock_on_one_node_holds_on_another(samba):
     c = samba
     share = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE
-    conns = []
-    try:
-        c0, t0 = tree(c, 0)
-        c2, t2 = tree(c, 2)
-        conns += [c0, c2]
+    with trees(c, 0, 2) as (t0, t2):
         f0, f2 = open_file(t0, "locked.txt", share), open_file(t2, "locked.txt", share)
         f0.write(b"x" * 100, 0)
 
@@ -196,9 +202,6 @@ def test_a_byte_range_lock_on_one_node_holds_on_another(samba):
         lock(f2, LockFlags.SMB2_LOCKFLAG_UNLOCK)
         f0.close()
         f2.close()
-    finally:
-        for x in conns:
-            x.disconnect()
 
 
 def test_samba_databases_are_tdb_files_on_every_node(samba):
@@ -217,11 +220,7 @@ def test_smbstatus_on_one_node_lists_every_node_sessions_and_open_files(samba):
     CTDB's socket) on node 1 shows the sessions and open files of nodes 0 and 2."""
     c = samba
     share = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE
-    conns = []
-    try:
-        c0, t0 = tree(c, 0)
-        c2, t2 = tree(c, 2)
-        conns += [c0, c2]
+    with trees(c, 0, 2) as (t0, t2):
         f0, f2 = open_file(t0, "status0.txt", share), open_file(t2, "status2.txt", share)
         r = subprocess.run(["smbstatus", "-s", c.smb[1]], capture_output=True, text=True,
                            timeout=60)
@@ -232,6 +231,3 @@ def test_smbstatus_on_one_node_lists_every_node_sessions_and_open_files(samba):
         assert {"0", "2"} <= pids, r.stdout
         f0.close()
         f2.close()
-    finally:
-        for x in conns:
-            x.disconnect()
