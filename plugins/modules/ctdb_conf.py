@@ -22,6 +22,13 @@ description:
   - The section C(pyctdb:tunables) holds cluster-wide tunables (CTDB's names, for example
     C(MonitorInterval)); they override every node's tunables file. Names and values are
     checked; a bad one fails the task and changes nothing.
+  - With O(registry=samba), the section is one of Samba's own registry configuration
+    (C(net conf), what smbd reads with C(include = registry)), clustered through pyctdb's
+    CTDB socket. The node needs Samba's C(net) and an smb.conf with C(clustering = yes).
+    Samba stores a parameter under its canonical name (C(writeable = yes) is kept as
+    C(read only = no)); the module asks Samba itself, in a private scratch registry, what
+    the section would be, so a second run is unchanged. The change is one transaction
+    (C(net conf import) of the section, or C(net conf delshare)), on every node.
 extends_documentation_fragment:
   - pyctdb.cluster.agent
 author:
@@ -47,6 +54,20 @@ options:
     type: str
     choices: [present, absent]
     default: present
+  registry:
+    description:
+      - V(pyctdb) - pyctdb's own cluster registry (C(pyctdb conf)).
+      - V(samba) - Samba's registry configuration (C(net conf)), on a node where Samba
+        runs clustered on pyctdb.
+    type: str
+    choices: [pyctdb, samba]
+    default: pyctdb
+  smb_conf:
+    description:
+      - With O(registry=samba), the smb.conf C(net) reads (its C(clustering = yes) and
+        C(ctdbd socket) reach pyctdb).
+    type: path
+    default: /etc/samba/smb.conf
   exclusive:
     description:
       - With O(state=present), remove the parameters of the section that are not in
@@ -89,6 +110,16 @@ EXAMPLES = r"""
       MonitorInterval: 20
   run_once: true
 
+- name: A share in Samba's own registry configuration (smbd reads it on every node)
+  pyctdb.cluster.ctdb_conf:
+    registry: samba
+    section: data
+    params:
+      path: /srv/data
+      writeable: true
+  become: true
+  run_once: true
+
 - name: Remove a share
   pyctdb.cluster.ctdb_conf:
     section: data
@@ -117,7 +148,7 @@ exists:
 seqnum:
   description: The registry database's sequence number afterwards (before, in check
     mode).
-  returned: success
+  returned: with O(registry=pyctdb)
   type: int
   sample: 7
 """
@@ -126,6 +157,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.pyctdb.cluster.plugins.module_utils.pyctdb_client import (
     DEFAULT_SOCKET, agent_argument_spec, Client, PyctdbError, fail_from_error)
+from ansible_collections.pyctdb.cluster.plugins.module_utils import samba_registry
 
 
 def main():
@@ -135,6 +167,8 @@ def main():
             params=dict(type="raw"),
             state=dict(type="str", default="present", choices=["present", "absent"]),
             exclusive=dict(type="bool", default=False),
+            registry=dict(type="str", default="pyctdb", choices=["pyctdb", "samba"]),
+            smb_conf=dict(type="path", default="/etc/samba/smb.conf"),
         ),
         supports_check_mode=True,
     )
@@ -162,6 +196,8 @@ def main():
         else:
             module.fail_json(msg="params must be a list of parameter names (or a "
                                  "dictionary) with state=absent", changed=False)
+    if p["registry"] == "samba":
+        samba(module, p["section"], args)
     socket_path = p["socket"] or DEFAULT_SOCKET
     client = Client(socket_path, timeout=30)
     try:
@@ -183,6 +219,31 @@ def main():
                           "after": after["text"] if after else "",
                           "before_header": "registry [%s]" % res["section"],
                           "after_header": "registry [%s]" % res["section"]}
+    module.exit_json(**result)
+
+
+def samba(module, section, args):
+    """The section of Samba's registry configuration (module_utils/samba_registry.py)."""
+    net = samba_registry.NetConf(module.params["smb_conf"],
+                                 module.get_bin_path("net", required=True))
+    try:
+        before = net.section(section)
+        after = samba_registry.wanted(net, section, before, **args)
+        changed = after != before
+        if changed and not module.check_mode:
+            samba_registry.apply(net, section, after)
+            got = net.section(section)
+            if got != after:
+                module.fail_json(msg="section %s: Samba's registry has %r after the change, "
+                                     "not %r" % (section, got, after), changed=True)
+    except samba_registry.SambaRegistryError as exc:
+        module.fail_json(msg="section %s: %s" % (section, exc.message), changed=False)
+    result = dict(changed=changed, section=section, exists=after is not None,
+                  params=samba_registry.parse_section(after) if after else [])
+    if module._diff:
+        result["diff"] = {"before": before or "", "after": after or "",
+                          "before_header": "samba registry [%s]" % section,
+                          "after_header": "samba registry [%s]" % section}
     module.exit_json(**result)
 
 

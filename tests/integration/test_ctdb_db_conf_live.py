@@ -113,3 +113,55 @@ def test_ctdb_db(local, helpers):
         rc, r = mod(helpers, c, 0, "ctdb_db", bad)
         assert rc != 0 and msg in r["msg"] and r["changed"] is False, (bad, r)
     assert "bad/name" not in c.cli(0, "getdbmap").stdout
+
+
+def test_ctdb_conf_on_samba_registry(local, helpers, tmp_path):
+    """registry=samba: Samba's own registry configuration (net conf, clustered through
+    pyctdb's CTDB socket). Check mode changes nothing; names Samba stores otherwise
+    (writeable -> read only) are idempotent; exclusive; absent; every node's net sees it."""
+    import shutil
+    import subprocess
+    if shutil.which("net") is None:
+        pytest.skip("Samba's net (samba-common-bin) is missing")
+    from pyctdb.testing.samba import write_smb_conf
+    c = local
+    smb = {p: write_smb_conf(str(tmp_path / f"samba{p}"), c.ctdb_socket(p)) for p in range(3)}
+
+    def run(pnn, args, **kw):
+        return mod(helpers, c, pnn, "ctdb_conf", dict(args, registry="samba",
+                                                      smb_conf=smb[pnn]), **kw)
+
+    def showshare(pnn, section):
+        r = subprocess.run(["net", "-s", smb[pnn], "conf", "showshare", section],
+                           capture_output=True, text=True)
+        return r.stdout if r.returncode == 0 else None
+    a = {"section": "data", "params": {"path": "/srv/data", "writeable": True}}
+    rc, r = run(0, a, check=True, diff=True)
+    assert rc == 0 and r["changed"] is True, r
+    assert r["diff"]["before"] == ""
+    assert r["diff"]["after"] == "[data]\n\tpath = /srv/data\n\tread only = no\n"
+    assert showshare(1, "data") is None  # check mode changed nothing
+    rc, r = run(0, a, diff=True)
+    assert rc == 0 and r["changed"] is True and r["exists"] is True, r
+    assert r["params"] == [["path", "/srv/data"], ["read only", "no"]]
+    assert showshare(2, "data") == "[data]\n\tpath = /srv/data\n\tread only = no\n"
+    rc, r = run(1, a)  # (writeable = yes is read only = no: unchanged)
+    assert rc == 0 and r["changed"] is False, r
+    rc, r = run(2, {"section": "data", "params": {"comment": "shared"}}, diff=True)
+    assert rc == 0 and r["changed"] is True, r
+    assert "comment = shared" in showshare(0, "data") and "path = /srv/data" in \
+        showshare(0, "data")
+    rc, r = run(1, {"section": "data", "params": {"path": "/srv/d2"}, "exclusive": True})
+    assert rc == 0 and r["changed"] is True, r
+    assert showshare(0, "data") == "[data]\n\tpath = /srv/d2\n"
+    rc, r = run(0, {"section": "global", "params": {"workgroup": "PYCTDB"}})
+    assert rc == 0 and r["changed"] is True, r
+    rc, r = run(0, {"section": "data", "state": "absent"}, diff=True)
+    assert rc == 0 and r["changed"] is True and r["exists"] is False, r
+    assert showshare(2, "data") is None and "workgroup = PYCTDB" in showshare(2, "global")
+    rc, r = run(0, {"section": "data", "state": "absent"})
+    assert rc == 0 and r["changed"] is False, r
+    # a parameter Samba does not know: a clear error, nothing changed
+    rc, r = run(0, {"section": "global", "params": {"no such parameter": "1"}})
+    assert rc != 0 and r["changed"] is False and "setparm" in r["msg"], r
+    assert "no such parameter" not in showshare(1, "global")
