@@ -10,6 +10,12 @@ on real containers with systemd as PID 1, for each scenario:
   six public addresses, site.yml, then playbooks/failover_test.yml: every node x every
   fault (kill, stop, netcut, monitor, disable), timed against the limits, every address
   on exactly one healthy node after each fault and restore.
+* ``samba`` (molecule/samba): three nodes snode1..3 from localhost/pyctdb-node-samba:bookworm
+  (``scripts/build-node-image.sh --samba``) and an SMB client, sclient, on
+  pyctdb-molecule-samba: site.yml with ``pyctdb_samba`` (Debian's smbd clustered on
+  pyctdb), a share in Samba's registry configuration, idempotence; a file written
+  through one public address is read through another; a node whose smbd stops becomes
+  UNHEALTHY and its address moves, still serving the share.
 
 Each always destroys its containers and network (also when a step fails).
 A run that fails because the container engine failed (Molecule's connection to a
@@ -41,7 +47,10 @@ SCENARIOS = {
     "default": ("create", "prepare", "converge", "idempotence", "verify", "side_effect",
                 "destroy"),
     "failover": ("create", "prepare", "converge", "verify", "destroy"),
+    "samba": ("create", "prepare", "converge", "idempotence", "verify", "destroy"),
 }
+#: Scenario -> the arguments of scripts/build-node-image.sh for its image.
+IMAGES = {"samba": ["--samba"]}
 
 pytestmark = [pytest.mark.molecule, pytest.mark.timeout(3600)]
 
@@ -141,7 +150,8 @@ def test_molecule_scenario(scenario):
         molecule = shutil.which("molecule", path=env["PATH"])
     assert molecule, "molecule is not installed (scripts/setup-host.sh installs it)"
 
-    build = subprocess.run([os.path.join(REPO, "scripts", "build-node-image.sh")], cwd=REPO,
+    build = subprocess.run([os.path.join(REPO, "scripts", "build-node-image.sh")]
+                           + IMAGES.get(scenario, []), cwd=REPO,
                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            universal_newlines=True, timeout=1800)
     assert build.returncode == 0, "scripts/build-node-image.sh failed:\n" + build.stdout
