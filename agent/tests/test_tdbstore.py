@@ -221,3 +221,37 @@ def test_components_read_only_through_the_waiting_reads():
                     and isinstance(node.func.value, ast.Name) and node.func.value.id == "st":
                 bad.append(f"{name}:{node.lineno} st.{node.func.attr}")
     assert not bad, bad
+
+
+TRY_LOCK = """
+import sys
+sys.path.insert(0, %r)
+from pyctdb.server.db.tdbfile import TdbFile, ctdb_tdb_flags
+f = TdbFile(%r, ctdb_tdb_flags(False))
+print("locked" if f.chainlock(b"k", block=False) else "busy")
+"""
+
+
+def _try_lock(path):
+    """What smbd would get now for record k's chain (another process): locked or busy."""
+    return subprocess.run([sys.executable, "-c", TRY_LOCK % (str(AGENT), path)],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_a_freeze_holds_smbd_off_the_volatile_files_until_the_thaw(vol):
+    """As CTDB's freeze: while a recovery runs, another process (smbd) cannot take a
+    record of a volatile TDB file; the node's own writes (the recovery's push, in place
+    without a transaction) go on; the thaw lets smbd in again."""
+    async def go():
+        await vol.create("locking.tdb", 5)
+        await vol.store("locking.tdb", b"k", Record(1, 2, 0, b"before"))
+        await vol.freeze()
+        busy = _try_lock(vol.file_path("locking.tdb"))
+        await vol.replace_raw("locking.tdb", [(b"k", Record(3, 2, 0, b"pushed").pack())])
+        await vol.store("locking.tdb", b"j", Record(1, 2, 0, b"x"))
+        got = await vol.read("locking.tdb", b"k")
+        vol.thaw()
+        await vol.barrier()
+        return busy, got, _try_lock(vol.file_path("locking.tdb"))
+    busy, got, after = run(go())
+    assert busy == "busy" and got.value == b"pushed" and after == "locked"

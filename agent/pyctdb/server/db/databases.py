@@ -271,8 +271,16 @@ class Databases:
         if not self.frozen:
             return False
         self.frozen = False
+        for st in self.tdb_stores.values():  # (smbd may take its records again)
+            st.thaw()
         self.thawed.set()
         return True
+
+    async def freeze_files(self):
+        """After :meth:`freeze`: the TDB files that smbd writes itself are locked whole
+        until the thaw (:meth:`.tdbstore.TdbStore.freeze`)."""
+        for st in self.tdb_stores.values():
+            await st.freeze()
 
     # -- the components' public methods ------------------------------------------------------
     # -- the leader's recovery and the cycle (wired by the daemon) -------------------------

@@ -52,6 +52,7 @@ class Recovery:
         # no client writes from now (a client holding a record delays this), and writes
         # queued before the freeze are done
         await dbs.gate.close()
+        await dbs.freeze_files()  # (and smbd's writes of the TDB files)
         for st in dbs.backends():
             await st.barrier()
         infos, _problems = dbs.dbmap()

@@ -73,7 +73,8 @@ def _library():
                    "tdb_chainunlock", "tdb_chainlock_read_nonblock", "tdb_chainunlock_read"):
             getattr(lib, fn).argtypes = [ctypes.c_void_p, _Data]
         for fn in ("tdb_error", "tdb_transaction_start", "tdb_transaction_commit",
-                   "tdb_transaction_cancel", "tdb_get_seqnum", "tdb_wipe_all"):
+                   "tdb_transaction_cancel", "tdb_get_seqnum", "tdb_wipe_all",
+                   "tdb_lockall_nonblock", "tdb_unlockall"):
             getattr(lib, fn).argtypes = [ctypes.c_void_p]
         lib.tdb_errorstr.restype = ctypes.c_char_p
         lib.tdb_errorstr.argtypes = [ctypes.c_void_p]
@@ -188,6 +189,14 @@ class TdbFile:
     def chainunlock_read(self, key: bytes):
         self._check(self._lib.tdb_chainunlock_read(self._tdb, _data(key)),
                     "chain read unlock")
+
+    def lockall_nonblock(self) -> bool:
+        """Lock the whole file (every chain), not waiting: False when another process
+        holds a lock in it. This process's own locks nest inside it."""
+        return self._lib.tdb_lockall_nonblock(self._tdb) == 0
+
+    def unlockall(self):
+        self._check(self._lib.tdb_unlockall(self._tdb), "unlock all")
 
     @contextlib.contextmanager
     def locked(self, key: bytes):

@@ -87,6 +87,8 @@ class TdbStore(StorageBackend):
         self.meta = {}
         self.on_disk_error = None
         self._files = {}            # name -> TdbFile (touched in the worker only)
+        self._frozen = set()        # names whose whole file this node holds (worker only)
+        self._freeze_id = 0         # +1 at every freeze and thaw (on the loop)
         self._open = False
         self._exec = ThreadPoolExecutor(1, thread_name_prefix=f"tdb-{self.kind}")
 
@@ -238,6 +240,9 @@ class TdbStore(StorageBackend):
         def job():
             f = self._files.pop(name, None)
             if f is not None:
+                if name in self._frozen:
+                    self._frozen.discard(name)
+                    f.unlockall()
                 f.close()
             try:
                 os.unlink(self.file_path(name))
@@ -342,18 +347,24 @@ class TdbStore(StorageBackend):
             writes.append((SEQNUM_KEY, records.Record((old.rsn if old else 0) + 1, self.pnn,
                                                       0, SEQNUM.pack(seqnum))))
 
+        def write(f):
+            if replace:
+                f.wipe()
+            for key, rec in writes:
+                if self.persistent and rec.deleted:
+                    f.delete(key)
+                else:
+                    f.store(key, from_record(rec))
+
         def job():
             if check is not None:
                 check()
             f = self._file(name)
-            with f.transaction():
-                if replace:
-                    f.wipe()
-                for key, rec in writes:
-                    if self.persistent and rec.deleted:
-                        f.delete(key)
-                    else:
-                        f.store(key, from_record(rec))
+            if name in self._frozen:  # (volatile, under the freeze's lock: libtdb has no
+                write(f)              # transaction while a lock is held; none is needed)
+            else:
+                with f.transaction():
+                    write(f)
             self._note_seqnum(name, f, seqnum)
         await self._call(job)
         if replace:
@@ -396,6 +407,44 @@ class TdbStore(StorageBackend):
             if k is not None:
                 kept.append(k)
         return kept
+
+    # -- a recovery's freeze -------------------------------------------------------------
+    async def freeze(self):
+        """A recovery's freeze of the volatile databases: each file locked whole
+        (``tdb_lockall``, not waiting, retried as a chain lock is), so that smbd, which
+        takes a record's chain lock to read or write it, waits until :meth:`thaw`, as
+        in CTDB. This node's own writes go on under it (libtdb's locks nest in the
+        process that holds them). Persistent databases need none: Samba changes them
+        only through TRANS3_COMMIT, refused while frozen."""
+        if self.persistent or not self.available:
+            return
+        self._freeze_id += 1
+        mine = self._freeze_id
+        for name in sorted(self.meta):
+            await self._call(self._lock_whole, name)
+            if self._freeze_id != mine:  # thawed meanwhile: what this freeze took goes
+                self.thaw()
+                return
+
+    def _lock_whole(self, name):
+        if name in self._frozen:
+            return
+        if not self._file(name).lockall_nonblock():
+            raise _Busy(f"database {name} has a record locked")
+        self._frozen.add(name)
+
+    def thaw(self):
+        """The freeze ends: every file this node locked whole is let go (queued to the
+        worker, after the writes of the recovery)."""
+        def job():
+            for name in sorted(self._frozen):
+                f = self._files.get(name)
+                if f is not None:
+                    f.unlockall()
+            self._frozen.clear()
+        self._freeze_id += 1
+        if self.available:
+            self._exec.submit(job)
 
     async def barrier(self):
         if self.available:
