@@ -99,6 +99,7 @@ def samba(tmp_path_factory):
                    what="every smbd listening")
         c.share = share
         c.base = base
+        c.smbd = {p: pr.pid for p, pr in enumerate(procs)}
         yield c
     finally:
         for pr in procs:
@@ -231,3 +232,15 @@ def test_smbstatus_on_one_node_lists_every_node_sessions_and_open_files(samba):
         assert {"0", "2"} <= pids, r.stdout
         f0.close()
         f2.close()
+
+
+def test_samba_messages_cross_nodes_through_pyctdb(samba):
+    """smbcontrol on node 0 pings node 2's smbd (Samba's messaging: a REQ_MESSAGE to
+    node 2's smbd through pyctdb), which answers across the cluster with a PONG."""
+    c = samba
+    if shutil.which("smbcontrol") is None:
+        pytest.skip("smbcontrol is missing")
+    r = subprocess.run(["smbcontrol", "-s", c.smb[0], f"2:{c.smbd[2]}", "ping"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert f"PONG from pid 2:{c.smbd[2]}" in r.stdout, r.stdout
