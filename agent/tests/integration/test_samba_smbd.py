@@ -14,15 +14,13 @@ brlock.tdb migrate between the nodes: through REQ_CALL and pyctdb's migration.""
 import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import uuid
 
 import pytest
 
 from pyctdb.testing.localcluster import LocalCluster
-from pyctdb.testing.samba import write_smb_conf
+from pyctdb.testing.samba import SmbdNodes
 
 smbprotocol = pytest.importorskip("smbprotocol")
 from smbprotocol.connection import Connection  # noqa: E402
@@ -45,75 +43,20 @@ STATUS_SHARING_VIOLATION = 0xC0000043
 LOCK_REFUSED = (0xC0000054, 0xC0000055)  # FILE_LOCK_CONFLICT, LOCK_NOT_GRANTED
 
 
-def smb_conf(c, pnn, base, share):
-    return write_smb_conf(os.path.join(base, f"samba{pnn}"), c.ctdb_socket(pnn), f"""\
-netbios name = PYCTDB
-server role = standalone server
-interfaces = {c.address(pnn)}
-bind interfaces only = yes
-smb ports = {PORT}
-map to guest = bad user
-disable spoolss = yes
-load printers = no
-""", f"""
-[data]
-path = {share}
-writeable = yes
-guest ok = yes
-force user = root
-""")
-
-
-def listening(address, port):
-    try:
-        socket.create_connection((address, port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def samba(tmp_path_factory):
     base = str(tmp_path_factory.mktemp("smbd"))
-    share = os.path.join(base, "share")
-    os.makedirs(share, mode=0o777)
-    os.chmod(share, 0o777)
     c = LocalCluster(3, base_dir=os.path.join(base, "c"))
-    added, procs = [], []
+    nodes = SmbdNodes(base, [c.address(p) for p in range(3)],
+                      [c.ctdb_socket(p) for p in range(3)], port=PORT)
     try:
         c.start()
         c.wait_healthy(60)
-        for p in range(3):  # (smbd serves addresses its host's interfaces have)
-            subprocess.run(["ip", "addr", "add", f"{c.address(p)}/32", "dev", "lo"],
-                           check=True)
-            added.append(c.address(p))
-        c.smb = {}
-        for p in range(3):
-            conf = c.smb[p] = smb_conf(c, p, base, share)
-            out = open(os.path.join(base, f"smbd{p}.out"), "w")
-            procs.append(subprocess.Popen(
-                ["smbd", "--foreground", "--no-process-group", "--debug-stdout", "-d", "1",
-                 "-s", conf], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True))
-        c.wait_for(lambda: all(listening(c.address(p), PORT) for p in range(3)), 60,
-                   what="every smbd listening")
-        c.share = share
-        c.base = base
-        c.smbd = {p: pr.pid for p, pr in enumerate(procs)}
+        nodes.start()
+        c.smb, c.smbd, c.share = nodes.smb, nodes.pids, nodes.share
         yield c
     finally:
-        for pr in procs:
-            try:
-                os.killpg(pr.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for pr in procs:
-            try:
-                pr.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(pr.pid, signal.SIGKILL)
-        for a in added:
-            subprocess.run(["ip", "addr", "del", f"{a}/32", "dev", "lo"], capture_output=True)
+        nodes.stop()
         c.stop_all()
 
 
