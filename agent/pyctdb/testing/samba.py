@@ -112,10 +112,21 @@ force user = root
         while not all(listening(a) for a in self.addresses):
             dead = [p for p, pr in enumerate(self._procs) if pr.poll() is not None]
             if dead or time.monotonic() > deadline:
-                raise RuntimeError(f"smbd not listening (exited: {dead}); see "
-                                   f"{self.base}/smbd*.out")
+                raise RuntimeError(f"smbd not listening on {self.addresses} port "
+                                   f"{self.port} (exited: {dead}):\n" + self._outputs())
             time.sleep(0.1)
         return self
+
+    def _outputs(self):
+        """The last lines each smbd wrote."""
+        out = []
+        for p in range(len(self._procs)):
+            try:
+                with open(os.path.join(self.base, f"smbd{p}.out")) as f:
+                    out.append(f"smbd{p}.out: " + " | ".join(f.read().splitlines()[-8:]))
+            except OSError:
+                pass
+        return "\n".join(out)
 
     def stop(self):
         for pr in self._procs:
