@@ -6,7 +6,8 @@
 #   etcd-server and etcd-client (the cluster lock on etcd: a 3-member etcd cluster in the
 #   tests), python3-etcd (CTDB's ctdb_etcd_lock imports it) and python3-etcd3,
 #   samba-common-bin (Samba's `net`: its clustered registry runs on pyctdb's CTDB socket
-#   in the tests), samba and smbclient (clustered smbd on pyctdb in the tests; the
+#   in the tests), samba, smbclient and samba-testsuite (clustered smbd on pyctdb in
+#   the tests, smbtorture against it; the
 #   package's own smbd/nmbd services are stopped and disabled), libtdb1, tdb-tools and
 #   python3-tdb (the TDB files Samba shares)
 # - Python packages into a virtualenv at ${PYCTDB_VENV:-.venv}
@@ -17,7 +18,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 need_apt=()
 for pkg in debootstrap iproute2 rsync ctdb etcd-server etcd-client python3-etcd python3-etcd3 \
-           samba-common-bin samba smbclient libtdb1 tdb-tools python3-tdb; do
+           samba-common-bin samba smbclient samba-testsuite libtdb1 tdb-tools python3-tdb; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 docker_engine=0

@@ -187,3 +187,25 @@ def test_samba_messages_cross_nodes_through_pyctdb(samba):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, (r.stdout, r.stderr)
     assert f"PONG from pid 2:{c.smbd[2]}" in r.stdout, r.stdout
+
+
+def test_smbtorture_smb2_lock_passes_on_the_cluster(samba):
+    """Samba's own test suite, smbtorture's smb2.lock (samba-testsuite), against node
+    1's smbd, as a clustered Samba (its ctdb-delrec-deadlock test runs only there): no
+    failure. The account is made with pdbedit on node 0 (passdb.tdb: a persistent
+    database, written through TRANS3_COMMIT) and used through node 1."""
+    c = samba
+    if shutil.which("smbtorture") is None or shutil.which("pdbedit") is None:
+        pytest.skip("smbtorture (samba-testsuite) or pdbedit is missing")
+    r = subprocess.run(["pdbedit", "-s", c.smb[0], "-a", "-u", "root", "-t"],
+                       input="torture-pw\ntorture-pw\n", capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    r = subprocess.run(["smbtorture", f"//{c.address(1)}/data", "-p", str(PORT),
+                        "-U", "root%torture-pw", "--option=clustering=yes", "smb2.lock"],
+                       capture_output=True, text=True, timeout=600)
+    out = r.stdout
+    failed = [ln for ln in out.splitlines() if ln.startswith(("failure:", "error:"))]
+    assert not failed, out[-3000:]
+    assert "success: ctdb-delrec-deadlock" in out, out[-3000:]
+    assert out.count("\nsuccess:") >= 20, out[-3000:]
