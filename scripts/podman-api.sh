@@ -21,11 +21,22 @@ cgroup_manager = "cgroupfs"
 events_logger = "file"
 CONF
 fi
+# A service whose working directory was removed (it was started from a checkout that is
+# gone) answers, but cannot start a container ("conmon: Failed to get working
+# directory"): it is restarted.
+for pid in $(pgrep -f "podman system service" || true); do
+  if readlink "/proc/$pid/cwd" 2>/dev/null | grep -q ' (deleted)$'; then
+    echo "podman-api: restarting the service (its working directory was removed)" >&2
+    kill "$pid" 2>/dev/null || true
+    sleep 1
+  fi
+done
 if [ -S "$SOCK" ] && DOCKER_HOST=unix://$SOCK timeout 5 docker version >/dev/null 2>&1; then
   exit 0
 fi
 rm -f "$SOCK"
-nohup podman system service --time=0 "unix://$SOCK" >/var/log/podman-api.log 2>&1 &
+# (from /: the service, and the conmon of every container, keep this directory)
+(cd / && nohup podman system service --time=0 "unix://$SOCK" >/var/log/podman-api.log 2>&1 &)
 for _ in $(seq 1 50); do
   [ -S "$SOCK" ] && break
   sleep 0.2
