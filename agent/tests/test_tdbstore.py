@@ -255,3 +255,22 @@ def test_a_freeze_holds_smbd_off_the_volatile_files_until_the_thaw(vol):
         return busy, got, _try_lock(vol.file_path("locking.tdb"))
     busy, got, after = run(go())
     assert busy == "busy" and got.value == b"pushed" and after == "locked"
+
+
+def test_enable_seqnum_keeps_libtdb_sequence_number_on_the_open_file(vol):
+    """ENABLE_SEQNUM: DB_OPEN_FLAGS answers TDB_SEQNUM from then on, and the file the
+    agent holds open counts its writes (smbd's handle sees the same number)."""
+    from pyctdb.server.db.tdbfile import TDB_SEQNUM
+
+    async def go():
+        await vol.create("share_info.tdb", 4)
+        await vol.store("share_info.tdb", b"a", Record(1, 2, 0, b"1"))
+        before = vol._run_sync(lambda: vol._file("share_info.tdb").seqnum)
+        await vol.enable_seqnum("share_info.tdb")
+        await vol.store("share_info.tdb", b"b", Record(1, 2, 0, b"2"))
+        after = vol._run_sync(lambda: vol._file("share_info.tdb").seqnum)
+        return before, after
+    before, after = run(go())
+    assert before == 0 and after > 0
+    assert vol.tdb_flags("share_info.tdb") & TDB_SEQNUM
+    assert run(vol.read("share_info.tdb", b"a")).value == b"1"  # (nothing lost)

@@ -37,7 +37,9 @@ class DiskHealth:
         self.failing = {}
         self._next = 0.0
         self._tasks = set()
-        for st in dbs.backends():
+        # (LMDB's: a TDB write that fails for its disk is a StoreError; the probe below
+        # checks the directories the TDB files share)
+        for st in dbs.stores.values():
             st.on_disk_error = self.failed
 
     def failed(self, st, err):

@@ -74,7 +74,7 @@ def _library():
             getattr(lib, fn).argtypes = [ctypes.c_void_p, _Data]
         for fn in ("tdb_error", "tdb_transaction_start", "tdb_transaction_commit",
                    "tdb_transaction_cancel", "tdb_get_seqnum", "tdb_wipe_all",
-                   "tdb_lockall_nonblock", "tdb_unlockall"):
+                   "tdb_lockall_nonblock", "tdb_unlockall", "tdb_enable_seqnum"):
             getattr(lib, fn).argtypes = [ctypes.c_void_p]
         lib.tdb_errorstr.restype = ctypes.c_char_p
         lib.tdb_errorstr.argtypes = [ctypes.c_void_p]
@@ -233,6 +233,10 @@ class TdbFile:
     def seqnum(self) -> int:
         """libtdb's sequence number (kept with TDB_SEQNUM)."""
         return self._lib.tdb_get_seqnum(self._tdb)
+
+    def enable_seqnum(self):
+        """Keep libtdb's sequence number from now on (TDB_SEQNUM on an open file)."""
+        self._lib.tdb_enable_seqnum(self._tdb)
 
     def wipe(self):
         self._check(self._lib.tdb_wipe_all(self._tdb), "wipe")

@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pyctdb.errors import PyctdbError
 from pyctdb.rules import records
-from pyctdb.server.db.backend import StorageBackend, StoreError, probe_directory
+from pyctdb.server.db.backend import StorageBackend, StoreError
 from pyctdb.server.db.tdbfile import (TDB_SEQNUM, TdbError, TdbFile, ctdb_tdb_flags,
                                       ltdb_pack, ltdb_unpack)
 
@@ -85,7 +85,6 @@ class TdbStore(StorageBackend):
         self.error = None
         self.damaged = {}
         self.meta = {}
-        self.on_disk_error = None
         self._files = {}            # name -> TdbFile (touched in the worker only)
         self._frozen = set()        # names whose whole file this node holds (worker only)
         self._freeze_id = 0         # +1 at every freeze and thaw (on the loop)
@@ -153,11 +152,18 @@ class TdbStore(StorageBackend):
             raise ValueError(f"{MAP_FILE} is not a JSON object")
         return m
 
-    def _write_map(self):
+    def _set_map(self, meta):
+        """(In the worker) the dbmap becomes ``meta``: its file first, then ``self.meta``
+        replaced whole (never changed in place: the loop may be going through the old
+        one), so that the worker's changes, one at a time, each see the last."""
+        self._write_map(meta)
+        self.meta = meta
+
+    def _write_map(self, meta=None):
         path = os.path.join(self.path, MAP_FILE)
         tmp = f"{path}.new.{os.getpid()}"
         with open(tmp, "w") as f:
-            json.dump(self.meta, f, sort_keys=True)
+            json.dump(self.meta if meta is None else meta, f, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -215,11 +221,11 @@ class TdbStore(StorageBackend):
         meta = {"db_id": db_id, "persistent": self.persistent, "seqnum": 0, "tdb": True}
 
         def job():
-            self._file(name)
-            self.meta[name] = meta
-            self._write_map()
-        await self._call(job)
-        return meta
+            if name not in self.meta:  # (two attaches of one name: the first makes it)
+                self._file(name)
+                self._set_map({**self.meta, name: meta})
+            return self.meta[name]
+        return await self._call(job)
 
     async def enable_seqnum(self, name):
         """ENABLE_SEQNUM: the database's TDB keeps libtdb's sequence number (smbd opens
@@ -229,11 +235,8 @@ class TdbStore(StorageBackend):
             return
 
         def job():
-            self.meta[name] = {**self.meta[name], "seqnum_enabled": True}
-            self._write_map()
-            f = self._files.pop(name, None)
-            if f is not None:
-                f.close()
+            self._file(name).enable_seqnum()
+            self._set_map({**self.meta, name: {**self.meta[name], "seqnum_enabled": True}})
         await self._call(job)
 
     async def drop(self, name):
@@ -248,8 +251,7 @@ class TdbStore(StorageBackend):
                 os.unlink(self.file_path(name))
             except FileNotFoundError:
                 pass
-            self.meta.pop(name, None)
-            self._write_map()
+            self._set_map({k: v for k, v in self.meta.items() if k != name})
         await self._call(job)
         self.damaged.pop(name, None)
 
@@ -365,20 +367,15 @@ class TdbStore(StorageBackend):
             else:
                 with f.transaction():
                     write(f)
-            self._note_seqnum(name, f, seqnum)
+            # the sequence number after it: the record's, for a persistent database
+            # (Samba's transactions write it), else ``seqnum``
+            data = f.fetch(SEQNUM_KEY) if self.persistent else None
+            got = seqnum if data is None else _seqnum_of(data)
+            if got is not None and got != self.meta[name].get("seqnum"):
+                self.meta = {**self.meta, name: {**self.meta[name], "seqnum": got}}
         await self._call(job)
         if replace:
             self._served_again(name)
-
-    def _note_seqnum(self, name, f, seqnum):
-        """(In the worker) the dbmap's sequence number after a write: the record's, for a
-        persistent database (Samba's transactions write it), else ``seqnum``."""
-        if self.persistent:
-            data = f.fetch(SEQNUM_KEY)
-            if data is not None:
-                seqnum = _seqnum_of(data)
-        if seqnum is not None and seqnum != self.meta[name].get("seqnum"):
-            self.meta[name] = {**self.meta[name], "seqnum": seqnum}
 
     def _served_again(self, name):
         if self.damaged.pop(name, None) is not None:
@@ -449,10 +446,6 @@ class TdbStore(StorageBackend):
     async def barrier(self):
         if self.available:
             await asyncio.get_running_loop().run_in_executor(self._exec, lambda: None)
-
-    async def probe(self):
-        return await asyncio.get_running_loop().run_in_executor(
-            self._exec, probe_directory, self.path)
 
 
 def _seqnum_of(data):
