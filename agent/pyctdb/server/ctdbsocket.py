@@ -66,12 +66,13 @@ class CtdbConnection(ClientConnection):
     """A client of CTDB's socket (process ``pid``): messages for its srvids go out as
     REQ_MESSAGE packets."""
 
-    __slots__ = ("pnn", "pid")
+    __slots__ = ("pnn", "pid", "notes")
 
     def __init__(self, transport, pnn, pid):
         super().__init__(transport)
         self.pnn = pnn
         self.pid = pid
+        self.notes = {}  # srvid -> data sent to it on this node when this client goes
 
     def encode_message(self, srvid, src, data, dropped=0) -> bytes:
         return self.encode_raw(srvid, src, base64.b64decode(data))
@@ -125,7 +126,6 @@ class CtdbSocketServer(UnixSocketFrontend):
         super().__init__(path, ops)
         self.cluster = ops.info.cluster
         self.conns = set()  # CtdbConnection: the clients connected now
-        self._notify = {}  # CtdbConnection -> {srvid: data} sent when it closes
         self._tasks = set()
         self._broadcaster = None
         # (every node answers the controls other nodes' CTDB sockets forward to it,
@@ -382,8 +382,7 @@ class CtdbSocketServer(UnixSocketFrontend):
     def _tell(conn, srvid, src, payload):
         """A message for the client ``conn`` alone (an answer of this node's)."""
         if not conn.transport.is_closing():
-            conn.transport.write(conn.encode_message(srvid, src,
-                                                     base64.b64encode(payload).decode()))
+            conn.transport.write(conn.encode_raw(srvid, src, payload))
 
     # -- controls --------------------------------------------------------------------------
     def _get_pnn(self, conn, c):
@@ -469,20 +468,23 @@ class CtdbSocketServer(UnixSocketFrontend):
         srvid, data = M.parse_notify_data(c.data)
         if conn is None:
             raise ValueError("a notification is registered by a local client only")
-        notes = self._notify.setdefault(conn, {})
-        if not notes:
+        if not conn.notes:
             conn.on_close.append(lambda: self._notify_closed(conn))
-        notes[srvid] = data
+        conn.notes[srvid] = data
         return 0, b""
 
-    def _deregister_notify(self, conn, c):
-        srvid = struct.unpack_from("<Q", c.data.ljust(8, b"\0"))[0]
-        if self._notify.get(conn, {}).pop(srvid, None) is None:
+    @staticmethod
+    def _deregister_notify(conn, c):
+        if len(c.data) < 8:
+            raise ValueError(f"srvid of {len(c.data)} bytes, not 8")
+        srvid = struct.unpack_from("<Q", c.data)[0]
+        if conn is None or conn.notes.pop(srvid, None) is None:
             raise ValueError(f"no notification registered for srvid 0x{srvid:x}")
         return 0, b""
 
     def _notify_closed(self, conn):
-        for srvid, data in self._notify.pop(conn, {}).items():
+        notes, conn.notes = conn.notes, {}
+        for srvid, data in notes.items():
             try:
                 self.ops.messages.send(self.cluster.pnn, srvid,
                                        base64.b64encode(data).decode())

@@ -368,6 +368,10 @@ def test_notify_data_is_sent_when_its_client_goes(cluster):
     assert control(going, M.REGISTER_NOTIFY, note)[0] == 0
     assert control(kept, M.REGISTER_NOTIFY, struct.pack("<QI", srvid, 4) + b"kept")[0] == 0
     assert control(kept, M.DEREGISTER_NOTIFY, struct.pack("<Q", srvid))[0] == 0
+    status, _d, err = control(kept, M.DEREGISTER_NOTIFY, b"\1\2")
+    assert status == -1 and "srvid of 2 bytes, not 8" in err
+    status, _d, err = control(kept, M.DEREGISTER_NOTIFY, struct.pack("<Q", srvid))
+    assert status == -1 and "no notification registered" in err  # (taken back already)
     kept.close()
     going.close()
     assert next_message(watcher, srvid) == b"bye"
