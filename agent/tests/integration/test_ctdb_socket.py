@@ -407,3 +407,25 @@ def test_bad_calls_get_an_error_reply_or_close_only_their_connection(cluster):
     assert recv_packet(s) is None  # closed
     assert control(raw(c, 0), M.GET_PNN)[0] == 0
     assert "Traceback" not in c.log(0)
+
+
+def test_attach_through_the_socket_makes_a_tdb_file_and_refuses_an_lmdb_database(cluster):
+    """DB_ATTACH makes a TDB file (its path, as GETDBPATH answers, on every node); a
+    database pyctdb's own clients attached (LMDB: smbd could not open it) is refused
+    by name, and the connection goes on."""
+    c = cluster
+    s = raw(c, 2)
+    status, data, err = control(s, M.DB_ATTACH, b"samba_like.tdb\0")
+    assert status == 0, err
+    db_id = M.parse_u32(data)
+    status, path, _ = control(s, M.GETDBPATH, M.u32(db_id), reqid=2)
+    assert status == 0 and path.rstrip(b"\0").decode() == os.path.join(
+        c.node_dir(2), "db", "volatile", "samba_like.tdb.2")
+    assert os.path.exists(path.rstrip(b"\0").decode())
+    c.wait_for(lambda: os.path.exists(os.path.join(c.node_dir(0), "db", "volatile",
+                                                   "samba_like.tdb.0")), 10)
+    c.call(0, "attach", db_name="lmdb_only.tdb")
+    status, _d, err = control(s, M.DB_ATTACH, b"lmdb_only.tdb\0", reqid=3)
+    assert status == -1 and "attached as a pyctdb (LMDB) database" in err, err
+    assert control(s, M.GET_PNN, reqid=4)[0] == 2  # (the PNN, in the status)
+    s.close()
