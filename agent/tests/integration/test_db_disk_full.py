@@ -109,3 +109,47 @@ def test_a_full_then_read_only_database_directory(c):
     for p in range(3):
         assert c.cli_ok(p, "getdbseqnum", DB) == c.cli_ok(0, "getdbseqnum", DB)
         assert "Traceback" not in c.log(p)
+
+
+def ctdb(c, pnn, *args):
+    """Debian's ctdb tool on node pnn's CTDB socket."""
+    return subprocess.run(["ctdb", *args], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, CTDB_SOCKET=c.ctdb_socket(pnn)))
+
+
+@pytest.mark.skipif(subprocess.run(["which", "ctdb"], capture_output=True).returncode != 0,
+                    reason="Debian's ctdb tool is missing")
+def test_a_tdb_write_refused_for_a_full_disk(c):
+    """A TDB database (attached through CTDB's socket, as Samba's are): a transaction
+    committed through node 0 while node SICK's directory is full is committed on the
+    others; SICK's copy refuses it as a disk failure (libtdb's error, the directory's
+    probe says ENOSPC) and is not served until a recovery replaces it once the disk
+    works again."""
+    tdb = "samba-like.tdb"
+    for args in (("attach", tdb, "persistent"),):
+        r = ctdb(c, 0, *args)
+        assert r.returncode == 0, (r.stdout, r.stderr)
+    r = ctdb(c, 0, "pstore", tdb, "k0", "before")
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert ctdb(c, SICK, "pfetch", tdb, "k0").stdout == "before\n"
+
+    filler = os.path.join(c.disk, "filler")
+    fill(filler)
+    big = "x" * 100_000  # (SICK's file must grow for it)
+    r = ctdb(c, 0, "pstore", tdb, "big", big)
+    assert r.returncode == 0, (r.stdout, r.stderr)  # committed on the others
+    c.wait_for(lambda: "missed writes on this node" in c.log(SICK), 15,
+               what=f"node {SICK}'s copy of {tdb} marked as missing a write")
+    log = c.log(SICK)
+    assert f"database {tdb} missed writes on this node: persistent database directory " \
+           f"{c.disk}: ENOSPC" in log and "the TDB write failed" in log, log[-3000:]
+    assert "Traceback" not in log
+    assert flags(c, 0, SICK) & UNHEALTHY
+    r = ctdb(c, SICK, "pfetch", tdb, "big")  # never served stale
+    assert r.returncode != 0 or r.stdout == big + "\n"
+
+    os.unlink(filler)
+    c.wait_for(lambda: not flags(c, 0, SICK) & UNHEALTHY, 30, what=f"node {SICK} healthy")
+    c.wait_for(lambda: ctdb(c, SICK, "pfetch", tdb, "big").stdout == big + "\n", 30,
+               what=f"node {SICK} has the record written while its disk was full")
+    assert ctdb(c, SICK, "pfetch", tdb, "k0").stdout == "before\n"

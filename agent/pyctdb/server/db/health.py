@@ -1,7 +1,7 @@
 """A database directory that is full, read-only or failing (docs/databases.md, "A full
 or read-only disk").
 
-A write that LMDB refuses for its disk is answered :class:`~pyctdb.errors.DiskFailure`
+A write that LMDB or libtdb refuses for its disk is answered :class:`~pyctdb.errors.DiskFailure`
 (ENOSPC, EROFS, EIO; nothing of it written: LMDB keeps the last committed state). The
 node then becomes UNHEALTHY (``Cluster.set_health``), with one ERROR line naming the
 directory and the errno. A probe every MonitorInterval writes and fsyncs a small file in
@@ -37,9 +37,9 @@ class DiskHealth:
         self.failing = {}
         self._next = 0.0
         self._tasks = set()
-        # (LMDB's: a TDB write that fails for its disk is a StoreError; the probe below
-        # checks the directories the TDB files share)
-        for st in dbs.stores.values():
+        # (LMDB's and TDB's: both kinds share their directory, so one probe of LMDB's
+        # store below checks the TDB files' directory too, and clears what either found)
+        for st in (*dbs.stores.values(), *dbs.tdb_stores.values()):
             st.on_disk_error = self.failed
 
     def failed(self, st, err):

@@ -30,9 +30,9 @@ import os
 import struct
 from concurrent.futures import ThreadPoolExecutor
 
-from pyctdb.errors import PyctdbError
+from pyctdb.errors import DiskFailure, PyctdbError
 from pyctdb.rules import records
-from pyctdb.server.db.backend import StorageBackend, StoreError
+from pyctdb.server.db.backend import StorageBackend, StoreError, probe_directory
 from pyctdb.server.db.tdbfile import (TDB_SEQNUM, TdbError, TdbFile, ctdb_tdb_flags,
                                       ltdb_pack, ltdb_unpack)
 
@@ -90,6 +90,8 @@ class TdbStore(StorageBackend):
         self._freeze_id = 0         # +1 at every freeze and thaw (on the loop)
         self._open = False
         self._exec = ThreadPoolExecutor(1, thread_name_prefix=f"tdb-{self.kind}")
+        #: called (on the loop) with (store, DiskFailure) when a call fails for the disk
+        self.on_disk_error = None
 
     # -- paths and flags -----------------------------------------------------------------
     def file_path(self, name):
@@ -212,7 +214,23 @@ class TdbStore(StorageBackend):
                 waited += delay
                 delay = min(delay * 2, LOCK_RETRY_MAX)
             except TdbError as exc:
-                raise StoreError(str(exc)) from None
+                raise await self._failure(exc) from None
+
+    async def _failure(self, exc):
+        """What a libtdb error is: :class:`DiskFailure` when the directory's probe fails
+        too (full, read-only, failing: the write was refused, a transaction cancelled,
+        nothing of it written; ``on_disk_error`` is told), else :class:`StoreError`."""
+        res = await asyncio.get_running_loop().run_in_executor(self._exec, probe_directory,
+                                                               self.path)
+        if res is None:
+            return StoreError(str(exc))
+        code, why = res
+        err = DiskFailure(f"{self.kind} database directory {self.path}: {code} ({why}): "
+                          f"the TDB write failed, nothing of it was written ({exc})",
+                          code, self.path)
+        if self.on_disk_error is not None:
+            self.on_disk_error(self, err)
+        return err
 
     # -- the dbmap -----------------------------------------------------------------------
     async def create(self, name, db_id):
