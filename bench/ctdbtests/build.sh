@@ -12,8 +12,10 @@
 # source package (`apt-get source samba`); otherwise the git mirror of Samba
 # (SAMBA_GIT, default /work/.mirror/samba-team+samba/repo), tag samba-4.17.12, of which
 # only the directories CTDB's standalone build needs are taken (its wscript's
-# DIST_DIRS, and third_party/cmocka that lib/tevent's wscript reads). On this
-# project's machines there is no deb-src line: the mirror is used.
+# DIST_DIRS, and third_party/cmocka that lib/tevent's wscript reads); with neither, it
+# adds a private deb-src list (/etc/apt/sources.list.d/pyctdb-deb-src.sources) and uses
+# Debian's source package. On this project's machines there is no deb-src line and the
+# mirror is there: the mirror is used.
 #
 # Built against Debian's talloc, tevent, tdb and popt (--bundled-libraries takes only
 # socket_wrapper, which Debian does not ship), and only the four programs and what they
@@ -72,8 +74,21 @@ if [ ! -f "$SRC/ctdb/wscript" ]; then
             | tar -x -C "$DEST/src.tmp"
         mv "$DEST/src.tmp" "$SRC"
     else
-        echo "ctdbtests: no source: no deb-src for samba and no git mirror at $SAMBA_GIT" >&2
-        exit 1
+        # neither: a private deb-src list for bookworm (as Debian's deb lines), then
+        # Debian's source package
+        echo "ctdbtests: no git mirror at $SAMBA_GIT: adding deb-src for bookworm"
+        cat >/etc/apt/sources.list.d/pyctdb-deb-src.sources <<'SRC'
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+        apt-get update -qq
+        (cd "$DEST/src.tmp" && apt-get source -qq samba >/dev/null)
+        dir=$(find "$DEST/src.tmp" -mindepth 1 -maxdepth 1 -type d -name 'samba-*' | head -n1)
+        mv "$dir" "$SRC"
+        rm -rf "$DEST/src.tmp"
     fi
 fi
 
