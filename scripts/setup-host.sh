@@ -8,7 +8,8 @@
 #   samba-common-bin (Samba's `net`: its clustered registry runs on pyctdb's CTDB socket
 #   in the tests), samba, smbclient and samba-testsuite (clustered smbd on pyctdb in
 #   the tests, smbtorture against it; the
-#   package's own smbd/nmbd services are stopped and disabled), libtdb1, tdb-tools and
+#   package's own smbd/nmbd services are stopped and disabled), winbind (clustered
+#   winbindd on pyctdb in the tests; its service likewise), libtdb1, tdb-tools and
 #   python3-tdb (the TDB files Samba shares)
 # - Python packages into a virtualenv at ${PYCTDB_VENV:-.venv}
 set -euo pipefail
@@ -18,7 +19,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 need_apt=()
 for pkg in debootstrap iproute2 rsync ctdb etcd-server etcd-client python3-etcd python3-etcd3 \
-           samba-common-bin samba smbclient samba-testsuite libtdb1 tdb-tools python3-tdb; do
+           samba-common-bin samba smbclient samba-testsuite winbind libtdb1 tdb-tools python3-tdb; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 docker_engine=0
@@ -42,7 +43,7 @@ fi
 # Samba's package starts its own smbd and nmbd where systemd runs: the tests start
 # clustered smbds of their own (on pyctdb), so the package's are stopped and disabled.
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-  systemctl disable --now smbd nmbd samba-ad-dc >/dev/null 2>&1 || true
+  systemctl disable --now smbd nmbd winbind samba-ad-dc >/dev/null 2>&1 || true
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then
