@@ -274,3 +274,30 @@ def test_enable_seqnum_keeps_libtdb_sequence_number_on_the_open_file(vol):
     assert before == 0 and after > 0
     assert vol.tdb_flags("share_info.tdb") & TDB_SEQNUM
     assert run(vol.read("share_info.tdb", b"a")).value == b"1"  # (nothing lost)
+
+
+def test_a_busy_chain_is_tried_again_quickly_at_first_then_less_often(vol, monkeypatch):
+    """A chain another process holds is tried again every 0.2-0.5 ms for the first
+    50 ms (CTDB's g_lock waiter lets go of the record's chain for 1 ms between its
+    tries: slower tries miss the gaps), then less and less often, up to 20 ms apart."""
+    pauses = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(d):
+        pauses.append(d)
+        await real_sleep(0)
+    monkeypatch.setattr(tdbstore.asyncio, "sleep", sleep)
+    tries = []
+
+    def busy():
+        tries.append(1)
+        if len(tries) < 200:
+            raise tdbstore._Busy("held")
+        return "got it"
+    assert run(vol._call(busy)) == "got it"
+    waited, fast, slow = 0.0, [], []
+    for d in pauses:
+        (fast if waited < 0.05 else slow).append(d)
+        waited += d
+    assert fast and max(fast) <= 0.0005 and fast[0] == 0.0002
+    assert slow and slow[-1] == 0.02 and sorted(slow) == slow
