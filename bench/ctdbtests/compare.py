@@ -57,6 +57,8 @@ DEFAULT_BIN = "/var/cache/pyctdb-ctdbtests/bin"
 PROGRAMS = ("message_ring", "fetch_ring", "fetch_loop", "transaction_loop")
 #: issue 12: pyctdb/CTDB at least
 TARGETS = {"message_ring": 0.5, "fetch_ring": 0.5, "fetch_loop": 0.5, "transaction_loop": 2.0}
+#: {(system, program): runs that failed}
+FAILED = {}
 UNITS = {"message_ring": "msgs/s per node", "fetch_ring": "msgs/s per node",
          "fetch_loop": "locks/s", "transaction_loop": "commits/s"}
 
@@ -124,13 +126,27 @@ def run_program(binary, nodes, prog, seconds, timeout=None):
 
 
 def measure(binary, nodes, programs, runs, seconds, label):
+    """{program: [figure of each run that succeeded]}; a run that fails (a program
+    that exits with an error or hangs) is told on stderr and counted in FAILED."""
     res = {p: [] for p in programs}
     for prog in programs:
         before = 0.0  # (fetch_loop, transaction_loop: counters the database keeps)
         for i in range(runs):
-            outs = run_program(binary, nodes, prog, seconds)
+            try:
+                outs = run_program(binary, nodes, prog, seconds)
+            except RuntimeError as exc:
+                FAILED[label, prog] = FAILED.get((label, prog), 0) + 1
+                print(f"  {label} {prog} run {i + 1} FAILED: {exc}", file=sys.stderr,
+                      flush=True)
+                before = None
+                continue
             r = rate(prog, outs, seconds)
             if prog in ("fetch_loop", "transaction_loop"):
+                if before is None:  # (a failed run left the counters where it did)
+                    before = r
+                    print(f"  {label} {prog} run {i + 1}: not counted (after a failed "
+                          "run, where it started from is not known)", file=sys.stderr)
+                    continue
                 r, before = r - before, r
             res[prog].append(r)
             print(f"  {label} {prog} run {i + 1}: {res[prog][-1]:,.1f} {UNITS[prog]}",
@@ -213,6 +229,8 @@ def main():
         verdict = "" if r is None else ("met" if r >= TARGETS[p] else "NOT met")
         print(f"{p:<17} {UNITS[p]:<16} {fmt(py.get(p))} {fmt(ct.get(p))} "
               f"{'-' if r is None else f'{r:.2f}':>6}  >= {TARGETS[p]:g}x {verdict}")
+    for (system, p), n in sorted(FAILED.items()):
+        print(f"{system} {p}: {n} of {a.runs} runs failed (see above); not in the figures")
 
 
 if __name__ == "__main__":
