@@ -73,15 +73,32 @@ class Side:
     def __init__(self, name, client, address, nodes, clustered=True):
         self.name, self.client, self.address, self.nodes = name, client, address, nodes
         self.clustered = clustered
+        #: every new connection of a test to the next node (smbtorture's unclist)
+        self.cross_node = False
+        self.unclist = None
 
-    def torture(self, suite, log):
+    def write_unclist(self, base):
+        """The share on each node, node 1 first (``torture:unclist``: a test's n-th
+        connection goes to line n modulo the lines)."""
+        self.unclist = os.path.join(base, f"unclist-{self.name}")
+        order = [1, 2, 0] if len(self.nodes.addresses) == 3 else range(
+            len(self.nodes.addresses))
+        with open(self.unclist, "w") as f:
+            f.write("".join(f"//{self.nodes.addresses[p]}/data\n" for p in order))
+
+    def torture_argv(self, suite, extra=()):
         argv = ["smbtorture", f"//{self.address}/data", "-U", f"root%{PASSWORD}"]
         if self.clustered:
             argv.append("--option=clustering=yes")
+        if self.cross_node:
+            argv.append(f"--option=torture:unclist={self.unclist}")
         if smb1(suite):
             argv += ["-m", "NT1", "--option=client min protocol=NT1"]
+        return self.client + argv + list(extra) + [suite]
+
+    def torture(self, suite, log):
         t0 = time.monotonic()
-        p = subprocess.run(self.client + argv + [suite], capture_output=True, text=True,
+        p = subprocess.run(self.torture_argv(suite), capture_output=True, text=True,
                            timeout=3600)
         with open(log, "w") as f:
             f.write(p.stdout + p.stderr)
@@ -111,6 +128,10 @@ def main(argv=None):
     ap.add_argument("--no-ctdb", action="store_true", help="pyctdb's side only")
     ap.add_argument("--unclustered", action="store_true",
                     help="also the same smbd unclustered (clustering = no)")
+    ap.add_argument("--cross-node", action="store_true",
+                    help="each new connection of a test to the next node (node 1, 2, 0: "
+                         "smbtorture's torture:unclist), so that oplock and lease breaks, "
+                         "share modes and locks cross the cluster")
     ap.add_argument("--smbd-log-level", type=int, default=1,
                     help="smbd's -d (10: everything; logs in DIR/<side>/samba*/log.*)")
     a = ap.parse_args(argv)
@@ -120,53 +141,72 @@ def main(argv=None):
         sys.exit(f"compare.py: real CTDB: {ctdb_available()} (or --no-ctdb)")
     base = a.dir or tempfile.mkdtemp(prefix="pyctdb-smbtorture-")
     os.makedirs(base, exist_ok=True)
-    sides, cleanup = [], []
+    cleanup = []
     try:
-        lab = NetnsLab(3).create()
-        cleanup.append(lab.destroy)
-        c = LocalCluster(3, base_dir=os.path.join(base, "pyctdb", "c"), lab=lab)
-        cleanup.append(c.stop_all)
-        c.start()
-        c.wait_healthy(60)
-        nodes = SmbdNodes(os.path.join(base, "pyctdb"), [c.address(p) for p in range(3)],
-                          [c.ctdb_socket(p) for p in range(3)], port=445, extra=EXTRA,
-                          wrap=lambda p, argv, lab=lab: lab.exec_argv(lab.host_ns(p), argv),
-                          log_level=a.smbd_log_level)
-        cleanup.append(nodes.stop)
-        nodes.start()
-        sides.append(Side("pyctdb", lab.exec_argv(lab.client_ns, []), c.address(1), nodes))
-        if not a.no_ctdb:
-            clab = NetnsLab(3).create()
-            cleanup.append(clab.destroy)
-            ct = CtdbLab(clab, os.path.join(base, "ctdb", "lab"), [])
-            cleanup.append(ct.close)
-            ct.start(timeout=120)
-            cnodes = SmbdNodes(os.path.join(base, "ctdb"),
-                               [clab.host_address(p) for p in range(3)],
-                               ["/run/ctdb/ctdbd.socket"] * 3, port=445, extra=EXTRA,
-                               wrap=ct.in_node, log_level=a.smbd_log_level)
-            cleanup.append(cnodes.stop)
-            cnodes.start()
-            sides.append(Side("CTDB", clab.exec_argv(clab.client_ns, []),
-                              clab.host_address(1), cnodes))
-        if a.unclustered:
-            solo_addr = f"127.0.{c.subnet}.200"
-            solo = SmbdNodes(os.path.join(base, "solo"), [solo_addr], [""], port=445,
-                             extra=EXTRA + "\nclustering = no")
-            cleanup.append(solo.stop)
-            solo.start()
-            sides.append(Side("unclustered", [], solo_addr, solo, clustered=False))
-        for s in sides:
-            s.add_account()
+        sides = open_sides(base, cleanup, ctdb=not a.no_ctdb, unclustered=a.unclustered,
+                           log_level=a.smbd_log_level)
+        if a.cross_node:
+            for s in sides:
+                s.cross_node = s.clustered
         return compare(sides, a.suites, base)
     finally:
-        for f in reversed(cleanup):
-            try:
-                f()
-            except Exception as exc:  # noqa: BLE001 - teardown goes on
-                print(f"teardown: {exc}", file=sys.stderr)
+        close(cleanup)
         if not a.dir:
             print(f"(logs kept in {base})")
+
+
+def close(cleanup):
+    """Undo what open_sides did, last first."""
+    for f in reversed(cleanup):
+        try:
+            f()
+        except Exception as exc:  # noqa: BLE001 - teardown goes on
+            print(f"teardown: {exc}", file=sys.stderr)
+
+
+def open_sides(base, cleanup, ctdb=True, unclustered=False, log_level=1):
+    """Samba clustered on three pyctdbd agents and (``ctdb``) on three ctdbds, each in a
+    lab of network namespaces, smbd on every host, the account made: the Sides, pyctdb's
+    first. Each step's undo is appended to ``cleanup`` (see :func:`close`)."""
+    sides = []
+    lab = NetnsLab(3).create()
+    cleanup.append(lab.destroy)
+    c = LocalCluster(3, base_dir=os.path.join(base, "pyctdb", "c"), lab=lab)
+    cleanup.append(c.stop_all)
+    c.start()
+    c.wait_healthy(60)
+    nodes = SmbdNodes(os.path.join(base, "pyctdb"), [c.address(p) for p in range(3)],
+                      [c.ctdb_socket(p) for p in range(3)], port=445, extra=EXTRA,
+                      wrap=lambda p, argv, lab=lab: lab.exec_argv(lab.host_ns(p), argv),
+                      log_level=log_level)
+    cleanup.append(nodes.stop)
+    nodes.start()
+    sides.append(Side("pyctdb", lab.exec_argv(lab.client_ns, []), c.address(1), nodes))
+    if ctdb:
+        clab = NetnsLab(3).create()
+        cleanup.append(clab.destroy)
+        ct = CtdbLab(clab, os.path.join(base, "ctdb", "lab"), [])
+        cleanup.append(ct.close)
+        ct.start(timeout=120)
+        cnodes = SmbdNodes(os.path.join(base, "ctdb"),
+                           [clab.host_address(p) for p in range(3)],
+                           ["/run/ctdb/ctdbd.socket"] * 3, port=445, extra=EXTRA,
+                           wrap=ct.in_node, log_level=log_level)
+        cleanup.append(cnodes.stop)
+        cnodes.start()
+        sides.append(Side("CTDB", clab.exec_argv(clab.client_ns, []),
+                          clab.host_address(1), cnodes))
+    if unclustered:
+        solo_addr = f"127.0.{c.subnet}.200"
+        solo = SmbdNodes(os.path.join(base, "solo"), [solo_addr], [""], port=445,
+                         extra=EXTRA + "\nclustering = no")
+        cleanup.append(solo.stop)
+        solo.start()
+        sides.append(Side("unclustered", [], solo_addr, solo, clustered=False))
+    for s in sides:
+        s.add_account()
+        s.write_unclist(base)
+    return sides
 
 
 def compare(sides, suites, base):
