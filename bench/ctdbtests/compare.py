@@ -9,9 +9,11 @@ fetch_ring, message_ring, fetch_loop and transaction_loop (Samba 4.17.12's
 ctdb/tests/src, unchanged) run one process per node, all at once, each on its node's
 CTDB socket (`-s`), with `-n NODES -t TIME`; they wait for each other (cluster_wait:
 messages to node 0) and then run for TIME seconds. Both systems run on the same
-NetnsLab (one network namespace a node on one bridge), one after the other in the same
-invocation: first pyctdbd's agents (pyctdb.testing.localcluster), then Debian's ctdbd
-(bench/ctdblab.py). Every run starts from the cluster of the previous run.
+kind of NetnsLab (one network namespace a node on one bridge), a lab each, in the same
+invocation: pyctdbd's agents (pyctdb.testing.localcluster) and Debian's ctdbd
+(bench/ctdblab.py) are both started, then each run of a program is taken on pyctdb and
+right after on CTDB, in turn, so that both meet the same load of the machine. Every
+run starts from the cluster of the previous run.
 
 What a run's figure is (higher is better throughout):
   message_ring      mean over the nodes of "Ring[i]: X msgs/sec" (messages each node's
@@ -36,8 +38,10 @@ the built programs.
 """
 
 import argparse
+import contextlib
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -102,84 +106,92 @@ def rate(prog, outputs, seconds):
 def run_program(binary, nodes, prog, seconds, timeout=None):
     """prog on every node at once; nodes: for each node, a function of the program's
     argv that gives (argv, env) to run it there. Returns the stdouts. Raises if one
-    fails (its stderr in the message)."""
+    fails (its stderr in the message). No process outlives it."""
     procs = []
-    for node in nodes:
-        argv, env = node([os.path.join(binary, prog), *program_args(prog, len(nodes), seconds)])
-        procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
-    outs, errors = [], []
-    deadline = time.monotonic() + (timeout or seconds + 60)
-    for i, p in enumerate(procs):
-        try:
-            out, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            out, err = p.communicate()
-            errors.append(f"node {i}: timed out; {err.strip()[-500:]}")
-        if p.returncode != 0 and p.returncode is not None and p.returncode != -9:
-            errors.append(f"node {i}: rc {p.returncode}: {err.strip()[-500:]}")
-        outs.append(out)
+    try:
+        for node in nodes:
+            argv, env = node([os.path.join(binary, prog),
+                              *program_args(prog, len(nodes), seconds)])
+            procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True))
+        outs, errors = [], []
+        deadline = time.monotonic() + (timeout or seconds + 60)
+        for i, p in enumerate(procs):
+            try:
+                out, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                out, err = p.communicate()
+                errors.append(f"node {i}: timed out; {err.strip()[-500:]}")
+            if p.returncode not in (0, -9):
+                errors.append(f"node {i}: rc {p.returncode}: {err.strip()[-500:]}")
+            outs.append(out)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     if errors:
         raise RuntimeError(f"{prog}: " + "; ".join(errors) + f" (stdout: {outs!r})")
     return outs
 
 
-def measure(binary, nodes, programs, runs, seconds, label):
-    """{program: [figure of each run that succeeded]}; a run that fails (a program
-    that exits with an error or hangs) is told on stderr and counted in FAILED."""
-    res = {p: [] for p in programs}
-    for prog in programs:
-        before = 0.0  # (fetch_loop, transaction_loop: counters the database keeps)
-        for i in range(runs):
-            try:
-                outs = run_program(binary, nodes, prog, seconds)
-            except RuntimeError as exc:
-                FAILED[label, prog] = FAILED.get((label, prog), 0) + 1
-                print(f"  {label} {prog} run {i + 1} FAILED: {exc}", file=sys.stderr,
-                      flush=True)
-                before = None
-                continue
-            r = rate(prog, outs, seconds)
-            if prog in ("fetch_loop", "transaction_loop"):
-                if before is None:  # (a failed run left the counters where it did)
-                    before = r
-                    print(f"  {label} {prog} run {i + 1}: not counted (after a failed "
-                          "run, where it started from is not known)", file=sys.stderr)
-                    continue
-                r, before = r - before, r
-            res[prog].append(r)
-            print(f"  {label} {prog} run {i + 1}: {res[prog][-1]:,.1f} {UNITS[prog]}",
-                  file=sys.stderr, flush=True)
-    return res
+class System:
+    """One system under test: its nodes (how to run a program on each), and the figures
+    of its runs so far."""
+
+    def __init__(self, label, nodes, programs):
+        self.label = label
+        self.nodes = nodes
+        self.res = {p: [] for p in programs}
+        self.before = {p: 0.0 for p in programs}  # (counters the database keeps)
+
+    def run(self, binary, prog, i, seconds):
+        """Run i of prog: its figure into res; a run that fails (a program that exits
+        with an error or hangs) is told on stderr and counted in FAILED."""
+        label = self.label
+        try:
+            outs = run_program(binary, self.nodes, prog, seconds)
+        except RuntimeError as exc:
+            FAILED[label, prog] = FAILED.get((label, prog), 0) + 1
+            print(f"  {label} {prog} run {i + 1} FAILED: {exc}", file=sys.stderr, flush=True)
+            self.before[prog] = None
+            return
+        r = rate(prog, outs, seconds)
+        if prog in ("fetch_loop", "transaction_loop"):
+            if self.before[prog] is None:  # (a failed run left the counters where it did)
+                self.before[prog] = r
+                print(f"  {label} {prog} run {i + 1}: not counted (after a failed run, "
+                      "where it started from is not known)", file=sys.stderr)
+                return
+            r, self.before[prog] = r - self.before[prog], r
+        self.res[prog].append(r)
+        print(f"  {label} {prog} run {i + 1}: {r:,.1f} {UNITS[prog]}", file=sys.stderr,
+              flush=True)
 
 
-def on_pyctdb(lab, workdir, a):
+def start_pyctdb(lab, workdir, a, stack):
     c = LocalCluster(a.nodes, base_dir=os.path.join(workdir, "pyctdb"), lab=lab,
                      log_level="NOTICE")
-    try:
-        c.start()
-        c.wait_healthy(60)
-        # in the node's network namespace, on its socket (a file of the host's tree)
-        nodes = [lambda argv, i=i: (lab.exec_argv(lab.host_ns(i), [*argv, "-s", c.ctdb_socket(i)]),
-                                    None) for i in range(a.nodes)]
-        return measure(a.bin, nodes, a.programs, a.runs, a.time, "pyctdb")
-    finally:
-        c.stop_all()
+    stack.callback(c.stop_all)
+    c.start()
+    c.wait_healthy(60)
+    # in the node's network namespace, on its socket (a file of the host's tree)
+    return System("pyctdb", [
+        lambda argv, i=i: (lab.exec_argv(lab.host_ns(i), [*argv, "-s", c.ctdb_socket(i)]),
+                           None) for i in range(a.nodes)], a.programs)
 
 
-def on_ctdb(lab, workdir, a):
+def start_ctdb(lab, workdir, a, stack):
     c = ctdblab.CtdbLab(lab, os.path.join(workdir, "ctdb"),
                         [lab.public_address(j) for j in range(a.nodes)])
-    try:
-        c.start(timeout=180)
-        # in the node's namespaces (network and mount: the client opens the database
-        # files where ctdbd says they are, /var/lib/ctdb/...), on /run/ctdb/ctdbd.socket
-        nodes = [lambda argv, i=i: (c.in_node(i, [*argv, "-s", "/run/ctdb/ctdbd.socket"]),
-                                    c.env(i)) for i in range(a.nodes)]
-        return measure(a.bin, nodes, a.programs, a.runs, a.time, "CTDB")
-    finally:
-        c.close()
+    stack.callback(c.close)
+    c.start(timeout=180)
+    # in the node's namespaces (network and mount: the client opens the database
+    # files where ctdbd says they are, /var/lib/ctdb/...), on /run/ctdb/ctdbd.socket
+    return System("CTDB", [
+        lambda argv, i=i: (c.in_node(i, [*argv, "-s", "/run/ctdb/ctdbd.socket"]), c.env(i))
+        for i in range(a.nodes)], a.programs)
 
 
 def fmt(vals):
@@ -207,20 +219,26 @@ def main():
         sys.exit(f"CTDB: {why}")
     workdir = a.keep or tempfile.mkdtemp(prefix="pyctdb-ctdbtests-")
     os.makedirs(workdir, exist_ok=True)
-    lab = NetnsLab(a.nodes).create()
-    py, ct = {}, {}
-    try:
-        if a.only != "ctdb":
-            py = on_pyctdb(lab, workdir, a)
-        if a.only != "pyctdb":
-            ct = on_ctdb(lab, workdir, a)
-    finally:
-        lab.destroy()
+    systems = []
+    with contextlib.ExitStack() as stack:
         if not a.keep:
-            subprocess.run(["rm", "-rf", workdir], check=False)
+            stack.callback(shutil.rmtree, workdir, True)
+        # a lab each: both clusters up together, their runs taken in turn
+        for name, start in (("pyctdb", start_pyctdb), ("ctdb", start_ctdb)):
+            if a.only in (None, name):
+                lab = NetnsLab(a.nodes).create()
+                stack.callback(lab.destroy)
+                systems.append(start(lab, workdir, a, stack))
+        for prog in a.programs:
+            for i in range(a.runs):
+                for system in systems:
+                    system.run(a.bin, prog, i, a.time)
+    got = {s.label: s.res for s in systems}
+    py, ct = got.get("pyctdb", {}), got.get("CTDB", {})
     print()
     print(f"CTDB's client test programs: {a.nodes} nodes (network namespaces), "
-          f"-t {a.time}, {a.runs} runs; median min max")
+          f"-t {a.time}, {a.runs} runs; median min max; load average at the end "
+          f"{os.getloadavg()[0]:.1f}")
     print(f"{'program':<17} {'unit':<16} {'pyctdb':>32} {'CTDB 4.17':>32} "
           f"{'ratio':>6}  target")
     for p in a.programs:
