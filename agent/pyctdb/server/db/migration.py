@@ -123,12 +123,12 @@ class Migration:
                     return got, epoch
                 w = await self.cluster.control(lm, "db_migrate", {
                     "db": name, "key": b64(key), "to": self.pnn}, timeout=CTL_TIMEOUT)
-                got = rec_from_wire(w)[1]
-                cur = await st.read(name, key)
-                if cur is not None and cur.rsn > got.rsn:
-                    got = cur.replace(rsn=cur.rsn)  # our copy is newer: keep its data
-                got = got.replace(dmaster=self.pnn)
-                await st.store(name, key, got, check=dbs.check_epoch(epoch))
+                given = rec_from_wire(w)[1]
+
+                def take(cur):  # (one read-and-write of the store, under its lock)
+                    got = cur if cur is not None and cur.rsn > given.rsn else given
+                    return got.replace(dmaster=self.pnn)  # (our copy newer: its data)
+                got = await st.modify(name, key, take, check=dbs.check_epoch(epoch))
                 return got, epoch
             except (ControlError, Retry, RecordBusy, RecordMoved, FrozenError,
                     asyncio.TimeoutError) as exc:  # (contention: tried again)
