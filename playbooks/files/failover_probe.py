@@ -14,11 +14,16 @@ One thread per address connects to ADDR:PORT every --interval seconds (connect t
   answered by the victim (it hosts them): then --ready-file is written and the playbook
   injects the fault. An address counts as moved when a node other than the victim
   answers it; its time is the wall-clock time (time.time()) when that answer was read.
-* --any-answer (no listener; PORT is a service every node runs): nodes cannot be told
-  apart. Every address must answer once (then ready); it counts as moved when it answers
-  again after at least one failed attempt (the outage of the move). An address that
-  never failed until --timeout is reported with "no_outage": a move without a gap the
-  prober could see, or no move at all: the prober cannot tell.
+* --any-answer (no listener; PORT is a service every node runs, such as smbd on 445):
+  nodes cannot be told apart, and the service may send nothing on its own. An answer is
+  an accepted connection. Every address must answer once (then ready), and the prober
+  keeps that first connection open, as a client of the service would (TCP keepalives
+  every second). The address counts as moved when it answers a new connection after an
+  outage: a failed attempt, or the kept connection ended or reset (the victim's service
+  died, or the node that took the address reset it: the client must reconnect, as an SMB
+  client does). A move can be too quick for any attempt to fail, but not for the kept
+  connection, which the victim's host held. An address with neither until --timeout is
+  reported with "no_outage": no move the prober could see.
 
 Ends when every address has moved, or at --timeout seconds after ready. Prints one JSON
 object on stdout: {"ready_at", "addresses": {ADDR: {"before", "moved_at", "by",
@@ -59,6 +64,40 @@ def ask(addr, port, connect_timeout, read_timeout):
         s.close()
 
 
+def connects(addr, port, connect_timeout):
+    """Whether a new connection to ADDR:PORT is accepted (--any-answer's answer)."""
+    try:
+        socket.create_connection((addr, port), timeout=connect_timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def hold(addr, port, connect_timeout):
+    """A connection kept open (None if refused), with keepalives every second so that a
+    node that has no such connection resets it even when nothing else is sent."""
+    try:
+        s = socket.create_connection((addr, port), timeout=connect_timeout)
+    except OSError:
+        return None
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for opt, val in (("TCP_KEEPIDLE", 1), ("TCP_KEEPINTVL", 1), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, opt):
+            s.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), val)
+    s.setblocking(False)
+    return s
+
+
+def ended(s):
+    """Whether the kept connection ``s`` was closed or reset by the other end."""
+    try:
+        return s.recv(4096) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
 def write_ready(path, text):
     """Tell the playbook (waiting for PATH) that the fault may come, or why not."""
     if path:
@@ -94,10 +133,15 @@ def main(argv=None):
     def probe(addr):
         st = state[addr]
         outage = False
+        kept = None
         # Phase 1: the address answers as it should before the fault.
         t_end = time.monotonic() + a.start_timeout
         while not stop.is_set():
-            ans = ask(addr, a.port, max(a.connect_timeout, 0.5), a.read_timeout)
+            if a.any_answer:
+                kept = hold(addr, a.port, max(a.connect_timeout, 0.5))
+                ans = None if kept is None else ""
+            else:
+                ans = ask(addr, a.port, max(a.connect_timeout, 0.5), a.read_timeout)
             if ans is not None and (a.any_answer or ans == a.victim):
                 st["before"] = ans
                 break
@@ -113,7 +157,13 @@ def main(argv=None):
         # Phase 2: until another node answers (or, without listener, until it answers
         # again after an outage).
         while not stop.is_set():
-            ans = ask(addr, a.port, a.connect_timeout, a.read_timeout)
+            if a.any_answer:
+                if kept is not None and ended(kept):
+                    kept.close()
+                    kept, outage = None, True
+                ans = "" if connects(addr, a.port, a.connect_timeout) else None
+            else:
+                ans = ask(addr, a.port, a.connect_timeout, a.read_timeout)
             now = time.time()
             st["attempts"] += 1
             if ans is None:
@@ -121,6 +171,8 @@ def main(argv=None):
             elif a.any_answer:
                 if outage:
                     st["moved_at"], st["by"] = now, ans
+                    if kept is not None:
+                        kept.close()
                     return
             elif ans and ans != a.victim:
                 st["moved_at"], st["by"] = now, ans
