@@ -10,6 +10,7 @@ import pathlib
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -301,3 +302,27 @@ def test_a_busy_chain_is_tried_again_quickly_at_first_then_less_often(vol, monke
         waited += d
     assert fast and max(fast) <= 0.0005 and fast[0] == 0.0002
     assert slow and slow[-1] == 0.02 and sorted(slow) == slow
+
+
+def test_a_read_or_volatile_write_is_done_on_the_loop_when_the_worker_is_idle(vol):
+    """A read, and a store or modify of a volatile database, are done on the loop when
+    the worker has nothing queued (no round trip to it: a migration makes three); when
+    it has, they wait their turn behind what was queued before them."""
+    async def go():
+        await vol.create("g_lock.tdb", 0x1234)
+        jobs = vol._finished
+        await vol.store("g_lock.tdb", b"k", Record(1, 2, 0, b"v"))
+        got = await vol.modify("g_lock.tdb", b"k", lambda r: r.replace(rsn=r.rsn + 1))
+        assert got.rsn == 2
+        assert (await vol.read("g_lock.tdb", b"k")).value == b"v"
+        assert vol._finished == jobs  # none of the three went through the worker
+        # a job queued and not finished: a read goes to the worker, behind it
+        gate = threading.Event()
+        fut = vol._submit(gate.wait, 5)
+        t = asyncio.ensure_future(vol.read("g_lock.tdb", b"k"))
+        await asyncio.sleep(0.05)
+        assert not t.done()
+        gate.set()
+        assert (await t).value == b"v" and fut.result()
+        assert vol._finished == jobs + 2
+    run(go())
