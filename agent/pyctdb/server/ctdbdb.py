@@ -28,7 +28,6 @@ from pyctdb.protocol.ctdb import marshal as M
 from pyctdb.protocol.ctdb import packet as P
 from pyctdb.rules.records import REC_DELETED
 from pyctdb.server.db.tdbfile import ltdb_pack
-from pyctdb.server.db.tdbstore import SEQNUM, SEQNUM_KEY, to_record
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +37,11 @@ CALL_TIMEOUT = 30.0  # seconds a REQ_CALL's migration may take (contention inclu
 
 class CtdbDatabases:
     """The database controls and REQ_CALL of CTDB's socket, over ``ops`` (the node's
-    NodeOperations)."""
+    NodeOperations: ``ops.databases`` for the dbmap, ``ops.tdb`` for the rest)."""
 
     def __init__(self, ops):
         self.ops = ops
+        self.tdb = ops.tdb
         self._tasks = set()
 
     def handlers(self):
@@ -56,23 +56,6 @@ class CtdbDatabases:
             M.GET_DB_SEQNUM: self._get_db_seqnum,
         }
 
-    @property
-    def dbs(self):
-        """The node's Databases (DbError when the agent runs without them)."""
-        dbs = self.ops.databases.databases
-        if dbs is None:
-            raise DbError("EIO", "this agent runs without the database layer")
-        return dbs
-
-    def tdb_database(self, db_id):
-        """``(name, store)`` of the TDB database ``db_id`` attached here."""
-        for st in self.dbs.tdb_stores.values():
-            for name, meta in st.meta.items():
-                if meta["db_id"] == db_id:
-                    return name, st
-        raise DbError("ENOENT", f"no database 0x{db_id:08x} attached through CTDB's socket "
-                                f"on node {self.dbs.pnn}")
-
     # -- controls ------------------------------------------------------------------------
     async def _get_dbmap(self, conn, c):
         dbs = (await self.ops.databases.getdbmap())["dbs"]
@@ -84,7 +67,7 @@ class CtdbDatabases:
         for d in (await self.ops.databases.getdbmap())["dbs"]:
             if d["db_id"] == db_id:
                 return d
-        raise ValueError(f"no database 0x{db_id:08x} on node {self.dbs.pnn}")
+        raise ValueError(f"no database 0x{db_id:08x} on node {self.tdb.pnn}")
 
     def _db_field(self, field):
         """GET_DBNAME, GETDBPATH: the database's name or where it is, as a string."""
@@ -106,18 +89,15 @@ class CtdbDatabases:
             name = c.data.split(b"\0", 1)[0]
             if not name or len(name) > MAX_NAME:
                 raise ValueError(f"database name of {len(name)} bytes")
-            res = await self.dbs.attach(name.decode("utf-8", "strict"), persistent,
-                                        tdb=True)
-            return 0, M.u32(res["db_id"])
+            db_id = await self.tdb.attach(name.decode("utf-8", "strict"), persistent)
+            return 0, M.u32(db_id)
         return handler
 
     async def _open_flags(self, conn, c):
-        name, st = self.tdb_database(M.parse_u32(c.data))
-        return 0, M.i32(st.tdb_flags(name))
+        return 0, M.i32(self.tdb.open_flags(M.parse_u32(c.data)))
 
     async def _enable_seqnum(self, conn, c):
-        name, st = self.tdb_database(M.parse_u32(c.data))
-        await st.enable_seqnum(name)
+        await self.tdb.enable_seqnum(M.parse_u32(c.data))
         return 0, b""
 
     @staticmethod
@@ -126,14 +106,8 @@ class CtdbDatabases:
 
     async def _trans3_commit(self, conn, c):
         db_id, recs = M.parse_marshall_buffer(c.data)
-        name, st = self.tdb_database(db_id)
-        writes = [(k, to_record(d)) for k, d in recs]
-        seqnum = next((SEQNUM.unpack(r.value)[0] for k, r in writes
-                       if k == SEQNUM_KEY and len(r.value) == SEQNUM.size), None)
-        if seqnum is None:
-            seqnum = st.meta[name]["seqnum"] + 1
-        await self.dbs.transactions.trans3_commit(name, writes, seqnum)
-        log.info("TRANS3_COMMIT of %s: %d records, sequence number %d", name, len(writes),
+        name, seqnum = await self.tdb.trans3_commit(db_id, recs)
+        log.info("TRANS3_COMMIT of %s: %d records, sequence number %d", name, len(recs),
                  seqnum)
         return 0, b""
 
@@ -143,21 +117,21 @@ class CtdbDatabases:
         ``ctdb_rec_data`` with the ltdb header and the value; then an empty one). The
         records are the cluster's: each volatile record from its DMASTER."""
         db_id, reqid, srvid, with_empty = M.parse_traverse_start(c.data)
-        name, _st = self.tdb_database(db_id)
+        name = self.tdb.name(db_id)
         if conn is None:
             raise ValueError("a traverse is served to a local client only")
-        spawn(self._traverse(conn, name, reqid, srvid, with_empty), "ctdb traverse",
+        spawn(self._traverse(conn, db_id, name, reqid, srvid, with_empty), "ctdb traverse",
               owner=self._tasks)
         return 0, b""
 
-    async def _traverse(self, conn, name, reqid, srvid, with_empty):
+    async def _traverse(self, conn, db_id, name, reqid, srvid, with_empty):
         await asyncio.sleep(0)  # (the control's answer first)
         try:
-            recs = await self.dbs.traverse(name)
+            recs = await self.tdb.traverse(db_id)
         except PyctdbError as exc:
             log.warning("CTDB socket: traverse of %s failed: %s", name, exc.message)
             recs = []
-        pnn = self.dbs.pnn
+        pnn = self.tdb.pnn
         for k, r in recs:
             if r.deleted and not with_empty:
                 continue
@@ -172,12 +146,7 @@ class CtdbDatabases:
         if call.callid not in (P.NULL_FUNC, P.FETCH_FUNC, P.FETCH_WITH_HEADER_FUNC):
             raise DbError("ENOSYS", f"call function 0x{call.callid:08x} is not one of "
                                     "CTDB's (null, fetch, fetch with header)")
-        name, st = self.tdb_database(call.db_id)
-        if st.persistent:
-            raise DbError("EINVAL", f"REQ_CALL on persistent database {name}")
-        mig = self.dbs.migration
-        rec, _epoch = await mig.lock(name, call.key, timeout=CALL_TIMEOUT)
-        mig.unlock(name, call.key)
+        rec = await self.tdb.migrate_here(call.db_id, call.key, CALL_TIMEOUT)
         if call.callid == P.NULL_FUNC:
             return 0, b""
         value = b"" if rec.deleted else rec.value

@@ -12,6 +12,8 @@ components (cluster, failover, event runner, messaging, databases)::
     ops.messages   register, deregister, send, check, status (srvids)
     ops.databases  attach, getdbmap, readkey, writekey, fetch_lock, pstore, ptrans, ...
     ops.registry   conf_list, conf_update, conf_import, ... (the cluster registry)
+    ops.tdb        attach, open_flags, trans3_commit, traverse, migrate_here, ... by
+                   db_id (the TDB databases CTDB's socket serves to Samba)
 
 Arguments and results are Python values (numbers, strings, lists, dicts; bytes for
 database keys and values; a ClientConnection for what belongs to a client's
@@ -29,12 +31,13 @@ from pyctdb.server.api.info_ops import InfoOperations, TunableOperations
 from pyctdb.server.api.ip_ops import IpOperations
 from pyctdb.server.api.message_ops import MessageOperations
 from pyctdb.server.api.registry_ops import RegistryOperations
+from pyctdb.server.api.tdb_ops import TdbOperations
 
 
 class NodeOperations:
     """The one interface the client front ends call: this node's operations in groups
     (``info``, ``tunables``, ``admin``, ``ips``, ``events``, ``messages``,
-    ``databases``, ``registry``), made from the agent's components. A component left
+    ``databases``, ``registry``, ``tdb``), made from the agent's components. A component left
     None (no failover, messaging or databases) answers that it is not running."""
 
     def __init__(self, cluster, tunables, *, log_buffer=None, failover=None, events=None,
@@ -48,4 +51,5 @@ class NodeOperations:
         self.events = EventOperations(events)
         self.messages = MessageOperations(cluster, messaging)
         self.databases = DatabaseOperations(databases)
+        self.tdb = TdbOperations(databases)
         self.registry = RegistryOperations(databases)
