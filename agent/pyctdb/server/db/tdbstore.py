@@ -10,15 +10,18 @@ files itself (docs/databases.md, "TDB databases").
 - The dbmap (names, ids, kinds) is ``DIR/.pyctdb-tdbmap.json``, replaced atomically; a
   persistent database's sequence number is CTDB's own record ``__db_sequence_number__``
   (a little-endian u64), which Samba reads and writes in its transactions.
-- Every libtdb call runs in this store's one worker thread (a TDB handle is not
-  thread-safe), never on the event loop. Chain locks are taken without waiting: when
-  smbd holds the chain, the worker gives up at once and the coroutine tries again a
-  little later (1 ms, doubling up to 20 ms) — neither the loop nor the worker waits for
-  another process. (CTDB waits in a helper process instead.)
-- Reads go through the worker too: TDB takes the chain's read lock for a fetch, which
-  waits while smbd holds the chain. So this backend's reads are the asynchronous ones
-  (:meth:`read`, :meth:`read_page`, :meth:`read_items`, :meth:`read_count`); the
-  synchronous ones of the seam are refused.
+- A TDB handle is not thread-safe: whoever touches the files holds ``_guard``. Jobs run
+  in this store's one worker thread; persistent writes and transactions (which sync)
+  always do. A read, or a volatile write, is tried on the loop first when the worker has
+  nothing queued and the chain is free at once (:meth:`_inline`); else the worker does
+  it. Chain locks are never waited for: when smbd holds the chain, the worker gives up
+  at once and the coroutine tries again a little later (:func:`retry_delay`: 0.2-0.5 ms
+  for the first 50 ms, then doubling up to 20 ms) — neither the loop nor the worker
+  waits for another process. (CTDB waits in a helper process instead.)
+- TDB takes the chain's read lock for a fetch, which waits while smbd holds the chain,
+  so this backend's reads are the asynchronous ones (:meth:`read`, :meth:`read_page`,
+  :meth:`read_items`, :meth:`read_count`); the synchronous ones of the seam are
+  refused.
 """
 
 from __future__ import annotations
