@@ -18,15 +18,18 @@ COMMANDS = Table()
 
 
 def _machine_header():
-    cols = ["Node", "IP", "Disconnected", "Banned", "Disabled", "Unhealthy", "Stopped",
-            "Inactive", "PartiallyOnline", "ThisNode"]
+    """ctdb's -X status/nodestatus header (print_nodemap_machine in tools/ctdb.c):
+    scripts such as CTDB's NAT gateway and LVS helpers pick their columns by place."""
+    cols = ["Node", "IP", "Disconnected", "Unknown", "Banned", "Disabled", "Unhealthy",
+            "Stopped", "Inactive", "PartiallyOnline", "ThisNode"]
     return SEP + SEP.join(cols) + SEP
 
 
 def _machine_line(n):
     fl = n["flags"]
-    columns = (nodeflags.DISCONNECTED, nodeflags.BANNED, nodeflags.PERMANENTLY_DISABLED,
-               nodeflags.UNHEALTHY, nodeflags.STOPPED, nodeflags.INACTIVE)
+    columns = (nodeflags.DISCONNECTED, nodeflags.UNKNOWN, nodeflags.BANNED,
+               nodeflags.PERMANENTLY_DISABLED, nodeflags.UNHEALTHY, nodeflags.STOPPED,
+               nodeflags.INACTIVE)
     vals = ([str(n["pnn"]), n["address"] or ""] + [str(int(bool(fl & f))) for f in columns]
             + ["0", "Y" if n["this_node"] else "N"])
     return SEP + SEP.join(vals) + SEP

@@ -64,6 +64,9 @@ def test_ctdb_tool_shows_the_cluster_as_pyctdb_sees_it(cluster):
     r = ctdb(c, 1, "-X", "status")
     assert r.returncode == 0
     assert r.stdout.splitlines()[2] == f"|1|{c.address(1)}|0|0|0|0|0|0|0|0|Y|"
+    for cmd in ("status", "nodestatus"):  # pyctdb's machine form: the ctdb tool's, line by line
+        ours = c.cli(1, "-X", cmd)
+        assert ours.stdout.splitlines()[:4] == ctdb(c, 1, "-X", cmd).stdout.splitlines()[:4]
     assert ctdb(c, 2, "leader").stdout.strip() == str(st["leader"])
     assert ctdb(c, 1, "runstate").stdout.strip() == "RUNNING"
     assert int(ctdb(c, 1, "getpid").stdout) == c.procs[1].pid
