@@ -478,7 +478,11 @@ def test_reloadips_applies_the_file_difference(lab_cluster):
 
 def kill_with_guard(c, pnn):
     """SIGKILL the agent and its guard (pyctdb.server.guard) together, as a killed
-    control group would be: nothing drops the addresses."""
+    control group would be: nothing drops the addresses. Both are stopped first (the
+    agent, then its guard): killed one after the other, the agent could see its guard
+    gone and release its addresses if this process were descheduled in between."""
+    os.kill(c.procs[pnn].pid, signal.SIGSTOP)
+    os.kill(c.guard_pid(pnn), signal.SIGSTOP)
     os.kill(c.guard_pid(pnn), signal.SIGKILL)
     c.kill(pnn)
 
