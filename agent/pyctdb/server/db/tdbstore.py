@@ -27,11 +27,11 @@ files itself (docs/databases.md, "TDB databases").
 from __future__ import annotations
 
 import asyncio
-import threading
 import json
 import logging
 import os
 import struct
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from pyctdb.errors import DiskFailure, PyctdbError
@@ -268,12 +268,10 @@ class TdbStore(StorageBackend):
                 raise await self._failure(exc) from None
             if done:
                 return res
-        loop = asyncio.get_running_loop()
         delay, waited = LOCK_RETRY_FIRST, 0.0
         while True:
             try:
-                self._submitted += 1
-                return await loop.run_in_executor(self._exec, self._guarded, fn, *args)
+                return await asyncio.wrap_future(self._submit(fn, *args))
             except _Busy as exc:
                 if waited >= LOCK_WAIT:
                     raise ChainBusy(f"{exc}: held by another process for {waited:.1f} s")
