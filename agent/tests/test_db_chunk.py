@@ -121,9 +121,10 @@ def test_stored_merge_follows_better_on_random_copies():
 def make_databases(tmp_path):
     from pyctdb.server.db.databases import Databases
     cluster = types.SimpleNamespace(pnn=1, control_handlers={}, recovery_hooks=[],
-                                    recovered_hooks=[], cycle_hooks=[], tunables={})
+                                    recovered_hooks=[], cycle_hooks=[], tunables={},
+                                    controls=types.SimpleNamespace(control_now={}))
     config = types.SimpleNamespace(volatile_db_dir=str(tmp_path / "v"),
-                                   persistent_db_dir=str(tmp_path / "p"))
+                                   persistent_db_dir=str(tmp_path / "p"), tdb_mutexes=True)
     dbs = Databases(cluster, config)
     dbs.open()
     return dbs

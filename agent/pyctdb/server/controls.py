@@ -20,6 +20,9 @@ from pyctdb.server import tasks
 
 log = logging.getLogger(__name__)
 
+#: What a handler of :attr:`Controls.control_now` returns when the control cannot be
+#: answered at once: it is then served by the op's handler in a task, as any other.
+LATER = object()
 #: Exceptions of a handler that mean the caller's arguments were wrong (EINVAL).
 ARGUMENT_ERRORS = (ValueError, TypeError, KeyError)
 #: Seconds between two warnings about malformed frames from one node.
@@ -28,6 +31,11 @@ MALFORMED_LOG_INTERVAL = 30.0
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _expire(fut, exc):
+    if not fut.done():
+        fut.set_exception(exc)
 
 
 class Controls:
@@ -43,6 +51,10 @@ class Controls:
         self._is_connected = is_connected
         #: op -> async handler(src_pnn, args) -> result (JSON-able); see :meth:`call`
         self.control_handlers = {"ping": self._ctl_ping}
+        #: op -> handler(src_pnn, args) -> result, or LATER: tried first, on the loop,
+        #: for the controls of the hot path (record migration) that can usually be
+        #: answered without waiting for anything; spares a task per control
+        self.control_now = {}
         self._req_ids = iter(range(1, 2 ** 62))
         self._pending = {}  # req_id -> (pnn, Future)
         self._tasks = set()  # controls being served
@@ -62,19 +74,20 @@ class Controls:
         if not self._is_connected(pnn):
             raise ControlError(pnn, f"node {pnn} is not connected", code="ENOTCONN")
         req_id = next(self._req_ids)
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         self._pending[req_id] = (pnn, fut)
+        # (a timer on the future, not asyncio.wait_for: no second task per control)
+        timer = loop.call_later(timeout, _expire, fut, ControlError(
+            pnn, f"control {op} timed out after {timeout}s", code="ETIMEDOUT"))
         try:
             if not self._send(pnn, frames.MsgType.CONTROL, {
                     "pnn": self.pnn, "instance": self.instance, "req_id": req_id, "op": op,
                     "args": dict(args or {})}):
                 raise ControlError(pnn, f"node {pnn} is not connected", code="ENOTCONN")
-            try:
-                return await asyncio.wait_for(fut, timeout)
-            except asyncio.TimeoutError:
-                raise ControlError(pnn, f"control {op} timed out after {timeout}s",
-                                   code="ETIMEDOUT") from None
+            return await fut
         finally:
+            timer.cancel()
             self._pending.pop(req_id, None)
 
     def on_link_lost(self, pnn, reason):
@@ -102,12 +115,25 @@ class Controls:
 
     # -- serving ------------------------------------------------------------------------
     def on_control(self, pnn, p):
-        """A CONTROL frame from node ``pnn``: served in a task of its own."""
+        """A CONTROL frame from node ``pnn``: answered at once by its ``control_now``
+        handler when it can, else served in a task of its own."""
         if not (_is_int(p.get("req_id")) and isinstance(p.get("op"), str)
                 and isinstance(p.get("args"), dict)):
             self._malformed(pnn, "CONTROL", p)
             return
+        now = self.control_now.get(p["op"])
+        if now is not None:
+            reply = self._answer(pnn, p, lambda: self._checked(now, pnn, p["op"], p["args"]))
+            if reply is not None:
+                self._send(pnn, frames.MsgType.REPLY, reply)
+                return
         tasks.spawn(self._serve(pnn, p), name=f"control-{p['op']}", owner=self._tasks)
+
+    @staticmethod
+    def _checked(handler, pnn, op, args):
+        if op in control_defs.CONTROLS:
+            control_defs.validate_request(op, args)
+        return handler(pnn, args)
 
     def _malformed(self, pnn, kind, p):
         """Log (once per node and interval, without a traceback) and drop."""
@@ -118,26 +144,44 @@ class Controls:
                         "ok missing or of the wrong type): %.200r", kind, pnn, p)
 
     async def _serve(self, pnn, p):
-        op = p["op"]
-        reply = {"pnn": self.pnn, "instance": self.instance, "req_id": p["req_id"]}
         try:
-            reply.update(ok=True, result=await self._run(pnn, op, p["args"]))
+            result = await self._run(pnn, p["op"], p["args"])
+        except Exception as exc:  # (mapped by _answer, below)
+            reply = self._answer(pnn, p, None, exc)
+        else:
+            reply = self._reply(p, ok=True, result=result)
+        self._send(pnn, frames.MsgType.REPLY, reply)
+
+    def _reply(self, p, **fields):
+        return {"pnn": self.pnn, "instance": self.instance, "req_id": p["req_id"], **fields}
+
+    def _answer(self, pnn, p, run, exc=None):
+        """The REPLY to control ``p`` from ``run()`` (None when it returns LATER), or
+        from the exception ``exc`` (or ``run``'s): an error is mapped by its type."""
+        op = p["op"]
+        try:
+            if exc is not None:
+                raise exc
+            result = run()
+            return None if result is LATER else self._reply(p, ok=True, result=result)
         except control_defs.ControlArgumentError as exc:
             log.info("control %s from node %d refused: %s", op, pnn, exc.message)
-            reply.update(ok=False, error=exc.message, code=exc.code)
+            return self._reply(p, ok=False, error=exc.message, code=exc.code)
         except PyctdbError as exc:  # an error of ours: its code says what it is
-            reply.update(ok=False, error=exc.message or str(exc), code=exc.code)
+            return self._reply(p, ok=False, error=exc.message or str(exc), code=exc.code)
         except ValueError as exc:  # the caller's mistake: no traceback
             log.info("control %s from node %d failed: %s", op, pnn, exc)
-            reply.update(ok=False, error=str(exc), code="EINVAL")
+            return self._reply(p, ok=False, error=str(exc), code="EINVAL")
         except ARGUMENT_ERRORS as exc:  # (TypeError, KeyError: the name says more)
             log.info("control %s from node %d failed: %s: %s", op, pnn,
                      type(exc).__name__, exc)
-            reply.update(ok=False, error=f"{type(exc).__name__}: {exc}", code="EINVAL")
+            return self._reply(p, ok=False, error=f"{type(exc).__name__}: {exc}",
+                               code="EINVAL")
         except Exception as exc:  # a failing handler answers, it does not kill the daemon
-            log.exception("control %s from node %d failed", op, pnn)
-            reply.update(ok=False, error=f"{type(exc).__name__}: {exc}", code="EIO")
-        self._send(pnn, frames.MsgType.REPLY, reply)
+            log.error("control %s from node %d failed", op, pnn,
+                      exc_info=(type(exc), exc, exc.__traceback__))
+            return self._reply(p, ok=False, error=f"{type(exc).__name__}: {exc}",
+                               code="EIO")
 
     async def _run(self, pnn, op, args):
         handler = self.control_handlers.get(op)

@@ -3,7 +3,8 @@ dbwrap's fetch_locked does: it holds the record's chain lock in the TDB file its
 
 Node 0 holds record ``k`` of a TDB database; another process locks k's chain in node 0's
 file. A REQ_CALL for k through node 1 must wait, with both agents answering others
-meanwhile; once the holder is killed (the kernel drops its fcntl lock), the record
+meanwhile; once the holder is killed (the kernel drops its fcntl lock; a robust mutex's
+next owner is told its owner died), the record
 migrates and the call is answered. A client that goes away with its REQ_CALL pending
 leaves nothing behind."""
 
@@ -16,6 +17,7 @@ import pytest
 
 from pyctdb.protocol.ctdb import marshal as M
 from pyctdb.protocol.ctdb import packet as P
+from pyctdb.server.db.tdbfile import TDB_MUTEX_LOCKING, robust_mutexes
 from pyctdb.testing.localcluster import LocalCluster
 
 from test_ctdb_socket import control, raw, recv_packet  # (this directory)
@@ -27,8 +29,8 @@ KEY = b"k"
 
 HOLDER = """
 import sys, time
-from pyctdb.server.db.tdbfile import TdbFile, ctdb_tdb_flags
-f = TdbFile(sys.argv[1], ctdb_tdb_flags(False), open_flags=2)  # O_RDWR
+from pyctdb.server.db.tdbfile import TdbFile
+f = TdbFile(sys.argv[1], int(sys.argv[3]), open_flags=2)  # O_RDWR, DB_OPEN_FLAGS' flags
 f.chainlock(sys.argv[2].encode())
 print("locked", flush=True)
 time.sleep(3600)
@@ -54,9 +56,16 @@ def answered(s, reqid):
     return P.parse_reply_call(body)
 
 
-def holder(path):
-    """A process holding KEY's chain lock in the TDB file ``path``."""
-    p = subprocess.Popen([sys.executable, "-c", HOLDER, path, KEY.decode()],
+def open_flags(s, db_id):
+    status, data, err = control(s, M.DB_OPEN_FLAGS, M.u32(db_id), reqid=9)
+    assert status == 0, err
+    return M.parse_u32(data)
+
+
+def holder(path, flags):
+    """A process holding KEY's chain lock in the TDB file ``path``, opened with the
+    tdb flags ``flags`` (as smbd opens it: what DB_OPEN_FLAGS answers)."""
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, path, KEY.decode(), str(flags)],
                          stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "locked"
     return p
@@ -68,12 +77,15 @@ def test_a_record_held_by_a_client_that_dies_moves_once_it_is_dead(c):
     assert status == 0, err
     db_id = M.parse_u32(data)
     path = control(s0, M.GETDBPATH, M.u32(db_id), reqid=2)[1].rstrip(b"\0").decode()
+    flags = open_flags(s0, db_id)
+    # (as ctdbd: a volatile database is locked with robust mutexes, `tdb mutexes = true`)
+    assert flags & TDB_MUTEX_LOCKING or not robust_mutexes()
     c.wait_for(lambda: os.path.exists(os.path.join(c.node_dir(1), "db", "volatile",
                                                    f"{DB}.1")), 10)
     call(s0, 3, db_id, KEY)  # the record's home is node 0 now
     assert answered(s0, 3)[0] == 0
 
-    p = holder(path)
+    p = holder(path, flags)
     try:
         s1.settimeout(30)
         call(s1, 4, db_id, KEY)
@@ -101,7 +113,7 @@ def test_a_client_gone_with_its_call_pending_leaves_nothing_behind(c):
     path = control(s0, M.GETDBPATH, M.u32(db_id), reqid=2)[1].rstrip(b"\0").decode()
     call(s0, 3, db_id, KEY)
     assert answered(s0, 3)[0] == 0  # (node 0 holds it)
-    p = holder(path)
+    p = holder(path, open_flags(s0, db_id))
     try:
         s1 = raw(c, 1)
         call(s1, 5, db_id, KEY)

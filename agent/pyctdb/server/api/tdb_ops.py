@@ -16,6 +16,7 @@ class TdbOperations:
 
     def __init__(self, databases):
         self._dbs = databases
+        self._index, self._index_of = {}, ()  # db_id -> (name, store); of these dbmaps
 
     @property
     def dbs(self):
@@ -28,13 +29,20 @@ class TdbOperations:
         return self.dbs.pnn
 
     def _find(self, db_id):
-        """``(name, store)`` of the TDB database ``db_id`` attached here."""
-        for st in self.dbs.tdb_stores.values():
-            for name, meta in st.meta.items():
-                if meta["db_id"] == db_id:
-                    return name, st
-        raise DbError("ENOENT", f"no database 0x{db_id:08x} attached through CTDB's socket "
-                                f"on node {self.dbs.pnn}")
+        """``(name, store)`` of the TDB database ``db_id`` attached here (looked up in an
+        index of the dbmaps, made again when a dbmap changed: each is replaced whole)."""
+        stores = self.dbs.tdb_stores.values()
+        maps = tuple(st.meta for st in stores)
+        if len(maps) != len(self._index_of) or any(
+                a is not b for a, b in zip(maps, self._index_of)):
+            self._index = {meta["db_id"]: (name, st) for st in stores
+                           for name, meta in st.meta.items()}
+            self._index_of = maps
+        found = self._index.get(db_id)
+        if found is None:
+            raise DbError("ENOENT", f"no database 0x{db_id:08x} attached through CTDB's "
+                                    f"socket on node {self.dbs.pnn}")
+        return found
 
     def name(self, db_id):
         return self._find(db_id)[0]

@@ -68,6 +68,13 @@ class StoreError(PyctdbError):
     code = "EIO"
 
 
+class NotNow(PyctdbError):
+    """(From :meth:`StorageBackend.modify_now`) the write cannot be done at once, without
+    waiting: the caller takes the asynchronous way (:meth:`StorageBackend.modify`)."""
+
+    code = "EAGAIN"
+
+
 class StorageBackend(abc.ABC):
     """One kind (volatile or persistent) of this node's databases, in one storage.
 
@@ -184,6 +191,13 @@ class StorageBackend(abc.ABC):
         The record lock is held from the read to the write, so that a client of this node
         (writing the storage itself) cannot change the record in between: LMDB's writer
         lock, or TDB's chain lock (taken in a worker thread, never on the loop)."""
+
+    def modify_now(self, name, key, fn, check=None):
+        """:meth:`modify` done at once on the event loop, when it can be without waiting
+        for anything (a lock, a worker, a sync); else :class:`NotNow` and nothing is
+        written. The hot path of record migration; a backend without such a way (this
+        default) always says NotNow."""
+        raise NotNow(f"{self.kind} databases are written asynchronously")
 
     @abc.abstractmethod
     async def apply(self, name, writes, seqnum=None, replace=False, check=None):

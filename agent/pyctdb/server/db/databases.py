@@ -58,7 +58,8 @@ class Databases:
                        True: Store(config.persistent_db_dir, True)}
         #: the TDB backends (what CTDB's socket attaches: Samba's databases), by kind; in
         #: the same directories (``NAME.PNN`` files beside LMDB's)
-        self.tdb_stores = {False: TdbStore(config.volatile_db_dir, False, cluster.pnn),
+        self.tdb_stores = {False: TdbStore(config.volatile_db_dir, False, cluster.pnn,
+                                           mutexes=config.tdb_mutexes),
                            True: TdbStore(config.persistent_db_dir, True, cluster.pnn)}
         #: the freeze state: while ``frozen`` nothing is written; ``epoch`` goes up at
         #: every freeze, so that a write begun before it (a record locked, a migration)

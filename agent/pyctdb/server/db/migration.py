@@ -16,6 +16,8 @@ from pyctdb.errors import (ControlError, DbError, FrozenError, PyctdbError, Reco
                            RecordMoved)
 from pyctdb.rules import records as record_rules
 from pyctdb.server import tasks
+from pyctdb.server.controls import LATER
+from pyctdb.server.db.backend import NotNow
 from pyctdb.server.db.wire import b64, handover, rec_from_wire, rec_to_wire, unb64
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,11 @@ class Retry(PyctdbError):
     """A step overtaken by a recovery (or a record that moved away): try again."""
 
     code = "EAGAIN"
+
+
+class _Elsewhere(PyctdbError):
+    """(At the LMASTER, on the loop) the record is on a third node: the asynchronous
+    way asks it."""
 
 
 class KeyLocks:
@@ -81,6 +88,8 @@ class Migration:
         self._notes = set()              # background writes of a new DMASTER (running)
         dbs.cluster.control_handlers.update({
             "db_migrate": self._ctl_migrate, "db_give": self._ctl_give})
+        dbs.cluster.controls.control_now.update({
+            "db_migrate": self._now_migrate, "db_give": self._now_give})
 
     async def lock(self, name, key, timeout=15.0):
         """Take the record ``key`` of volatile database ``name`` on this node: wait for
@@ -119,7 +128,12 @@ class Migration:
             lm = record_rules.lmaster(key, self.cluster.vnnmap)
             try:
                 if lm == self.pnn:  # stored here by the migration, as this node's
-                    got = await self._lmaster_migrate(st, name, key, self.pnn, self_locked=True)
+                    try:
+                        got = self._hand_over_now(st, name, key, self.pnn, epoch,
+                                                  self_locked=True)
+                    except (NotNow, _Elsewhere):
+                        got = await self._lmaster_migrate(st, name, key, self.pnn,
+                                                          self_locked=True)
                     return got, epoch
                 w = await self.cluster.control(lm, "db_migrate", {
                     "db": name, "key": b64(key), "to": self.pnn}, timeout=CTL_TIMEOUT)
@@ -128,7 +142,10 @@ class Migration:
                 def take(cur):  # (one read-and-write of the store, under its lock)
                     got = cur if cur is not None and cur.rsn > given.rsn else given
                     return got.replace(dmaster=self.pnn)  # (our copy newer: its data)
-                got = await st.modify(name, key, take, check=dbs.check_epoch(epoch))
+                try:
+                    got = st.modify_now(name, key, take, check=dbs.check_epoch(epoch))
+                except NotNow:
+                    got = await st.modify(name, key, take, check=dbs.check_epoch(epoch))
                 return got, epoch
             except (ControlError, Retry, RecordBusy, RecordMoved, FrozenError,
                     asyncio.TimeoutError) as exc:  # (contention: tried again)
@@ -139,6 +156,54 @@ class Migration:
                 log.debug("migration of %r in %s: %s (retrying)", key, name, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.2)
+
+    def _hand_over_now(self, st, name, key, to, epoch, must_hold=False, self_locked=False):
+        """The record handed to node ``to`` at once, on the loop, when nothing needs
+        waiting for: no migration of the key in progress here, no client of this node
+        holding it, the chain free, and (at the LMASTER) this node or nobody its
+        DMASTER. Else :class:`~.backend.NotNow` (or :class:`_Elsewhere`): the
+        asynchronous way does it. ``self_locked``: this node's requester, which holds
+        the key's client lock itself, asks."""
+        k = (name, key)
+        if self.lmaster_locks.locked(k) or (not self_locked and self.client_locks.locked(k)):
+            raise NotNow("the record is locked here")
+        pnn, cluster = self.pnn, self.cluster
+        give = handover(to, pnn, must_hold=must_hold)
+
+        def fn(rec):
+            dm = rec.dmaster if rec is not None else pnn
+            if not must_hold and dm not in (pnn, to) and (dm in cluster.vnnmap
+                                                          or dm in cluster.members):
+                raise _Elsewhere("another node is its dmaster")
+            return give(rec)
+        return st.modify_now(name, key, fn, check=self.dbs.check_epoch(epoch))
+
+    def _now_migrate(self, src, args):
+        """``db_migrate`` answered without a task when it can be (the common case: this
+        LMASTER is the record's DMASTER, or nobody is): :meth:`_hand_over_now`."""
+        dbs = self.dbs
+        dbs.not_frozen()
+        name, key, to = args["db"], unb64(args["key"]), int(args["to"])
+        st, _ = dbs.usable_ctl(name)
+        if record_rules.lmaster(key, self.cluster.vnnmap) != self.pnn:
+            raise RecordMoved(f"node {self.pnn} is not the lmaster of {key!r} (vnn map "
+                              "changed)")
+        try:
+            return rec_to_wire(key, self._hand_over_now(st, name, key, to, dbs.epoch))
+        except (NotNow, _Elsewhere):
+            return LATER
+
+    def _now_give(self, src, args):
+        """``db_give`` answered without a task when the record is free here."""
+        dbs = self.dbs
+        dbs.not_frozen()
+        name, key, to = args["db"], unb64(args["key"]), int(args["to"])
+        st, _ = dbs.usable_ctl(name)
+        try:
+            return rec_to_wire(key, self._hand_over_now(st, name, key, to, dbs.epoch,
+                                                        must_hold=True))
+        except NotNow:
+            return LATER
 
     async def _lmaster_migrate(self, st, name, key, to, self_locked=False):
         """At the LMASTER: move record ``key`` to node ``to``; returns the record."""

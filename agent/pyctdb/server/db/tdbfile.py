@@ -5,7 +5,8 @@ own, so smbd, winbindd and ``tdbdump`` open the same files as pyctdbd.
 :class:`TdbFile` is one open TDB: fetch, store, delete, chain locks (blocking or not),
 traverse, transactions, the sequence number, wipe. A handle is not thread-safe: use each
 from one thread (the database's worker), never from the event loop when a lock may
-block. :func:`ctdb_tdb_flags` gives the flags ctdbd opens a database with, and
+block (with mutexes, a chain locked by one thread is unlocked by the same thread).
+:func:`ctdb_tdb_flags` gives the flags ctdbd opens a database with, and
 :data:`LTDB_HEADER` is CTDB's record header (``struct ctdb_ltdb_header``: RSN, DMASTER,
 flags; 24 bytes in the host's byte order) that every record of a clustered TDB starts
 with.
@@ -29,6 +30,7 @@ TDB_NOSYNC = 64
 TDB_SEQNUM = 128
 TDB_DISALLOW_NESTING = 1024
 TDB_INCOMPATIBLE_HASH = 2048
+TDB_MUTEX_LOCKING = 4096
 # tdb_store flags
 TDB_REPLACE, TDB_INSERT, TDB_MODIFY = 1, 2, 3
 # enum TDB_ERROR
@@ -45,6 +47,12 @@ class TdbError(PyctdbError):
 
 class _Data(ctypes.Structure):
     _fields_ = [("dptr", ctypes.POINTER(ctypes.c_ubyte)), ("dsize", ctypes.c_size_t)]
+
+
+class _Key(ctypes.Structure):
+    """A TDB_DATA passed in (a key, a value to store): it points into the bytes object
+    itself, not a copy (libtdb only reads it)."""
+    _fields_ = [("dptr", ctypes.c_char_p), ("dsize", ctypes.c_size_t)]
 
 
 _TRAVERSE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, _Data, _Data, ctypes.c_void_p)
@@ -66,16 +74,18 @@ def _library():
                                  ctypes.c_uint]
         lib.tdb_close.argtypes = [ctypes.c_void_p]
         lib.tdb_fetch.restype = _Data
-        lib.tdb_fetch.argtypes = [ctypes.c_void_p, _Data]
+        lib.tdb_fetch.argtypes = [ctypes.c_void_p, _Key]
         for fn in ("tdb_store",):
-            getattr(lib, fn).argtypes = [ctypes.c_void_p, _Data, _Data, ctypes.c_int]
+            getattr(lib, fn).argtypes = [ctypes.c_void_p, _Key, _Key, ctypes.c_int]
         for fn in ("tdb_delete", "tdb_exists", "tdb_chainlock", "tdb_chainlock_nonblock",
                    "tdb_chainunlock", "tdb_chainlock_read_nonblock", "tdb_chainunlock_read"):
-            getattr(lib, fn).argtypes = [ctypes.c_void_p, _Data]
+            getattr(lib, fn).argtypes = [ctypes.c_void_p, _Key]
         for fn in ("tdb_error", "tdb_transaction_start", "tdb_transaction_commit",
                    "tdb_transaction_cancel", "tdb_get_seqnum", "tdb_wipe_all",
                    "tdb_lockall_nonblock", "tdb_unlockall", "tdb_enable_seqnum"):
             getattr(lib, fn).argtypes = [ctypes.c_void_p]
+        lib.tdb_runtime_check_for_robust_mutexes.restype = ctypes.c_bool
+        lib.tdb_runtime_check_for_robust_mutexes.argtypes = []
         lib.tdb_errorstr.restype = ctypes.c_char_p
         lib.tdb_errorstr.argtypes = [ctypes.c_void_p]
         lib.tdb_traverse.argtypes = [ctypes.c_void_p, _TRAVERSE_FN, ctypes.c_void_p]
@@ -85,22 +95,37 @@ def _library():
     return _lib
 
 
-def _data(b: bytes) -> _Data:
-    buf = (ctypes.c_ubyte * len(b)).from_buffer_copy(b) if b else None
-    return _Data(ctypes.cast(buf, ctypes.POINTER(ctypes.c_ubyte)) if buf else None, len(b))
+def _data(b: bytes) -> _Key:
+    return _Key(b, len(b))
 
 
 def _bytes(d: _Data) -> bytes:
     return ctypes.string_at(d.dptr, d.dsize) if d.dsize else b""
 
 
-def ctdb_tdb_flags(persistent: bool) -> int:
-    """The tdb_open flags ctdbd uses (ctdb/common/ctdb_ltdb.c): persistent databases
-    TDB_DEFAULT, volatile ones TDB_NOSYNC | TDB_CLEAR_IF_FIRST | TDB_INCOMPATIBLE_HASH;
-    both TDB_DISALLOW_NESTING. (Robust-mutex locking, which ctdbd adds where the C
-    library has it, is left to libtdb's default here.)"""
+_robust = None
+
+
+def robust_mutexes() -> bool:
+    """Whether libtdb can lock with robust mutexes here (its own runtime check, which
+    ctdbd makes too; asked once: the check forks a child the first time)."""
+    global _robust
+    if _robust is None:
+        _robust = bool(_library().tdb_runtime_check_for_robust_mutexes())
+    return _robust
+
+
+def ctdb_tdb_flags(persistent: bool, mutexes: bool = False) -> int:
+    """The tdb_open flags ctdbd uses (ctdb/common/ctdb_ltdb.c ``ctdb_db_tdb_flags``):
+    persistent databases TDB_DEFAULT, volatile ones TDB_NOSYNC | TDB_CLEAR_IF_FIRST |
+    TDB_INCOMPATIBLE_HASH, and TDB_MUTEX_LOCKING when ``mutexes`` (ctdb.conf's
+    ``[database] tdb mutexes``, true by default) and libtdb has robust mutexes here;
+    both TDB_DISALLOW_NESTING. Every process that opens a file made with mutexes must
+    pass the flag too: smbd learns them from DB_OPEN_FLAGS."""
     flags = TDB_DEFAULT if persistent else (TDB_NOSYNC | TDB_CLEAR_IF_FIRST
                                             | TDB_INCOMPATIBLE_HASH)
+    if mutexes and not persistent and robust_mutexes():
+        flags |= TDB_MUTEX_LOCKING
     return flags | TDB_DISALLOW_NESTING
 
 

@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pyctdb.errors import DiskFailure, PyctdbError
 from pyctdb.rules import records
-from pyctdb.server.db.backend import StorageBackend, StoreError, probe_directory
+from pyctdb.server.db.backend import NotNow, StorageBackend, StoreError, probe_directory
 from pyctdb.server.db.tdbfile import (TDB_SEQNUM, TdbError, TdbFile, ctdb_tdb_flags,
                                       ltdb_pack, ltdb_unpack)
 
@@ -99,9 +99,11 @@ class TdbStore(StorageBackend):
     """The TDB databases of one kind (volatile or persistent) of node ``pnn``, in
     directory ``path``."""
 
-    def __init__(self, path, persistent, pnn):
+    def __init__(self, path, persistent, pnn, mutexes=False):
         self.path = path
         self.persistent = persistent
+        #: volatile files locked with robust mutexes (``[database] tdb mutexes``)
+        self.mutexes = mutexes
         self.pnn = pnn
         self.kind = "persistent" if persistent else "volatile"
         self.error = None
@@ -133,7 +135,7 @@ class TdbStore(StorageBackend):
 
     def tdb_flags(self, name):
         """The tdb_open flags of ``name`` (what DB_OPEN_FLAGS answers smbd)."""
-        flags = ctdb_tdb_flags(self.persistent)
+        flags = ctdb_tdb_flags(self.persistent, self.mutexes)
         if self.meta.get(name, {}).get("seqnum_enabled"):
             flags |= TDB_SEQNUM
         return flags
@@ -408,9 +410,8 @@ class TdbStore(StorageBackend):
             f.store(key, from_record(rec))
         await self._call(self._locked, name, key, write, inline=not self.persistent)
 
-    async def modify(self, name, key, fn, check=None):
-        self.usable(name)
-
+    @staticmethod
+    def _modifier(key, fn, check):
         def write(f):
             if check is not None:
                 check()
@@ -418,7 +419,28 @@ class TdbStore(StorageBackend):
             new = fn(None if data is None else to_record(data))
             f.store(key, from_record(new))
             return new
-        return await self._call(self._locked, name, key, write, inline=not self.persistent)
+        return write
+
+    async def modify(self, name, key, fn, check=None):
+        self.usable(name)
+        return await self._call(self._locked, name, key, self._modifier(key, fn, check),
+                                inline=not self.persistent)
+
+    def modify_now(self, name, key, fn, check=None):
+        """A volatile record's :meth:`modify`, here on the loop when the worker has
+        nothing queued and the chain is free at once; else NotNow (and a libtdb error
+        too: the asynchronous way says what it is)."""
+        if self.persistent or not self.available:
+            raise NotNow("persistent TDB writes sync: done in the worker")
+        self.usable(name)
+        try:
+            done, res = self._inline(self._locked, name, key,
+                                     self._modifier(key, fn, check))
+        except TdbError as exc:
+            raise NotNow(str(exc)) from None
+        if not done:
+            raise NotNow(f"record {key!r} of {name}: its chain or the worker is busy")
+        return res
 
     async def apply(self, name, writes, seqnum=None, replace=False, check=None):
         if not replace:
