@@ -649,3 +649,51 @@ def test_nodes_changes_as_ctdb_reloadnodes():
     _ch, err = nodes_changes(old, nodes("10.0.0.1\n10.0.0.5\n10.0.0.3\n"))
     assert err == ["node 1 changed its address from 10.0.0.2 to 10.0.0.5: delete the node "
                    "and add the new address at the end"]
+
+
+# -- a CTDB configuration directory, as it is --------------------------------------------
+def test_a_ctdb_directory_is_read_with_ctdbs_names_and_defaults(etc):
+    write(etc, "ctdb.conf", "[logging]\n\tlocation = syslog\n\tlog level = NOTICE\n"
+                            "[cluster]\n\tcluster lock = /shared/.lock\n")
+    write(etc, "ctdb.tunables", "MonitorInterval=20\n")
+    c = load_config(str(etc))
+    assert c.layout == "ctdb"
+    assert c.conf_path == os.path.join(str(etc), "ctdb.conf")
+    assert c.log_location == "syslog" and c.cluster_lock == "/shared/.lock"
+    assert c.tunables == {"MonitorInterval": 20}
+    # ctdbd's own defaults, so that a node set up for CTDB keeps its files
+    assert (c.volatile_db_dir, c.persistent_db_dir, c.state_db_dir) == (
+        "/var/lib/ctdb/volatile", "/var/lib/ctdb/persistent", "/var/lib/ctdb/state")
+    write(etc, "ctdb.conf", "")
+    assert load_config(str(etc)).log_location == "file:/var/log/ctdb/log.ctdb"
+
+
+def test_debians_own_ctdb_conf_is_accepted_as_it_is(etc):
+    """The ctdb.conf Debian's ctdb package installs, byte for byte."""
+    if not os.path.exists("/etc/ctdb/ctdb.conf"):
+        pytest.skip("Debian's ctdb package is not installed")
+    write(etc, "ctdb.conf", open("/etc/ctdb/ctdb.conf").read())
+    c = load_config(str(etc))
+    assert c.layout == "ctdb" and c.log_location == "syslog" and c.log_level == "NOTICE"
+
+
+def test_pyctdb_and_ctdb_files_side_by_side_are_refused(etc):
+    write(etc, "pyctdb.conf", "")
+    write(etc, "ctdb.conf", "")
+    with pytest.raises(ConfigError) as e:
+        load_config(str(etc))
+    assert "both pyctdb.conf and ctdb.conf" in e.value.message
+    os.unlink(os.path.join(str(etc), "ctdb.conf"))
+    write(etc, "pyctdb.tunables", "")
+    write(etc, "ctdb.tunables", "")
+    with pytest.raises(ConfigError) as e:
+        load_config(str(etc))
+    assert "both pyctdb.tunables and ctdb.tunables" in e.value.message
+
+
+def test_pyctdb_conf_beside_ctdb_tunables_reads_both(etc):
+    write(etc, "pyctdb.conf", "")
+    write(etc, "ctdb.tunables", "MonitorInterval=7\n")
+    c = load_config(str(etc))
+    assert c.layout == "pyctdb" and c.tunables == {"MonitorInterval": 7}
+    assert c.volatile_db_dir == "/var/lib/pyctdb/volatile"

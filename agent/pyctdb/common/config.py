@@ -9,6 +9,11 @@
 * ``cluster.key`` -- the transport key file (pyctdb's own, optional: see
   :func:`read_transport_keys`).
 
+A CTDB configuration directory (``/etc/ctdb``) is read as it is: ``ctdb.conf`` and
+``ctdb.tunables`` stand for pyctdb's two files when those are absent (both of one kind
+in one directory is an error), and then the defaults are CTDB's own (its database
+directories under ``/var/lib/ctdb``, its log file): :data:`LAYOUTS`.
+
 Every problem is reported as a :class:`ConfigError` naming the file and line, what is
 wrong and what would be accepted. Loading never applies part of a file: it returns a
 complete :class:`Config` or raises.
@@ -33,13 +38,15 @@ from pyctdb.errors import ConfigError
 __all__ = ["DEFAULT_CONFIG_DIR", "ConfigError", "NodeEntry", "PublicAddress", "Config",
            "parse_conf", "parse_nodes", "parse_public_addresses", "load_config",
            "read_public_addresses", "public_address", "read_transport_keys",
-           "resolve_node_address", "OPTIONS"]
+           "resolve_node_address", "OPTIONS", "LAYOUTS", "config_files"]
 
 DEFAULT_CONFIG_DIR = "/etc/pyctdb"
 CONF_FILE = "pyctdb.conf"
 NODES_FILE = "nodes"
 PUBLIC_ADDRESSES_FILE = "public_addresses"
 TUNABLES_FILE = "pyctdb.tunables"
+CTDB_CONF_FILE = "ctdb.conf"
+CTDB_TUNABLES_FILE = "ctdb.tunables"
 #: The transport key file's default name in the configuration directory.
 KEY_FILE = "cluster.key"
 #: Shortest key (bytes) of a transport key file, and the most keys it may hold.
@@ -204,8 +211,22 @@ class Option:
     optional: bool = False  # default None; an empty value means "none"
 
 
-def _dir(sub):
-    return f"/var/lib/pyctdb/{sub}"
+def _dir(sub, var="/var/lib/pyctdb"):
+    return f"{var}/{sub}"
+
+
+#: The defaults that depend on whose layout a configuration directory has: pyctdb's
+#: own (``pyctdb.conf``), or CTDB's (``ctdb.conf``: ctdbd's compiled-in defaults on
+#: Debian, so that a node set up for CTDB keeps its paths).
+LAYOUTS = {
+    "pyctdb": {"log_location": "file:/var/log/pyctdb.log",
+               "volatile_db_dir": _dir("volatile"), "persistent_db_dir": _dir("persistent"),
+               "state_db_dir": _dir("state")},
+    "ctdb": {"log_location": "file:/var/log/ctdb/log.ctdb",
+             "volatile_db_dir": _dir("volatile", "/var/lib/ctdb"),
+             "persistent_db_dir": _dir("persistent", "/var/lib/ctdb"),
+             "state_db_dir": _dir("state", "/var/lib/ctdb")},
+}
 
 
 #: Every pyctdb.conf option, in documentation order. ``nodes list``'s default depends
@@ -510,6 +531,9 @@ class Config:
     #: its keys: the first is used to connect, all are accepted from peers
     transport_keys: tuple = ()
 
+    #: whose files the configuration directory has: "pyctdb" or "ctdb" (:data:`LAYOUTS`)
+    layout: str = "pyctdb"
+
     def __post_init__(self):
         if not self.conf_path:
             self.conf_path = os.path.join(self.config_dir, CONF_FILE)
@@ -603,14 +627,16 @@ def load_config(config_dir: str = DEFAULT_CONFIG_DIR, *, keys: bool = True) -> C
     """Read and check every file of ``config_dir``; a :class:`Config` or ConfigError.
     ``keys=False``: the transport key file is not read (``pyctdbd --drop-public-ips``,
     which must work whatever became of it)."""
-    conf_path = os.path.join(config_dir, CONF_FILE)
+    layout, conf_path, tun_path = config_files(config_dir)
     text = _read(conf_path, optional=True)
     values, lines = _parse_conf(text, conf_path) if text is not None else ({}, {})
 
     kwargs = {}
+    defaults = LAYOUTS[layout]
     for opt in OPTIONS:
         if opt.attr is not None:
-            kwargs[opt.attr] = values.get((opt.section, opt.name), opt.default)
+            kwargs[opt.attr] = values.get((opt.section, opt.name),
+                                          defaults.get(opt.attr, opt.default))
     # "recovery lock" is CTDB's deprecated name; the parser refuses both together.
     if ("cluster", "recovery lock") in values:
         kwargs["cluster_lock"] = values[("cluster", "recovery lock")]
@@ -649,13 +675,34 @@ def load_config(config_dir: str = DEFAULT_CONFIG_DIR, *, keys: bool = True) -> C
 
     public_addresses = read_public_addresses(config_dir)
 
-    tun_path = os.path.join(config_dir, TUNABLES_FILE)
     text = _read(tun_path, optional=True)
     tunables = parse_tunables(text, tun_path) if text is not None else {}
 
     return Config(config_dir=config_dir, conf_path=conf_path, nodes=nodes,
                   nodes_source=nodes_source, public_addresses=public_addresses,
-                  tunables=tunables, **kwargs)
+                  tunables=tunables, layout=layout, **kwargs)
+
+
+def config_files(config_dir: str) -> tuple:
+    """``(layout, configuration file, tunables file)`` of ``config_dir``: pyctdb's
+    (``pyctdb.conf``, ``pyctdb.tunables``), or CTDB's (``ctdb.conf``,
+    ``ctdb.tunables``) when pyctdb's configuration file is absent and CTDB's is there.
+    Both of a kind is a ConfigError: which one counts would be a guess."""
+    def exists(name):
+        return os.path.lexists(os.path.join(config_dir, name))
+    for mine, ctdbs in ((CONF_FILE, CTDB_CONF_FILE), (TUNABLES_FILE, CTDB_TUNABLES_FILE)):
+        if exists(mine) and exists(ctdbs):
+            raise ConfigError(os.path.join(config_dir, ctdbs), None,
+                              f"both {mine} and {ctdbs} are in {config_dir}: keep one "
+                              f"({ctdbs} is read only when there is no {mine})")
+    if not exists(CONF_FILE) and exists(CTDB_CONF_FILE):
+        return ("ctdb", os.path.join(config_dir, CTDB_CONF_FILE),
+                os.path.join(config_dir, CTDB_TUNABLES_FILE))
+    tunables = TUNABLES_FILE
+    if not exists(TUNABLES_FILE) and exists(CTDB_TUNABLES_FILE):
+        tunables = CTDB_TUNABLES_FILE
+    return ("pyctdb", os.path.join(config_dir, CONF_FILE),
+            os.path.join(config_dir, tunables))
 
 
 def _decode_key(text: str):

@@ -31,7 +31,8 @@ from pyctdb.server.cluster import Cluster
 from pyctdb.server.clusterlock import make_lock
 from pyctdb.server.db.databases import Databases
 from pyctdb.server.db.dirlock import DirectoryInUse, DirectoryLocks
-from pyctdb.server.events import EventRunner, Monitor
+from pyctdb.server.events import (EventRunner, Monitor, Notifications, run_start_events,
+                                  script_environment)
 from pyctdb.server.failover import Failover
 from pyctdb.server.fencing import Fencing
 from pyctdb.server.guard import Guard, scope_argv
@@ -53,8 +54,10 @@ GC_THRESHOLD = 20_000
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="pyctdbd", description="pyctdb cluster agent")
-    p.add_argument("--config-dir", default=os.environ.get("PYCTDB_CONFIG_DIR", "/etc/pyctdb"),
-                   help="configuration directory (default /etc/pyctdb)")
+    p.add_argument("--config-dir", default=os.environ.get("PYCTDB_CONFIG_DIR")
+                   or os.environ.get("CTDB_BASE") or "/etc/pyctdb",
+                   help="configuration directory: pyctdb's, or CTDB's as it is (default "
+                        "$PYCTDB_CONFIG_DIR, else $CTDB_BASE, else /etc/pyctdb)")
     p.add_argument("--socket", default=None,
                    help=f"API socket to serve (default $PYCTDB_SOCKET or {DEFAULT_SOCKET})")
     p.add_argument("--ctdb-socket", default=None,
@@ -120,8 +123,10 @@ def guard_argv(config, socket_path, log_location):
 async def _serve(config, me, tunables, socket_path, ring, log_location, ctdb_path=None):
     lock = make_lock(config.cluster_lock)
     cluster = Cluster(config, me, tunables, lock=lock)
-    events = EventRunner(config.config_dir, tunables)
-    monitor = Monitor(cluster, events, tunables)
+    script_env = script_environment(config, ctdb_path or None)
+    events = EventRunner(config.config_dir, tunables, env=script_env)
+    notifications = Notifications(config.config_dir, env=script_env)
+    monitor = Monitor(cluster, events, tunables, notify=notifications)
     failover = Failover(cluster, config, tunables, events=events,
                         hosted_file=hosted_ips_path(socket_path))
     # The guard drops this node's addresses (and kills the lock helper) when the agent is
@@ -180,6 +185,16 @@ async def _serve(config, me, tunables, socket_path, ring, log_location, ctdb_pat
             log.error("CTDB socket %s not served: %s", ctdb_path,
                       getattr(exc, "message", None) or exc)
             ctdb_path = None
+    # CTDB's init and setup events, before the node joins (either failing stops it)
+    why = await run_start_events(events, notifications)
+    if why is not None:
+        if ctdb_path:
+            await ctdb_sock.stop()
+        await api.stop()
+        databases.close()
+        log.error("%s", why)
+        print(f"pyctdbd: {why}", file=sys.stderr)
+        return 1
     guard.start()
     watch = LoopWatch(loop)  # (a stall of the loop is logged with where it is)
     watch.start()
@@ -211,6 +226,7 @@ async def _serve(config, me, tunables, socket_path, ring, log_location, ctdb_pat
     await guard.stop(drop=True)
     await fencing.stop()
     await monitor.stop()
+    await notifications.stop()
     await failover.stop()
     try:
         await asyncio.wait_for(events.run("shutdown"), 10)

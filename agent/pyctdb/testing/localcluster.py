@@ -209,7 +209,7 @@ class PeerListener:
 class LocalCluster:
     def __init__(self, n, base_dir=None, *, lock=True, tunables=None, conf_extra=None,
                  deleted=(), log_level="INFO", subnet=None, port=None, python=None,
-                 lab=None, public_addresses=None, key=GENERATE):
+                 lab=None, public_addresses=None, key=GENERATE, layout="pyctdb"):
         """``n`` nodes (PNN 0..n-1); PNNs in ``deleted`` are written as ``#`` lines.
         ``conf_extra``: extra pyctdb.conf text, either one string for all nodes or a
         {pnn: str} dict. ``tunables``: {NAME: value} written to every node's tunables file.
@@ -219,7 +219,11 @@ class LocalCluster:
         of every node (bytes), written as hex to its ``cluster.key`` (mode 0600); a str
         is written as the file's text; a {pnn: bytes, str or None} dict gives each node
         its own; None: no key file (an unauthenticated transport). By default a random
-        32-byte key (:attr:`key`)."""
+        32-byte key (:attr:`key`). ``layout``: "ctdb" writes CTDB's file names
+        (``ctdb.conf``, ``ctdb.tunables``) instead of pyctdb's."""
+        if layout not in ("pyctdb", "ctdb"):
+            raise ValueError(f"layout must be pyctdb or ctdb, not {layout!r}")
+        self.layout = layout
         self.key = secrets.token_bytes(32) if key == GENERATE else key
         self.lab = lab
         self.public_addresses = public_addresses
@@ -256,14 +260,19 @@ class LocalCluster:
         """A copy of node ``pnn``'s configuration directory at ``dest`` whose database
         directories are its own (under ``dest``): a second agent started on it is not
         refused for node ``pnn``'s running agent holding them. Returns ``dest``."""
-        shutil.copytree(self.config_dir(pnn), dest)
-        conf = os.path.join(dest, "pyctdb.conf")
+        shutil.copytree(self.config_dir(pnn), dest, symlinks=True)
+        conf = os.path.join(dest, self.conf_name)
         with open(conf) as f:
             text = f.read()
         with open(conf, "w") as f:
             f.write(text.replace(os.path.join(self.node_dir(pnn), "db"),
                                  os.path.join(str(dest), "db")))
         return str(dest)
+
+    @property
+    def conf_name(self):
+        """The configuration file's name: ``pyctdb.conf``, or CTDB's ``ctdb.conf``."""
+        return f"{self.layout}.conf"
 
     def ctdb_socket(self, pnn):
         """Node ``pnn``'s CTDB socket (CTDB's client protocol: CTDB_SOCKET for ctdb)."""
@@ -313,7 +322,7 @@ class LocalCluster:
                      f"volatile database directory = {d}/db/volatile",
                      f"persistent database directory = {d}/db/persistent",
                      f"state database directory = {d}/db/state", ""]
-            with open(os.path.join(etc, "pyctdb.conf"), "w") as f:
+            with open(os.path.join(etc, self.conf_name), "w") as f:
                 f.write("\n".join(conf) + "\n" + extra)
             pa = (self.public_addresses.get(pnn) if isinstance(self.public_addresses, dict)
                   else self.public_addresses)
@@ -323,7 +332,7 @@ class LocalCluster:
                     f.write(pa)
             elif os.path.exists(pa_path):
                 os.unlink(pa_path)
-            with open(os.path.join(etc, "pyctdb.tunables"), "w") as f:
+            with open(os.path.join(etc, f"{self.layout}.tunables"), "w") as f:
                 for k, v in self.tunables.items():
                     f.write(f"{k}={v}\n")
             self.write_key(pnn, self.key.get(pnn) if isinstance(self.key, dict) else self.key)

@@ -420,8 +420,14 @@ def cmd_event(c, a):
             res = c.call("event_script", action="list")
             if a.json:
                 return res, 0
-            return "\n".join(("* " if s["enabled"] else "  ") + s["script"]
-                             for s in res["scripts"]), 0
+            # (CTDB's form: the scripts CTDB provides, a blank line, the local ones)
+            lines = [("* " if s["enabled"] else "  ") + s["script"] for s in res["scripts"]
+                     if s.get("provided")]
+            local = [("* " if s["enabled"] else "  ") + s["script"] for s in res["scripts"]
+                     if not s.get("provided")]
+            if lines and local:
+                lines.append("")
+            return "\n".join(lines + local), 0
         if len(rest) != 2:
             raise UsageError(f"usage: event script {rest[0]} [legacy] SCRIPT")
         res = c.call("event_script", action=rest[0], script=rest[1])

@@ -26,8 +26,7 @@ class EventOperations:
 
     def event_script(self, action, script=None):
         if action == "list":
-            return {"scripts": [{"script": n, "enabled": en}
-                                for n, _, en in self.runner.scripts()]}
+            return {"scripts": self.runner.script_list()}
         if action not in ("enable", "disable") or not script:
             raise ApiError("EINVAL", "usage: event_script action=list|enable|disable script=NAME")
         return self.runner.set_enabled(script, action == "enable")
