@@ -31,6 +31,7 @@ from pyctdb.rules import nodeflags
 from pyctdb.server.api.frontend import ClientConnection
 from pyctdb.server.api.server import ApiServer, UnixSocketFrontend, listen_unix
 from pyctdb.server.ctdbdb import CtdbDatabases
+from pyctdb.server.ctdbtcp import CtdbTcpControls
 from pyctdb.server.tasks import spawn
 
 log = logging.getLogger(__name__)
@@ -151,13 +152,14 @@ class CtdbSocketServer(UnixSocketFrontend):
             M.CHECK_PID_SRVID: self._check_pid_srvid,
             M.REGISTER_SRVID: self._register_srvid,
             M.DEREGISTER_SRVID: self._deregister_srvid,
-            M.TCP_CLIENT: self._tcp_client,
             M.REGISTER_NOTIFY: self._register_notify,
             M.DEREGISTER_NOTIFY: self._deregister_notify,
         }
         #: the database part: attach, REQ_CALL, TRANS3_COMMIT (ctdbdb.py)
         self.databases = CtdbDatabases(ops)
         self.handlers.update(self.databases.handlers())
+        #: the connections of public addresses (tickles) and gratuitous ARP (ctdbtcp.py)
+        self.handlers.update(CtdbTcpControls(ops).handlers())
 
     async def start(self):
         self._server = await listen_unix(self.path, lambda: CtdbProtocol(self),
@@ -454,13 +456,6 @@ class CtdbSocketServer(UnixSocketFrontend):
             raise ValueError(f"control {M.NAMES.get(c.opcode, c.opcode)} is for the "
                              "client's own node")
         return conn
-
-    @staticmethod
-    def _tcp_client(conn, c):
-        """smbd's TCP connection to a public address (TCP_CLIENT): accepted. pyctdb
-        finds every connection of the addresses it hosts itself (the tickles, see
-        tickles.py), and so tickles smbd's after a takeover without the list."""
-        return 0, b""
 
     def _register_notify(self, conn, c):
         """REGISTER_NOTIFY: when this client's connection closes, ``data`` is sent to

@@ -432,3 +432,41 @@ def test_attach_through_the_socket_makes_a_tdb_file_and_refuses_an_lmdb_database
     assert status == -1 and "attached as a pyctdb (LMDB) database" in err, err
     assert control(s, M.GET_PNN, reqid=4)[0] == 2  # (the PNN, in the status)
     s.close()
+
+
+def test_ctdb_addtickle_gettickles_deltickle_as_ctdb(cluster):
+    """The tickle commands of Debian's ctdb tool (CTDB's functions call them for NFS:
+    update_tickles): a connection registered with addtickle is listed by gettickles,
+    in CTDB's two forms and filtered by port, and is gone after deltickle."""
+    c = cluster
+    addr = next(ip["address"] for ip in c.call(0, "ip", all=True)["ips"] if ip["pnn"] == 0)
+    client = f"{c.lab.client_address}:40123"
+    r = ctdb(c, 0, "addtickle", client, f"{addr}:2049")
+    assert r.returncode == 0, r.stderr
+    r = ctdb(c, 0, "gettickles", addr)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == f"Connections for IP: {addr}"
+    assert r.stdout.splitlines()[1:] == ["Num connections: 1",
+                                         f"SRC: {client}   DST: {addr}:2049"]
+    r = ctdb(c, 0, "-X", "gettickles", addr, "2049")
+    assert r.returncode == 0, r.stderr
+    assert f"|{c.lab.client_address}|40123|{addr}|2049|" in r.stdout.splitlines()
+    r = ctdb(c, 0, "-X", "gettickles", addr, "445")  # (another port: not listed)
+    assert f"|{c.lab.client_address}|40123|" not in r.stdout
+    r = ctdb(c, 0, "deltickle", client, f"{addr}:2049")
+    assert r.returncode == 0, r.stderr
+    assert f"{client}" not in ctdb(c, 0, "gettickles", addr).stdout
+    # an address that is not public: refused, as ctdbd refuses it
+    r = ctdb(c, 0, "gettickles", "192.0.2.77")
+    assert r.returncode != 0
+    r = ctdb(c, 0, "addtickle", client, "192.0.2.77:2049")
+    assert r.returncode != 0
+
+
+def test_ctdb_gratarp_announces_from_the_interface(cluster):
+    c = cluster
+    addr = next(ip["address"] for ip in c.call(0, "ip", all=True)["ips"] if ip["pnn"] == 0)
+    r = ctdb(c, 0, "gratarp", addr, "eth0")
+    assert r.returncode == 0, r.stderr
+    r = ctdb(c, 0, "gratarp", addr, "nosuch0")
+    assert r.returncode != 0

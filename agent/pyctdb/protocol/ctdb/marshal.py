@@ -51,6 +51,11 @@ ECHO_DATA = 156
 TRAVERSE_START = 20
 ENABLE_SEQNUM = 26
 TCP_CLIENT = 44
+TCP_ADD = 45
+TCP_REMOVE = 46
+GET_TCP_TICKLE_LIST = 55
+SEND_GRATUITOUS_ARP = 64
+TCP_ADD_DELAYED_UPDATE = 126
 REGISTER_NOTIFY = 114
 DEREGISTER_NOTIFY = 115
 TRANS3_COMMIT = 119
@@ -136,6 +141,41 @@ def parse_sock_addr(data):
     if family == socket.AF_INET6:
         return str(ipaddress.IPv6Address(bytes(data[8:24]))), port
     raise ValueError(f"address family {family} is neither IPv4 nor IPv6")
+
+
+def connection(client, server) -> bytes:
+    """``ctdb_connection`` (56 bytes): the client's ``(address, port)`` first (its
+    ``src``), then the public address's (``dst``), as CTDB keeps tickles."""
+    return sock_addr(*client) + sock_addr(*server)
+
+
+def parse_connection(data):
+    """``(client, server)`` of a ``ctdb_connection``, each ``(address, port)``; the
+    server side is the public address."""
+    if len(data) < 2 * SOCK_ADDR_SIZE:
+        raise ValueError(f"connection of {len(data)} bytes, not {2 * SOCK_ADDR_SIZE}")
+    return (parse_sock_addr(data[:SOCK_ADDR_SIZE]),
+            parse_sock_addr(data[SOCK_ADDR_SIZE:2 * SOCK_ADDR_SIZE]))
+
+
+def tickle_list(address, conns) -> bytes:
+    """``ctdb_tickle_list``: the public address (port 0), how many connections, then
+    each (:func:`connection`): ``conns`` [(client, server)]."""
+    return (sock_addr(address) + u32(len(conns))
+            + b"".join(connection(cl, sv) for cl, sv in conns))
+
+
+def parse_addr_info(data):
+    """``(address, mask, iface)`` of a ``ctdb_addr_info`` (the address, u32 mask bits,
+    then the interface as a u32 length with the NUL and the text)."""
+    address = parse_sock_addr(data)[0]
+    if len(data) < SOCK_ADDR_SIZE + 8:
+        raise ValueError(f"address info of {len(data)} bytes is too short")
+    mask, n = struct.unpack_from("<II", data, SOCK_ADDR_SIZE)
+    raw = bytes(data[SOCK_ADDR_SIZE + 8:SOCK_ADDR_SIZE + 8 + n])
+    if n == 0 or len(raw) != n or raw[-1:] != b"\0":
+        raise ValueError(f"interface name of {n} bytes does not fit {len(data)} bytes")
+    return address, mask, raw[:-1].decode(errors="replace")
 
 
 def node_map(nodes) -> bytes:

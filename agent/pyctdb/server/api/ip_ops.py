@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 
 from pyctdb.errors import ApiError, ControlError
+from pyctdb.server import netops
 
 
 class IpOperations:
@@ -136,3 +138,36 @@ class IpOperations:
             raise ApiError("ENOTCONN", "no leader: cannot move addresses now")
         return await self.controls.on_node(c.leader, "move_ip",
                                            {"address": address, "pnn": pnn}, timeout=20.0)
+
+    # -- tickles and announcements (CTDB's gettickles, addtickle, deltickle, gratarp) ----
+    def _public(self, address):
+        if self.failover is None or self.failover.addresses.lookup(address) is None:
+            raise ApiError("ENOENT", f"{address} is not a public address of node "
+                                     f"{self.cluster.pnn}")
+
+    def tickles(self, address, port=0):
+        """The TCP connections known for public address ``address`` (to its port
+        ``port``; 0: every port): [((client address, port), (address, port))]."""
+        self._public(address)
+        return [((rip, int(rport)), (lip, int(lport)))
+                for lip, lport, rip, rport in self.failover.tickles.connections(address, port)]
+
+    def add_tickle(self, client, server):
+        """Register the connection of ``client`` to public address ``server`` (each
+        ``(address, port)``): tickled by whoever takes the address over."""
+        self._public(server[0])
+        self.failover.tickles.register((server[0], server[1], client[0], client[1]))
+
+    def del_tickle(self, client, server):
+        if self.failover is not None:
+            self.failover.tickles.unregister((server[0], server[1], client[0], client[1]))
+
+    async def gratarp(self, address, iface):
+        """Announce ``address`` from interface ``iface`` (gratuitous ARP, or an unsolicited
+        neighbour advertisement for IPv6), as ``ctdb gratarp`` asks ctdbd to."""
+        if self.failover is None:
+            raise ApiError("EINVAL", "this agent runs without failover")
+        if not iface or "/" in iface or not os.path.exists(f"/sys/class/net/{iface}"):
+            raise ApiError("ENOENT", f"no interface {iface!r} on node {self.cluster.pnn}")
+        await self.failover.net.run(netops.announce, iface, address)
+
