@@ -9,6 +9,8 @@ import logging
 log = logging.getLogger(__name__)
 
 EVENT_TIMEOUT = 2.0  # seconds for another node to answer run_event
+#: CTDB's event script that adds and removes public addresses itself
+INTERFACE_SCRIPT = "10.interface"
 
 
 class FailoverEvents:
@@ -20,6 +22,14 @@ class FailoverEvents:
         self.cluster = cluster
         self.events = events
         cluster.control_handlers["run_event"] = self._ctl_run_event
+
+    def script_adds_addresses(self) -> bool:
+        """Whether CTDB's ``10.interface`` is enabled here: it adds the address at
+        ``takeip`` and removes it at ``releaseip`` itself (``ip addr add`` fails for an
+        address already there), so pyctdb leaves that to it."""
+        if self.events is None:
+            return False
+        return any(name == INTERFACE_SCRIPT and on for name, _p, on in self.events.scripts())
 
     async def run(self, event, *args):
         if self.events is None:

@@ -106,6 +106,26 @@ class LocalAddresses:
             netops.announce(iface, addr)
         return iface
 
+    async def _take_by_script(self, addr, iface, prefix):
+        """(Under ``netlock``.) The takeip event adds ``addr`` (CTDB's 10.interface is
+        enabled); then it is checked and announced. ValueError when it is not there:
+        the take failed (the event's failure is in the log). An address already there
+        (taken again) is only announced: 10.interface would fail to add it twice."""
+        res = None
+        if not await self.net.run(self._present, iface, addr):
+            res = await self.events.run("takeip", iface, addr, prefix)
+        if not await self.net.run(self._present, iface, addr):
+            self.assigned.pop(addr, None)
+            await self.record.set(addr, None)
+            raise ValueError(f"the takeip event did not add {addr} to {iface} ("
+                             f"{(res or {}).get('status', 'no result')}): not taken")
+        # (the address is on the interface from here on)
+        await self.net.run(netops.announce, iface, addr)
+
+    @staticmethod
+    def _present(iface, addr):
+        return addr in netops.addresses(iface)
+
     @staticmethod
     def _remove(addr, candidates, prefix):
         """(In the netops thread: one job.) The connections of ``addr``, then ``addr``
@@ -237,8 +257,12 @@ class LocalAddresses:
             # record is for removing it, which finds it wherever it is)
             presumed = self.assigned.get(addr) or (pa.interfaces[0] if pa.interfaces else "")
             await self.record.set(addr, (pa.prefix, presumed))
+            by_script = self.events.script_adds_addresses()
             try:
-                iface = await self.net.run(self._add_on_usable, pa, addr)
+                if by_script:
+                    iface = await self.net.run(self._usable_iface, pa)
+                else:
+                    iface = await self.net.run(self._add_on_usable, pa, addr)
             except Exception:
                 if addr not in self.assigned:
                     await self.record.set(addr, None)
@@ -251,7 +275,10 @@ class LocalAddresses:
             self.assigned[addr] = iface
             if iface != presumed:
                 await self.record.set(addr, (pa.prefix, iface))
-        await self.events.run("takeip", iface, addr, pa.prefix)
+            if by_script:  # (CTDB's 10.interface adds it: then it is announced, as ctdbd)
+                await self._take_by_script(addr, iface, pa.prefix)
+        if not by_script:
+            await self.events.run("takeip", iface, addr, pa.prefix)
         conns = self.tickles.for_take(addr, args.get("connections", []))
         if conns:
             self.tickles.send_acks(conns)
