@@ -43,7 +43,30 @@ COMMANDS = commands.merge(OFFLINE, cluster_commands.COMMANDS, messaging_commands
 REMOTE = {name for name, cmd in COMMANDS.items() if cmd.remote}
 
 
-def build_parser():
+#: the common options that take a value (to find the command word in argv)
+_VALUED = ("--socket", "-t", "--timeout", "-n", "--node")
+
+
+def command_word(argv):
+    """The command named in ``argv`` (the first word that is not a common option or
+    its value), or None."""
+    skip = False
+    for tok in argv:
+        if skip:
+            skip = False
+            continue
+        if tok.startswith("-"):
+            skip = tok in _VALUED
+            continue
+        return tok
+    return None
+
+
+def build_parser(only=None):
+    """The tool's parser: every command's, or with ``only`` just that command's. Making
+    all 48 subparsers (argparse asks gettext for every string) was most of a call's
+    22 ms of Python; a command's own parser answers its arguments, errors and --help
+    the same."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--socket", default=argparse.SUPPRESS,
                         help="agent API socket (default $PYCTDB_SOCKET or "
@@ -60,7 +83,7 @@ def build_parser():
     p = argparse.ArgumentParser(prog="pyctdb", parents=[common],
                                 description="control and query pyctdbd (CTDB-style)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for cmd in COMMANDS.values():
+    for cmd in ([COMMANDS[only]] if only in COMMANDS else COMMANDS.values()):
         cmd.add_parser(sub, common)
     return p
 
@@ -69,7 +92,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in COMMANDS and COMMANDS[argv[0]].offline:
         return COMMANDS[argv[0]].run(argv[1:])
-    parser = build_parser()
+    parser = build_parser(command_word(argv))
     a = parser.parse_args(argv)
     for key, default in (("socket", None), ("X", False), ("json", False), ("timeout", 10.0),
                          ("node", None)):

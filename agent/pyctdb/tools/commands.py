@@ -23,17 +23,19 @@ arguments and without the agent (``pyctdb ipalloc``).
 
 from __future__ import annotations
 
-from typing import Callable, Dict, NamedTuple, Tuple
+from collections import namedtuple
 
 #: the field separator of CTDB's machine-readable output (-X)
 SEP = "|"
 
 
-class Arg(NamedTuple):
-    """One ``add_argument`` call of a command's parser."""
+# (collections.namedtuple, not typing.NamedTuple: importing typing would cost every call
+# of the tool about 2.5 ms, a tenth of its budget)
+class Arg(namedtuple("Arg", "names options")):
+    """One ``add_argument`` call of a command's parser: ``names`` (a tuple), ``options``
+    (a dict)."""
 
-    names: Tuple[str, ...]
-    options: dict
+    __slots__ = ()
 
 
 def arg(*names, **options) -> Arg:
@@ -41,17 +43,14 @@ def arg(*names, **options) -> Arg:
     return Arg(names, options)
 
 
-class Command(NamedTuple):
-    """One command of the tool: its name, help line, arguments and function."""
+class Command(namedtuple("Command", "name run help args remote offline",
+                          defaults=((), False, False))):
+    """One command of the tool: its ``name``, ``run`` function, ``help`` line and
+    ``args`` (a tuple of :class:`Arg`); ``remote``: it acts on another node with ``-n
+    PNN`` (one of CTDB's "remote" commands we have); ``offline``: ``run(argv) -> exit
+    code``, without the agent and the common options."""
 
-    name: str
-    run: Callable
-    help: str
-    args: Tuple[Arg, ...] = ()
-    #: acts on another node with ``-n PNN`` (one of CTDB's "remote" commands we have)
-    remote: bool = False
-    #: ``run(argv) -> exit code``, without the agent and the common options
-    offline: bool = False
+    __slots__ = ()
 
     def add_parser(self, subparsers, common):
         """Add this command's parser to ``subparsers`` (``common``: the parser of the
@@ -70,7 +69,7 @@ class Table:
     tool's help)."""
 
     def __init__(self):
-        self.commands: Dict[str, Command] = {}
+        self.commands = {}  # name -> Command
 
     def command(self, name, help, args=(), remote=False, offline=False):
         """Decorator: register the function as command ``name`` (see :class:`Command`)."""
@@ -82,10 +81,10 @@ class Table:
         return register
 
 
-def merge(*tables: Table) -> Dict[str, Command]:
+def merge(*tables: Table) -> dict:
     """The commands of ``tables``, in order: name -> :class:`Command` (a name in two
     tables is an error)."""
-    out: Dict[str, Command] = {}
+    out = {}
     for table in tables:
         for name, cmd in table.commands.items():
             if name in out:
