@@ -587,7 +587,9 @@ class CtdbSocketServer(UnixSocketFrontend):
 
     async def _get_ifaces(self, conn, c):
         refs = self._refs((await self.ops.ips.ip())["ips"])
-        return 0, M.iface_list([(name, link_up(name), n) for name, n in sorted(refs.items())])
+        link = self.ops.ips.iface_link
+        return 0, M.iface_list([(name, link(name, link_up(name)), n)
+                                for name, n in sorted(refs.items())])
 
     async def _get_public_ip_info(self, conn, c):
         addr, _port = M.parse_sock_addr(c.data)
@@ -599,4 +601,5 @@ class CtdbSocketServer(UnixSocketFrontend):
         names = ip.get("interfaces", [])
         active = 0 if ip["pnn"] == self.cluster.pnn and names else 0xFFFFFFFF
         return 0, M.public_ip_info(ip["pnn"], addr, active,
-                                   [(n, link_up(n), refs.get(n, 0)) for n in names])
+                                   [(n, self.ops.ips.iface_link(n, link_up(n)),
+                                     refs.get(n, 0)) for n in names])

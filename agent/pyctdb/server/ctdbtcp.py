@@ -10,7 +10,10 @@ announcements (docs/protocol.md, "CTDB's client protocol"), answered from
 - GET_TCP_TICKLE_LIST (``ctdb gettickles IP [PORT]``): the connections known for an
   address (scanned by pyctdb, reported by other nodes, registered);
 - SEND_GRATUITOUS_ARP (``ctdb gratarp IP IFACE``, which 10.interface's updateip
-  calls): the address announced from the interface.
+  calls): the address announced from the interface;
+- SET_IFACE_LINK_STATE (``ctdb setifacelink IFACE up|down``, which 10.interface's
+  monitor calls): recorded, and shown by GET_IFACES. pyctdb decides where addresses go
+  from the kernel's link state, read at each check (what 10.interface reports too).
 
 A connection is ``ctdb_connection``: the client's address first (``src``), then the
 public address (``dst``), as CTDB keeps its tickles.
@@ -36,7 +39,8 @@ class CtdbTcpControls:
         return {M.TCP_CLIENT: self._tcp_client, M.TCP_ADD: self._tcp_add,
                 M.TCP_ADD_DELAYED_UPDATE: self._tcp_add, M.TCP_REMOVE: self._tcp_remove,
                 M.GET_TCP_TICKLE_LIST: self._get_tickle_list,
-                M.SEND_GRATUITOUS_ARP: self._gratarp}
+                M.SEND_GRATUITOUS_ARP: self._gratarp,
+                M.SET_IFACE_LINK_STATE: self._set_iface_link}
 
     def _tcp_client(self, conn, c):
         """smbd's connection from a client to a public address of this node: kept until
@@ -69,3 +73,9 @@ class CtdbTcpControls:
         address, _mask, iface = M.parse_addr_info(c.data)
         await self.ips.gratarp(address, iface)
         return 0, b""
+
+    def _set_iface_link(self, conn, c):
+        name, up = M.parse_iface(c.data)
+        self.ips.set_iface_link(name, up)
+        return 0, b""
+

@@ -470,3 +470,18 @@ def test_ctdb_gratarp_announces_from_the_interface(cluster):
     assert r.returncode == 0, r.stderr
     r = ctdb(c, 0, "gratarp", addr, "nosuch0")
     assert r.returncode != 0
+
+
+def test_ctdb_setifacelink_is_shown_by_ifaces(cluster):
+    """10.interface's monitor calls `ctdb setifacelink IFACE up|down` with what it
+    found; `ctdb ifaces` shows it (hosting follows the kernel's link state)."""
+    c = cluster
+    try:
+        r = ctdb(c, 2, "setifacelink", "eth0", "down")
+        assert r.returncode == 0, r.stderr
+        rows = ctdb(c, 2, "-X", "ifaces").stdout.splitlines()[1:]
+        assert rows and rows[0].startswith("|eth0|0|"), rows
+        assert ctdb(c, 2, "setifacelink", "nosuch0", "up").returncode != 0
+    finally:
+        assert ctdb(c, 2, "setifacelink", "eth0", "up").returncode == 0
+    assert ctdb(c, 2, "-X", "ifaces").stdout.splitlines()[1].startswith("|eth0|1|")

@@ -55,6 +55,7 @@ TCP_ADD = 45
 TCP_REMOVE = 46
 GET_TCP_TICKLE_LIST = 55
 SEND_GRATUITOUS_ARP = 64
+SET_IFACE_LINK_STATE = 125
 TCP_ADD_DELAYED_UPDATE = 126
 REGISTER_NOTIFY = 114
 DEREGISTER_NOTIFY = 115
@@ -221,6 +222,19 @@ def iface_list(ifaces) -> bytes:
         out.append(raw.ljust(IFACE_NAME_SIZE, b"\0") + struct.pack("<HI", int(bool(up)),
                                                                      refs))
     return b"".join(out)
+
+
+def parse_iface(data):
+    """``(name, link up)`` of a ``ctdb_iface`` (the name in 18 bytes, NUL-terminated;
+    u16 link_state; u32 references)."""
+    if len(data) < IFACE_NAME_SIZE + 6:
+        raise ValueError(f"interface of {len(data)} bytes, not {IFACE_NAME_SIZE + 6}")
+    raw = bytes(data[:IFACE_NAME_SIZE])
+    if b"\0" not in raw:
+        raise ValueError("interface name is not NUL-terminated")
+    name = raw.split(b"\0", 1)[0].decode(errors="replace")
+    state = struct.unpack_from("<H", data, IFACE_NAME_SIZE)[0]
+    return name, bool(state)
 
 
 def public_ip_info(pnn, address, active_idx, ifaces) -> bytes:

@@ -19,6 +19,9 @@ class IpOperations:
         self.cluster = cluster
         self.failover = failover
         self.controls = controls
+        #: link states set with ``ctdb setifacelink`` {interface: up}: shown by ``ctdb
+        #: ifaces``; hosting follows the kernel's link state (see iface_link)
+        self.link_states = {}
 
     async def takeover_run(self, reason):
         """Ask the leader for a takeover run and wait for it. Returns the run's summary,
@@ -170,4 +173,24 @@ class IpOperations:
         if not iface or "/" in iface or not os.path.exists(f"/sys/class/net/{iface}"):
             raise ApiError("ENOENT", f"no interface {iface!r} on node {self.cluster.pnn}")
         await self.failover.net.run(netops.announce, iface, address)
+
+    def interfaces(self):
+        """The interfaces this node's public addresses list."""
+        if self.failover is None:
+            return set()
+        return {i for pa in self.failover.addresses.configured.values() for i in pa.interfaces}
+
+    def set_iface_link(self, iface, up):
+        """``ctdb setifacelink IFACE up|down`` (CTDB's 10.interface calls it at each
+        monitor with what it found): recorded and shown; an interface no public address
+        lists is refused, as ctdbd refuses it."""
+        if iface not in self.interfaces():
+            raise ApiError("ENOENT", f"interface {iface!r} is not an interface of node "
+                                     f"{self.cluster.pnn}'s public addresses")
+        self.link_states[iface] = bool(up)
+
+    def iface_link(self, iface, kernel_up):
+        """An interface's link state as ``ctdb ifaces`` shows it: down if either the
+        kernel or the last ``setifacelink`` says so."""
+        return bool(kernel_up) and self.link_states.get(iface, True)
 
