@@ -31,6 +31,9 @@ import subprocess
 DEFAULT_SOCKET = "/run/pyctdb/pyctdbd.socket"
 DEFAULT_CONFIG_DIR = "/etc/pyctdb"
 DEFAULT_LOG_FILE = "/var/log/pyctdb.log"
+#: the agent's log file in a CTDB configuration directory whose ctdb.conf names none
+#: (Debian's ctdbd's default)
+CTDB_DEFAULT_LOG_FILE = "/var/log/ctdb/log.ctdb"
 API_VERSION = 1
 #: Responses larger than this are refused (the agent's own limit for requests is 1 MiB;
 #: a status of a large cluster stays far below this).
@@ -345,20 +348,26 @@ def _which(module_or_runner, name):
 
 
 def log_file_from_config(config_dir=DEFAULT_CONFIG_DIR):
-    """The log file named by ``[logging] location = file:PATH`` in pyctdb.conf; the
-    default log file when the config says nothing; None when the agent logs elsewhere
-    (syslog, stderr)."""
+    """The log file named by ``[logging] location = file:PATH`` in pyctdb.conf (or, in a
+    CTDB configuration directory without one, ctdb.conf: the agent reads it there, with
+    CTDB's default log file); the default log file when the config says nothing; None
+    when the agent logs elsewhere (syslog, stderr)."""
+    config_dir = config_dir or DEFAULT_CONFIG_DIR
+    conf, default = os.path.join(config_dir, "pyctdb.conf"), DEFAULT_LOG_FILE
+    ctdb_conf = os.path.join(config_dir, "ctdb.conf")
+    if not os.path.exists(conf) and os.path.exists(ctdb_conf):
+        conf, default = ctdb_conf, CTDB_DEFAULT_LOG_FILE
     parser = configparser.ConfigParser(interpolation=None, strict=False,
                                        inline_comment_prefixes=None)
     try:
-        parser.read(os.path.join(config_dir or DEFAULT_CONFIG_DIR, "pyctdb.conf"))
+        parser.read(conf)
     except (configparser.Error, UnicodeDecodeError):
-        return DEFAULT_LOG_FILE
+        return default
     location = parser.get("logging", "location", fallback="").strip()
     if not location:
-        return DEFAULT_LOG_FILE
+        return default
     if location.startswith("file:"):
-        return location[len("file:"):].strip() or DEFAULT_LOG_FILE
+        return location[len("file:"):].strip() or default
     return None
 
 

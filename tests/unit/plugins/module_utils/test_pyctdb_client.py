@@ -204,6 +204,15 @@ def test_log_file_from_config(tmp_path):
     assert pc.log_file_from_config(str(tmp_path)) == "/x/y.log"
 
 
+def test_log_file_from_a_ctdb_configuration_directory(tmp_path):
+    (tmp_path / "ctdb.conf").write_text("[logging]\n\tlocation = file:/x/ctdb.log\n")
+    assert pc.log_file_from_config(str(tmp_path)) == "/x/ctdb.log"
+    (tmp_path / "ctdb.conf").write_text("[cluster]\n")
+    assert pc.log_file_from_config(str(tmp_path)) == "/var/log/ctdb/log.ctdb"
+    (tmp_path / "ctdb.conf").write_text("[logging]\n\tlocation = syslog\n")
+    assert pc.log_file_from_config(str(tmp_path)) is None
+
+
 def test_diagnosis_with_failed_unit(sock_dir, tmp_path, monkeypatch):
     """systemd state and journal lines come from the commands named in the brief; the
     runner records what is run and answers like systemctl/journalctl would."""
