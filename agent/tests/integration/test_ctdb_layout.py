@@ -8,6 +8,8 @@ through pyctdbd's CTDB socket. The notification script hears init, setup and sta
 
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -112,8 +114,6 @@ def test_a_failing_init_stops_the_agent_as_ctdbd(c, tmp_path):
         with open(bad, "w") as f:
             f.write('#!/bin/sh\n[ "$1" = init ] && { echo "cannot start"; exit 1; }\nexit 0\n')
         os.chmod(bad, 0o755)
-        import subprocess
-        import sys
         r = subprocess.run([sys.executable, "-m", "pyctdb.server.daemon", "--config-dir", dest,
                             "--socket", str(tmp_path / "api.sock"), "--ctdb-socket", "none"],
                            capture_output=True, text=True, timeout=60, env=c.cli_env())
